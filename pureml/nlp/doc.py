@@ -1,0 +1,77 @@
+"""Documents and spans: the data every layer above the streams talks about.
+
+Readers put annotations in ``doc.spans["gold"]``; components write predictions to their own group
+(``"ents"`` for NER by default) or onto span attributes. Offsets are character offsets into
+``doc.text``; ``doc.words`` are the tokenizer's (start, end) offsets, computed once per document.
+
+>>> doc = Doc("Familial breast cancer.", id="d1")
+>>> doc.spans["gold"] = [Span(9, 22, "Disease")]
+>>> doc.words
+((0, 8), (9, 15), (16, 22), (22, 23))
+>>> doc.word_range(doc.spans["gold"][0])
+(1, 3)
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+import attrs
+
+from .tokenizer import tokenize
+
+
+@attrs.define(eq=False)
+class Span:
+    """A labelled character span with attributes (``{"type": "SpecificDisease"}``)."""
+
+    start: int
+    end: int
+    label: str
+    attributes: dict[str, Any] = attrs.field(factory=dict)
+    id: str | None = None
+
+    def key(self) -> tuple[int, int, str]:
+        return (self.start, self.end, self.label)
+
+    def copy(self) -> Span:
+        return Span(self.start, self.end, self.label, dict(self.attributes), self.id)
+
+
+@attrs.define(eq=False)
+class Doc:
+    """A text with its words, span groups and free metadata."""
+
+    text: str
+    id: str = ""
+    spans: dict[str, list[Span]] = attrs.field(factory=dict)
+    meta: dict[str, Any] = attrs.field(factory=dict)
+    _words: tuple[tuple[int, int], ...] | None = attrs.field(default=None, alias="words")
+
+    @property
+    def words(self) -> tuple[tuple[int, int], ...]:
+        if self._words is None:
+            self._words = tuple(tokenize(self.text))
+        return self._words
+
+    def word_texts(self) -> list[str]:
+        return [self.text[s:e] for s, e in self.words]
+
+    def word_range(self, span: Span) -> tuple[int, int]:
+        """Indices [first, last) of the words a span covers (words it touches count)."""
+        starts = [s for s, _ in self.words]
+        ends = [e for _, e in self.words]
+        first = bisect.bisect_right(ends, span.start)
+        last = bisect.bisect_left(starts, span.end)
+        return first, max(last, first)
+
+    def copy(self, *, drop: tuple[str, ...] = ()) -> Doc:
+        """A copy with copied spans; groups named in ``drop`` are left out."""
+        return Doc(
+            self.text,
+            id=self.id,
+            spans={k: [s.copy() for s in v] for k, v in self.spans.items() if k not in drop},
+            meta=dict(self.meta),
+            words=self._words,
+        )
