@@ -1,0 +1,286 @@
+"""Loggers: a plain progress line, ``metrics.jsonl``, CSV files and (optionally) TensorBoard.
+
+Every logger gets the same calls from the trainer::
+
+    logger.start(run_dir, total_steps, state)   # state: what logger.state() returned, or None
+    logger.log(step, metrics, validation, timing)
+    logger.state() -> dict                       # saved in each checkpoint
+    logger.close()
+
+``metrics`` and ``validation`` are functions of the recipe and the seed only, so a resumed run's
+``metrics.jsonl`` is byte-identical to an uninterrupted run's. Wall-clock figures (words/s, step
+time, scoring speed) are in ``timing`` and go to ``timings.jsonl`` and the progress line.
+
+Register your own with ``@pureml.registry.loggers.register("name")`` (a class with those methods).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..registry import loggers
+from .records import AppendLog
+
+METRICS_FILE = "metrics.jsonl"
+TIMINGS_FILE = "timings.jsonl"
+CSV_FILE = "metrics.csv"
+VALIDATION_CSV_FILE = "validation.csv"
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"ner": {"micro": {"f1": 0.5}}}`` -> ``{"ner/micro/f1": 0.5}``."""
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def headline_score(validation: Mapping[str, Any] | None) -> tuple[str, float] | None:
+    """The score the progress line shows: the first ``.../micro/f1`` (or any ``f1``)."""
+    if not validation:
+        return None
+    flat = flatten(validation)
+    for key, value in flat.items():
+        if key.endswith("micro/f1") and isinstance(value, float | int):
+            return key.rsplit("/micro/f1", 1)[0] + " f1", float(value)
+    for key, value in flat.items():
+        if key.endswith("f1") and isinstance(value, float | int):
+            return key, float(value)
+    return None
+
+
+class BaseLogger:
+    def start(self, run_dir: Path, total_steps: int, state: dict[str, Any] | None) -> None:
+        pass
+
+    def log(
+        self,
+        step: int,
+        metrics: Mapping[str, Any],
+        validation: Mapping[str, Any] | None,
+        timing: Mapping[str, Any],
+    ) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+@loggers.register("json")
+class JsonLogger(BaseLogger):
+    """``metrics.jsonl``: one object per logged step, validation results merged at their step."""
+
+    def start(self, run_dir: Path, total_steps: int, state: dict[str, Any] | None) -> None:
+        state = state or {}
+        self.metrics = AppendLog(run_dir / METRICS_FILE, state.get(METRICS_FILE))
+        self.timings = AppendLog(run_dir / TIMINGS_FILE, state.get(TIMINGS_FILE))
+
+    def log(self, step, metrics, validation, timing) -> None:
+        line = {"step": step, **metrics}
+        if validation is not None:
+            line["validation"] = validation
+        self.metrics.write_line(json.dumps(line))
+        self.timings.write_line(json.dumps({"step": step, **timing}))
+        self.metrics.flush()
+
+    def state(self) -> dict[str, Any]:
+        return {METRICS_FILE: self.metrics.offset(), TIMINGS_FILE: self.timings.offset()}
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.timings.close()
+
+
+class _CsvFile:
+    """A CSV whose columns are fixed by its first row (later new keys are dropped)."""
+
+    def __init__(self, path: Path, state: dict[str, Any] | None) -> None:
+        self.log = AppendLog(path, (state or {}).get("offset"))
+        self.columns: list[str] | None = (state or {}).get("columns")
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="")
+        if self.columns is None:
+            self.columns = list(row)
+            writer.writerow(self.columns)
+            self.log.write_line(buf.getvalue())
+            buf.seek(0)
+            buf.truncate()
+        writer.writerow([_csv_value(row.get(c, "")) for c in self.columns])
+        self.log.write_line(buf.getvalue())
+
+    def state(self) -> dict[str, Any]:
+        return {"offset": self.log.offset(), "columns": self.columns}
+
+
+def _csv_value(v: Any) -> Any:
+    return repr(v) if isinstance(v, float) else v
+
+
+@loggers.register("csv")
+class CsvLogger(BaseLogger):
+    """``metrics.csv`` (a row per logged step) and ``validation.csv`` (a row per validation)."""
+
+    def start(self, run_dir: Path, total_steps: int, state: dict[str, Any] | None) -> None:
+        state = state or {}
+        self.steps = _CsvFile(run_dir / CSV_FILE, state.get(CSV_FILE))
+        self.validations = _CsvFile(run_dir / VALIDATION_CSV_FILE, state.get(VALIDATION_CSV_FILE))
+
+    def log(self, step, metrics, validation, timing) -> None:
+        self.steps.write({"step": step, **metrics})
+        if validation is not None:
+            self.validations.write({"step": step, **flatten(validation)})
+
+    def state(self) -> dict[str, Any]:
+        return {CSV_FILE: self.steps.state(), VALIDATION_CSV_FILE: self.validations.state()}
+
+    def close(self) -> None:
+        self.steps.log.close()
+        self.validations.log.close()
+
+
+def _human(n: float) -> str:
+    for unit in ("", "k", "M", "G"):
+        if abs(n) < 1000:
+            return f"{n:.1f}{unit}" if unit else f"{n:.0f}"
+        n /= 1000
+    return f"{n:.1f}T"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+@loggers.register("progress")
+class ProgressLogger(BaseLogger):
+    """A live one-line progress bar on a terminal; a line every ~5% of the steps otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, width: int = 20) -> None:
+        self.stream = stream or sys.stderr
+        self.width = width
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.last_score: tuple[str, float] | None = None
+        self._drawn = False
+
+    def start(self, run_dir: Path, total_steps: int, state: dict[str, Any] | None) -> None:
+        self.total = total_steps
+        self.every = max(1, total_steps // 20)
+        self.t0 = time.perf_counter()
+        self.first_step: int | None = None
+
+    def line(self, step: int, metrics: Mapping[str, Any], timing: Mapping[str, Any]) -> str:
+        done = min(1.0, step / max(1, self.total))
+        filled = int(done * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        lrs = [v for k, v in metrics.items() if k.startswith("lr/")]
+        parts = [
+            f"step {step}/{self.total} [{bar}]",
+            f"loss {metrics.get('loss', float('nan')):.4g}",
+        ]
+        if lrs:
+            parts.append(f"lr {max(lrs):.2e}")
+        if "grad_norm" in metrics:
+            parts.append(f"gnorm {metrics['grad_norm']:.3g}")
+        if timing.get("words_per_s"):
+            parts.append(f"{_human(timing['words_per_s'])} words/s")
+        if self.last_score:
+            parts.append(f"{self.last_score[0]} {self.last_score[1]:.4f}")
+        if self.first_step is not None and step > self.first_step:
+            rate = (time.perf_counter() - self.t0) / (step - self.first_step)
+            parts.append(f"eta {_duration(rate * (self.total - step))}")
+        return "  ".join(parts)
+
+    def log(self, step, metrics, validation, timing) -> None:
+        if self.first_step is None:
+            self.first_step = step
+            self.t0 = time.perf_counter()
+        score = headline_score(validation)
+        if score is not None:
+            self.last_score = score
+        text = self.line(step, metrics, timing)
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + text)
+            self._drawn = True
+            if validation is not None:
+                self.stream.write("\n")
+                self._drawn = False
+        elif step % self.every == 0 or validation is not None or step == self.total:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def message(self, text: str) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self._drawn = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self._drawn = False
+        self.stream.flush()
+
+
+@loggers.register("tensorboard")
+class TensorBoardLogger(BaseLogger):
+    """TensorBoard event files in ``OUTPUT_DIR/tensorboard`` (extra: ``pureml[tensorboard]``)."""
+
+    def start(self, run_dir: Path, total_steps: int, state: dict[str, Any] | None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:  # pragma: no cover - depends on the extra
+            raise ImportError(
+                "train.logger: 'tensorboard' needs the extra: pip install 'pureml[tensorboard]'"
+            ) from e
+        purge = (state or {}).get("step")
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
+        self.step = purge or 0
+
+    def log(self, step, metrics, validation, timing) -> None:
+        self.step = step
+        for k, v in {**metrics, **flatten(timing, "timing")}.items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                self.writer.add_scalar(k, v, step)
+        for k, v in flatten(validation or {}, "validation").items():
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                self.writer.add_scalar(k, v, step)
+
+    def state(self) -> dict[str, Any]:
+        self.writer.flush()
+        return {"step": self.step + 1}
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def tensorboard_available() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True

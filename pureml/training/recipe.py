@@ -1,0 +1,592 @@
+"""Recipes: TOML -> checked dict -> :class:`~pureml.training.config.Recipe`, and back to TOML.
+
+Everything a recipe can get wrong is reported as a :class:`RecipeError` naming the key path,
+before anything is written to disk::
+
+    >>> data = parse_recipe_text('[train]\\nmax_steps = "forty"\\n', overrides=())
+    >>> try:
+    ...     structure_recipe(data)
+    ... except RecipeError as e:
+    ...     print(e)
+    nlp: missing required key
+
+Overrides use dotted key paths and TOML values (a bare word is taken as a string)::
+
+    >>> d = apply_overrides({"train": {"max_steps": 10}}, ["train.max_steps=100"])
+    >>> d["train"]["max_steps"]
+    100
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import math
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import attrs
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the tomli backport has the same API
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from .. import registry
+from .config import (
+    Recipe,
+    RecipeError,
+    Table,
+    join_path,
+    structure,
+    structure_recipe,
+    type_name,
+    unstructure,
+)
+
+__all__ = [
+    "RecipeError",
+    "load_recipe",
+    "parse_recipe_text",
+    "apply_overrides",
+    "resolve_references",
+    "check_factory_table",
+    "dump_toml",
+    "recipe_hash",
+    "resolved_dict",
+    "recipe_reference",
+]
+
+# Where factory tables live in a recipe, and which registry names them. "*" is any key.
+FACTORY_TABLES: tuple[tuple[tuple[str, ...], registry.Registry], ...] = (
+    (("nlp", "components", "*"), registry.components),
+    (("train_data", "*", "data"), registry.readers),
+    (("val_data",), registry.readers),
+    (("optimizer",), registry.optimizers),
+    (("scorer",), registry.scorers),
+)
+# Factory tables nested inside other factory tables, by key name (``optimizer.schedule``).
+NESTED_FACTORY_KEYS: dict[str, registry.Registry] = {"schedule": registry.schedules}
+# Keys that do not change what a run computes: excluded from the recipe hash.
+UNHASHED_KEYS = (
+    ("train", "output_dir"),
+    ("train", "output_model_dir"),
+    ("train", "logger"),
+    ("train", "num_workers"),
+)
+
+
+# --- parsing and overrides ---------------------------------------------------------------------
+
+
+def split_key_path(path: str) -> list[str]:
+    """``'optimizer.groups."^ner\\.".lr'`` -> ``['optimizer', 'groups', '^ner\\.', 'lr']``."""
+    parts, buf, i, quoted = [], "", 0, False
+    while i < len(path):
+        c = path[i]
+        if quoted:
+            if c == "\\" and i + 1 < len(path):
+                buf += path[i + 1]
+                i += 1
+            elif c == '"':
+                quoted = False
+            else:
+                buf += c
+        elif c == '"':
+            quoted = True
+        elif c == ".":
+            parts.append(buf)
+            buf = ""
+        else:
+            buf += c
+        i += 1
+    if quoted:
+        raise RecipeError(path, "unterminated quote in key path")
+    parts.append(buf)
+    if any(p == "" for p in parts):
+        raise RecipeError(path, "empty key in key path")
+    return parts
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (``100``, ``1e-3``, ``true``, ``["a"]``), else the text as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _factory_for(parts: tuple[str, ...], table: Any) -> Callable[..., Any] | None:
+    """The registered factory of the table at ``parts`` (None if it is no factory table)."""
+    if not isinstance(table, dict) or not isinstance(table.get("factory"), str):
+        return None
+    reg = None
+    for pattern, candidate in FACTORY_TABLES:
+        if len(pattern) == len(parts) and all(p in ("*", q) for p, q in zip(pattern, parts)):
+            reg = candidate
+    if reg is None and parts and parts[-1] in NESTED_FACTORY_KEYS:
+        reg = NESTED_FACTORY_KEYS[parts[-1]]
+    if reg is None or table["factory"] not in reg:
+        return None
+    return reg.get(table["factory"])
+
+
+def _factory_params(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    try:
+        return dict(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
+    """Raise unless ``parts`` names a key the recipe schema (or a factory signature) knows."""
+    hint: Any = Recipe
+    node: Any = data
+    for depth, part in enumerate(parts):
+        here = ".".join(map(join_path_part, parts[: depth + 1]))
+        hint = _unwrap_optional(hint)
+        if isinstance(hint, type) and attrs.has(hint):
+            names = {a.name: a.type for a in attrs.fields(hint)}
+            if part not in names:
+                known = ", ".join(sorted(names))
+                raise RecipeError(here, f"no such key to override (expected one of: {known})")
+            hint = typing.get_type_hints(hint)[part]
+        elif typing.get_origin(hint) is dict:
+            value_hint = typing.get_args(hint)[1]
+            if not (isinstance(node, dict) and part in node):
+                factory = _factory_for(tuple(parts[:depth]), node)
+                params = _factory_params(factory) if factory else {}
+                is_factory_param = part in params or any(
+                    p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+                )
+                last = depth == len(parts) - 1
+                if not (
+                    is_factory_param or (last and value_hint is Any and isinstance(node, dict))
+                ):
+                    raise RecipeError(here, "no such key to override")
+            hint = value_hint
+        elif hint is Any:
+            if not (isinstance(node, dict) and (part in node or depth == len(parts) - 1)):
+                raise RecipeError(here, "no such key to override")
+        else:
+            raise RecipeError(here, f"no such key to override ({type_name(hint)} has no keys)")
+        node = node.get(part) if isinstance(node, dict) else None
+
+
+def join_path_part(part: str) -> str:
+    return join_path("", part)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``key.path=value`` applied (the key must exist).
+
+    >>> apply_overrides({"train": {}}, ["train.nope=1"])
+    Traceback (most recent call last):
+    ...
+    pureml.training.config.RecipeError: train.nope: no such key to override (expected one of: ...)
+    """
+    data = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(item, "an override is written key.path=value")
+        key, text = item.split("=", 1)
+        parts = split_key_path(key.strip())
+        _check_key_exists(data, parts, key)
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                here = ".".join(map(join_path_part, parts[: depth + 1]))
+                raise RecipeError(here, f"expected a table to hold {parts[depth + 1]!r}")
+            node = child
+        node[parts[-1]] = parse_value(text.strip())
+    return data
+
+
+_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+
+
+def resolve_references(data: dict[str, Any]) -> dict[str, Any]:
+    """Replace ``${key.path}`` in strings by the value at that path (``${paths.data}/train``)."""
+
+    def lookup(ref: str, where: str) -> Any:
+        node: Any = data
+        for part in split_key_path(ref):
+            if not isinstance(node, dict) or part not in node:
+                raise RecipeError(where, f"unknown reference ${{{ref}}}")
+            node = node[part]
+        return node
+
+    def visit(node: Any, where: str, depth: int = 0) -> Any:
+        if isinstance(node, dict):
+            return {k: visit(v, join_path(where, k), depth) for k, v in node.items()}
+        if isinstance(node, list):
+            return [visit(v, f"{where}[{i}]", depth) for i, v in enumerate(node)]
+        if isinstance(node, str) and "${" in node:
+            if depth > 10:
+                raise RecipeError(where, "references nest too deeply (a cycle?)")
+            whole = _REFERENCE.fullmatch(node)
+            if whole:  # a lone reference keeps the referenced value's type
+                return visit(lookup(whole.group(1), where), where, depth + 1)
+            return _REFERENCE.sub(
+                lambda m: str(visit(lookup(m.group(1), where), where, depth + 1)), node
+            )
+        return node
+
+    return visit(data, "")
+
+
+def parse_recipe_text(text: str, overrides: Iterable[str] = (), source: str = "recipe") -> dict:
+    """Parse TOML text, apply overrides and ``${...}`` references (no structuring yet)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise RecipeError("", f"{source}: invalid TOML: {e}") from None
+    data = apply_overrides(data, overrides)
+    return resolve_references(data)
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Recipe, dict[str, Any]]:
+    """Read, override, check and structure a recipe file.
+
+    Returns the :class:`Recipe` and the resolved dict (every key, defaults filled in), which is
+    what ``config.toml`` holds and what the recipe hash is computed from.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError("", f"recipe not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError("", f"cannot read recipe {path}: {e}") from None
+    data = parse_recipe_text(text, overrides, source=str(path))
+    recipe = structure_recipe(data)
+    check_factories(recipe)
+    return recipe, resolved_dict(recipe)
+
+
+# --- factory tables ----------------------------------------------------------------------------
+
+
+def _simple_hint(hint: Any) -> bool:
+    """Whether ``hint`` is built only from types a TOML value can be checked against."""
+    if hint in (int, float, str, bool, type(None), Any):
+        return True
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return True
+    if origin in (list, dict, tuple, Union, types.UnionType):
+        return all(_simple_hint(a) for a in typing.get_args(hint) if a is not Ellipsis)
+    return False
+
+
+def _check_literal(value: Any, hint: Any, path: str) -> None:
+    choices = typing.get_args(hint)
+    if value not in choices or type(value) not in {type(c) for c in choices}:
+        raise RecipeError(path, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _factory_hints(factory: Callable[..., Any]) -> dict[str, Any]:
+    target = factory.__init__ if isinstance(factory, type) else factory
+    try:
+        return typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: skip type checks rather than fail
+        return {}
+
+
+def check_factory_table(
+    table: Table, reg: registry.Registry, path: str, *, supplied: Iterable[str] = ()
+) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """Check a ``{factory = ..., **kwargs}`` table against the factory's signature.
+
+    Returns the factory and its keyword arguments. ``supplied`` names parameters the caller
+    fills in itself (they need not be in the table).
+    """
+    if not isinstance(table, dict):
+        raise RecipeError(path, f"expected a table, got {table!r}")
+    name = table.get("factory")
+    if name is None:
+        raise RecipeError(join_path(path, "factory"), f"missing required key (a {reg.kind} name)")
+    if not isinstance(name, str):
+        raise RecipeError(join_path(path, "factory"), f"expected str, got {name!r}")
+    if name not in reg:
+        known = ", ".join(reg.names()) or "none registered"
+        raise RecipeError(
+            join_path(path, "factory"), f"unknown {reg.kind} factory {name!r} (known: {known})"
+        )
+    factory = reg.get(name)
+    kwargs = {k: v for k, v in table.items() if k != "factory"}
+    params = _factory_params(factory)
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    hints = _factory_hints(factory)
+    for key, value in kwargs.items():
+        where = join_path(path, key)
+        param = params.get(key)
+        if param is None or param.kind in (
+            inspect.Parameter.VAR_POSITIONAL,
+            inspect.Parameter.POSITIONAL_ONLY,
+        ):
+            if var_kw:
+                continue
+            known = [
+                n
+                for n, p in params.items()
+                if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+                and n not in supplied
+            ]
+            raise RecipeError(
+                where, f"unknown key for {reg.kind} {name!r} (expected one of: {', '.join(known)})"
+            )
+        hint = hints.get(key)
+        if hint is None:
+            continue
+        if isinstance(value, dict) and key in NESTED_FACTORY_KEYS and "factory" in value:
+            check_factory_table(value, NESTED_FACTORY_KEYS[key], where)
+            continue
+        if typing.get_origin(hint) is Literal:
+            _check_literal(value, hint, where)
+        elif _simple_hint(hint):
+            structure(value, hint, where)
+    for pname, param in params.items():
+        if (
+            param.default is inspect.Parameter.empty
+            and param.kind
+            in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            and pname not in kwargs
+            and pname not in supplied
+        ):
+            raise RecipeError(join_path(path, pname), f"missing required key for {name!r}")
+    return factory, kwargs
+
+
+# Parameters the trainer passes itself, per registry kind.
+SUPPLIED: dict[str, tuple[str, ...]] = {
+    "component": ("name",),
+    "optimizer": ("total_steps", "names", "params"),
+    "scorer": (),
+    "reader": (),
+    "schedule": ("total_steps",),
+}
+
+
+def check_factories(recipe: Recipe) -> None:
+    """Check every factory table of a recipe (names, keys, value types)."""
+    for name, table in recipe.nlp.components.items():
+        check_factory_table(
+            table,
+            registry.components,
+            join_path("nlp.components", name),
+            supplied=SUPPLIED["component"],
+        )
+    for name, td in recipe.train_data.items():
+        check_factory_table(td.data, registry.readers, join_path(f"train_data.{name}", "data"))
+        if td.pipe_names is not None:
+            for i, pipe in enumerate(td.pipe_names):
+                if pipe not in recipe.nlp.components:
+                    known = ", ".join(recipe.nlp.components)
+                    raise RecipeError(
+                        f"train_data.{join_path('', name)}.pipe_names[{i}]",
+                        f"unknown component {pipe!r} (components: {known})",
+                    )
+    if recipe.val_data is not None:
+        check_factory_table(recipe.val_data, registry.readers, "val_data")
+    if recipe.optimizer is not None:
+        check_factory_table(
+            recipe.optimizer, registry.optimizers, "optimizer", supplied=SUPPLIED["optimizer"]
+        )
+    check_factory_table(recipe.scorer, registry.scorers, "scorer")
+    for comp in recipe.train.loss_scales:
+        if comp not in recipe.nlp.components:
+            raise RecipeError(join_path("train.loss_scales", comp), f"unknown component {comp!r}")
+
+
+# --- resolved recipe, hash and TOML output -----------------------------------------------------
+
+
+def resolved_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as a plain dict with every default filled in (None values dropped)."""
+    return _drop_none(unstructure(recipe))
+
+
+def _drop_none(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _drop_none(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_drop_none(v) for v in node]
+    return node
+
+
+def recipe_hash(resolved: dict[str, Any]) -> str:
+    """A stable hash of what a run computes (output locations and display settings excluded)."""
+    data = copy.deepcopy(resolved)
+    for section, key in UNHASHED_KEYS:
+        data.get(section, {}).pop(key, None)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def recipe_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Key paths whose values differ between two resolved recipes (hashed keys only)."""
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        path = join_path(prefix, key)
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(recipe_diff(va, vb, path))
+        elif va != vb and tuple(path.split(".")) not in UNHASHED_KEYS:
+            out.append(path)
+    return out
+
+
+def _toml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_scalar(v) for v in value) + "]"
+    if isinstance(value, dict):
+        inner = ", ".join(f"{join_path('', k)} = {_toml_scalar(v)}" for k, v in value.items())
+        return "{ " + inner + " }" if inner else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Write a dict of tables as TOML (what ``tomllib.loads`` reads back equal).
+
+    >>> print(dump_toml({"train": {"max_steps": 5, "logger": ["json"]}}), end="")
+    [train]
+    max_steps = 5
+    logger = ["json"]
+    """
+    lines: list[str] = []
+
+    def table(node: dict[str, Any], prefix: str) -> None:
+        scalars = {k: v for k, v in node.items() if v is not None and not isinstance(v, dict)}
+        subtables = {k: v for k, v in node.items() if isinstance(v, dict)}
+        if prefix and (scalars or not subtables):
+            if lines:
+                lines.append("")
+            lines.append(f"[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{join_path('', k)} = {_toml_scalar(v)}")
+        for k, v in subtables.items():
+            table(v, join_path(prefix, k))
+
+    top_scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    for k, v in top_scalars.items():
+        if v is not None:
+            lines.append(f"{join_path('', k)} = {_toml_scalar(v)}")
+    table({k: v for k, v in data.items() if isinstance(v, dict)}, "")
+    return "\n".join(lines) + "\n"
+
+
+# --- reference documentation -------------------------------------------------------------------
+
+
+def _default_text(field: attrs.Attribute) -> str:
+    if field.default is attrs.NOTHING:
+        return "required"
+    if isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
+        value = field.default.factory()
+    else:
+        value = field.default
+    if value is None:
+        return "unset"
+    return f"`{_toml_scalar(value)}`"
+
+
+def _reference_rows(cls: type, prefix: str) -> list[str]:
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for field in attrs.fields(cls):
+        key = join_path(prefix, field.name)
+        hint = _unwrap_optional(hints[field.name])
+        if isinstance(hint, type) and attrs.has(hint):
+            rows.extend(_reference_rows(hint, key))
+            continue
+        if typing.get_origin(hint) is dict and attrs.has(typing.get_args(hint)[1]):
+            rows.extend(_reference_rows(typing.get_args(hint)[1], f"{key}.NAME"))
+            continue
+        doc = field.metadata.get("doc", "")
+        kind = type_name(hints[field.name]).replace("|", "or")
+        rows.append(f"| `{key}` | {kind} | {_default_text(field)} | {doc} |")
+    return rows
+
+
+def _factory_rows(reg: registry.Registry) -> list[str]:
+    rows = []
+    for name in reg.names():
+        factory = reg.get(name)
+        hints = _factory_hints(factory)
+        params = []
+        for pname, p in _factory_params(factory).items():
+            if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                continue
+            if pname in SUPPLIED.get(reg.kind, ()) or pname == "self":
+                continue
+            hint = type_name(hints[pname]).replace("|", "or") if pname in hints else "any"
+            default = (
+                "required"
+                if p.default is inspect.Parameter.empty
+                else (f"`{_toml_scalar(p.default)}`" if _tomlable(p.default) else "unset")
+            )
+            params.append(f"`{pname}` ({hint}, {default})")
+        summary = (inspect.getdoc(factory) or "").split("\n", 1)[0]
+        rows.append(f"| `{name}` | {summary} | {'; '.join(params)} |")
+    return rows
+
+
+def _tomlable(value: Any) -> bool:
+    try:
+        _toml_scalar(value)
+        return value is not None
+    except TypeError:
+        return False
+
+
+def recipe_reference() -> str:
+    """Markdown reference of every recipe key and registered factory (for the README)."""
+    out = [
+        "### Recipe keys",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+        *_reference_rows(Recipe, ""),
+        "",
+    ]
+    for title, reg in (
+        ("Components (`nlp.components.NAME.factory`)", registry.components),
+        ("Readers (`train_data.NAME.data.factory`, `val_data.factory`)", registry.readers),
+        ("Optimizers (`optimizer.factory`)", registry.optimizers),
+        ("Schedules (`optimizer.schedule.factory`)", registry.schedules),
+        ("Scorers (`scorer.factory`)", registry.scorers),
+        ("Loggers (`train.logger`)", registry.loggers),
+    ):
+        out += [f"### {title}", "", "| name | what | keys |", "|---|---|---|"]
+        out += _factory_rows(reg) + [""]
+    return "\n".join(out)
