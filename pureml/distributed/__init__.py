@@ -1,0 +1,22 @@
+"""Data parallelism through torchrun and torch.distributed (no DDP wrapper, no Accelerate)."""
+
+from .collectives import (
+    barrier,
+    check_same_everywhere,
+    gather_strings,
+    make_all_reduce,
+    sum_across_ranks,
+)
+from .process_group import DistInfo, DistributedSetupError, init_distributed, shutdown
+
+__all__ = [
+    "DistInfo",
+    "DistributedSetupError",
+    "barrier",
+    "check_same_everywhere",
+    "gather_strings",
+    "init_distributed",
+    "make_all_reduce",
+    "shutdown",
+    "sum_across_ranks",
+]

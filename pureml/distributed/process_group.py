@@ -1,0 +1,97 @@
+"""Process-group set-up from torchrun's environment, and teardown.
+
+pureml talks to ``torch.distributed`` directly: torchrun sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`init_distributed` reads them, picks
+gloo on CPU and nccl on GPU, and binds the process to the GPU of its local rank.
+
+>>> info = init_distributed(cpu=True)   # no torchrun variables: a single process
+>>> (info.rank, info.world_size, info.is_main)
+(0, 1, True)
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import attrs
+import torch
+import torch.distributed as dist
+
+_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+class DistributedSetupError(RuntimeError):
+    """The environment describes no coherent process group."""
+
+
+@attrs.frozen
+class DistInfo:
+    """Where this process stands in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    device: torch.device = attrs.field(factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _int_env(name: str) -> int:
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise DistributedSetupError(f"{name}={value!r} is not an integer") from None
+
+
+def init_distributed(*, cpu: bool = False, timeout_s: float = 120.0) -> DistInfo:
+    """Join the process group described by torchrun's variables, or run alone if there are none.
+
+    A half-set environment (some torchrun variables but not all) is an error rather than a
+    silent single-process run: it usually means a launcher was misconfigured, and training alone
+    on one rank's shard would look fine while being wrong. ``timeout_s`` bounds how long a
+    collective waits for a peer, so a rank that dies makes the others fail instead of hang.
+    """
+    present = [v for v in _TORCHRUN_VARS if v in os.environ]
+    use_cuda = torch.cuda.is_available() and not cpu
+    if not present:
+        device = torch.device("cuda", 0) if use_cuda else torch.device("cpu")
+        return DistInfo(device=device)
+    missing = [v for v in _TORCHRUN_VARS if v not in os.environ]
+    if missing:
+        raise DistributedSetupError(
+            f"incomplete torchrun environment: {', '.join(present)} set but "
+            f"{', '.join(missing)} missing (launch with torchrun, or unset them)"
+        )
+    rank, world_size, local_rank = (_int_env(v) for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if not 0 <= rank < world_size:
+        raise DistributedSetupError(f"RANK={rank} is outside WORLD_SIZE={world_size}")
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size == 1:
+        return DistInfo(local_rank=local_rank, device=device)
+    backend = "nccl" if use_cuda else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend=backend,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=device if use_cuda else None,
+        )
+    return DistInfo(rank, world_size, local_rank, backend, device)
+
+
+def shutdown(info: DistInfo) -> None:
+    """Leave the process group (a no-op for a single process)."""
+    if info.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
