@@ -1,0 +1,115 @@
+"""State tree: flat round trip, fingerprint stability across processes, atomic checkpoints."""
+
+import json
+import subprocess
+import sys
+from typing import NamedTuple
+
+import pytest
+import torch
+
+from pureml.core.state import (
+    CheckpointError,
+    TrainState,
+    fingerprint,
+    load_state,
+    save_state,
+    state_from_flat,
+    state_to_flat,
+)
+
+
+class Moments(NamedTuple):
+    count: torch.Tensor
+    mu: dict
+
+
+def make_state(seed: int = 0) -> TrainState:
+    g = torch.Generator().manual_seed(seed)
+    params = {
+        "ner.crf.transitions": torch.randn(5, 5, generator=g),
+        "emb.w": torch.randn(7, generator=g),
+    }
+    opt = (
+        Moments(torch.tensor(3), {k: torch.randn(v.shape, generator=g) for k, v in params.items()}),
+    )
+    return TrainState.create(
+        params,
+        {"emb.frozen": torch.arange(4.0)},
+        seed=seed,
+        opt=opt,
+        guard={"mean": torch.tensor(1.5, dtype=torch.float64)},
+        hparams={"lr/default": torch.tensor(1e-3)},
+    )
+
+
+def test_flat_paths_and_round_trip():
+    state = make_state()
+    flat = state_to_flat(state)
+    assert list(flat) == [
+        "step",
+        "params.ner.crf.transitions",
+        "params.emb.w",
+        "buffers.emb.frozen",
+        "opt.0.count",
+        "opt.0.mu.ner.crf.transitions",
+        "opt.0.mu.emb.w",
+        "guard.mean",
+        "rng",
+        "hparams.lr/default",
+    ]
+    again = state_from_flat(state, {k: v.clone() for k, v in flat.items()})
+    assert isinstance(again.opt[0], Moments)
+    assert fingerprint(again) == fingerprint(state)
+    for k, v in state_to_flat(again).items():
+        assert torch.equal(v, flat[k])
+
+
+def test_from_flat_names_bad_path():
+    state = make_state()
+    flat = state_to_flat(state)
+    flat["params.emb.w"] = torch.zeros(8)
+    with pytest.raises(CheckpointError, match="params.emb.w"):
+        state_from_flat(state, flat)
+    del flat["params.emb.w"]
+    with pytest.raises(CheckpointError, match="params.emb.w"):
+        state_from_flat(state, flat)
+
+
+def test_fingerprint_sensitive_and_stable_across_processes():
+    state = make_state()
+    fp = fingerprint(state)
+    changed = state.replace(params={**state.params, "emb.w": state.params["emb.w"] + 1e-7})
+    assert fingerprint(changed) != fp
+    code = (
+        "import sys; sys.path.insert(0, 'tests/core'); from test_state import make_state;"
+        "from pureml.core.state import fingerprint; print(fingerprint(make_state()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == fp
+
+
+def test_save_load_round_trip_and_overwrite(tmp_path):
+    state = make_state()
+    save_state(state, tmp_path / "ckpt", {"epoch": 2})
+    save_state(make_state(1), tmp_path / "ckpt", {"epoch": 3})  # replaces atomically
+    loaded, extra = load_state(state, tmp_path / "ckpt")
+    assert extra == {"epoch": 3}
+    assert fingerprint(loaded) == fingerprint(make_state(1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temp dirs left
+    meta = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+    assert meta["checksum"] == fingerprint(make_state(1))
+
+
+def test_corrupted_checkpoint_is_detected(tmp_path):
+    state = make_state()
+    save_state(state, tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "state.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # flip bits inside the last tensor's payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_state(state, tmp_path / "ckpt")
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_state(state, tmp_path / "ckpt")
