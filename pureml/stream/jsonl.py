@@ -1,0 +1,150 @@
+"""JSON lines: one document per line.
+
+Each line is an object ``{"text": str, "id"?: str, "spans"?: [...], "meta"?: {...}}`` where a
+span is ``{"start": int, "end": int, "label": str, "attributes"?: {...}, "id"?: str}``. Spans
+go in ``doc.spans["gold"]``. A document without ``"id"`` gets ``"<file stem>:<line>"``.
+Blank lines are skipped; anything else that is not such an object raises :class:`DataError`
+naming ``file:line``.
+
+>>> import tempfile, pathlib
+>>> p = pathlib.Path(tempfile.mkdtemp()) / "docs.jsonl"
+>>> _ = p.write_text('{"id": "d1", "text": "Breast cancer.", "spans": [{"start": 0, "end": 13, "label": "Disease"}]}\\n')
+>>> [(d.id, d.spans["gold"][0].label) for d in read_jsonl(p)]
+[('d1', 'Disease')]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..nlp.doc import Doc, Span
+from .errors import DataError
+from .sources import Source
+from .standoff import read_text
+from .stream import Stream
+
+
+def parse_doc(obj: Any, *, path: str, line: int, default_id: str) -> Doc:
+    """A Doc from one decoded JSON line (validated)."""
+
+    def fail(msg: str) -> DataError:
+        return DataError(msg, path=path, line=line)
+
+    if not isinstance(obj, dict):
+        raise fail(f"expected a JSON object, got {type(obj).__name__}")
+    text = obj.get("text")
+    if not isinstance(text, str):
+        raise fail('missing "text" (a string)' if text is None else '"text" must be a string')
+    doc_id = obj.get("id", default_id)
+    if not isinstance(doc_id, str):
+        doc_id = str(doc_id)
+    raw_spans = obj.get("spans", [])
+    if not isinstance(raw_spans, list):
+        raise fail('"spans" must be a list')
+    spans = []
+    for j, raw in enumerate(raw_spans):
+        if not isinstance(raw, dict):
+            raise fail(f"span #{j}: expected an object")
+        start, end, label = raw.get("start"), raw.get("end"), raw.get("label")
+        if not (isinstance(start, int) and isinstance(end, int)) or isinstance(start, bool):
+            raise fail(f'span #{j}: "start" and "end" must be integers')
+        if not 0 <= start <= end <= len(text):
+            raise fail(
+                f"span #{j}: offsets {start}-{end} are outside the text ({len(text)} characters)"
+                if end > len(text) or start < 0
+                else f"span #{j}: offsets {start}-{end} are reversed"
+            )
+        if not isinstance(label, str):
+            raise fail(f'span #{j}: "label" must be a string')
+        attributes = raw.get("attributes", {})
+        if not isinstance(attributes, dict):
+            raise fail(f'span #{j}: "attributes" must be an object')
+        span_text = raw.get("text")
+        if span_text is not None and span_text != text[start:end]:
+            raise fail(f"span #{j}: text {span_text!r} does not match {text[start:end]!r}")
+        spans.append(Span(start, end, label, dict(attributes), id=raw.get("id")))
+    meta = obj.get("meta", {})
+    if not isinstance(meta, dict):
+        raise fail('"meta" must be an object')
+    return Doc(text, id=doc_id, spans={"gold": spans}, meta=dict(meta))
+
+
+class JsonlSource(Source):
+    """Lines of one ``.jsonl`` file or of all ``*.jsonl`` files under a folder (sorted).
+
+    The files are read once at construction to find the lines (bytes only); each line is
+    decoded and parsed on first access.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        root = Path(path)
+        self.name = f"jsonl:{root}"
+        if root.is_dir():
+            files = sorted(root.rglob("*.jsonl"))
+        elif root.exists():
+            files = [root]
+        else:
+            raise DataError("no such file or directory", path=str(root))
+        self._lines: list[tuple[str, int, str]] = []  # (file, line number, content)
+        for file in files:
+            text = read_text(file)
+            for lineno, line in enumerate(text.split("\n"), start=1):
+                if line.strip():
+                    self._lines.append((str(file), lineno, line))
+        if not self._lines:
+            raise DataError("no documents (non-empty JSON lines) found", path=str(root))
+        self._stems = {str(f): f.stem for f in files}
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def _load(self, index: int) -> Doc:
+        file, lineno, line = self._lines[index]
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"invalid JSON: {e.msg} (column {e.colno})", path=file, line=lineno
+            ) from None
+        return parse_doc(obj, path=file, line=lineno, default_id=f"{self._stems[file]}:{lineno}")
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> Stream:
+    """A stream of the documents of a JSON lines file (or folder of them); spans in "gold"."""
+    return Stream(JsonlSource(path))
+
+
+def doc_to_json(doc: Doc, span_group: str = "gold") -> dict[str, Any]:
+    """The JSON object :func:`read_jsonl` reads back into an equal document."""
+    obj: dict[str, Any] = {"id": doc.id, "text": doc.text}
+    spans = []
+    for s in doc.spans.get(span_group, []):
+        span: dict[str, Any] = {"start": s.start, "end": s.end, "label": s.label}
+        if s.attributes:
+            span["attributes"] = s.attributes
+        if s.id is not None:
+            span["id"] = s.id
+        spans.append(span)
+    obj["spans"] = spans
+    if doc.meta:
+        obj["meta"] = doc.meta
+    return obj
+
+
+def write_jsonl(
+    docs: Iterable[Doc], path: str | os.PathLike[str], *, span_group: str = "gold"
+) -> int:
+    """Write one JSON object per document (spans of ``span_group``); returns the count."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with out.open("w", encoding="utf-8", newline="\n") as f:
+        for doc in docs:
+            f.write(json.dumps(doc_to_json(doc, span_group), ensure_ascii=False) + "\n")
+            count += 1
+    return count

@@ -1,0 +1,70 @@
+"""Indexed sources: a finite list of items, each read and parsed at most once per run.
+
+A source knows how many items it has without parsing them (a directory listing, a count of
+lines), and parses item ``i`` on first access only. That is what makes resuming cheap: the
+shuffled order of an epoch needs only the count, and a resumed stream parses only what it
+will yield.
+
+>>> src = ListSource(["a", "b"])
+>>> len(src), src[1]
+(2, 'b')
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+
+class Source:
+    """Base class: subclasses set ``name`` and implement ``__len__`` and ``_load(i)``."""
+
+    name: str = "source"
+
+    def __init__(self) -> None:
+        self._cache: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _load(self, index: int) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self._cache[index]
+        except KeyError:
+            pass
+        # The lock keeps "parse once" true when a prefetch thread and the consumer share a source.
+        with self._lock:
+            if index not in self._cache:
+                self._cache[index] = self._load(index)
+            return self._cache[index]
+
+    @property
+    def n_parsed(self) -> int:
+        """How many items were parsed so far (resume tests check that skipped ones were not)."""
+        return len(self._cache)
+
+
+class ListSource(Source):
+    """Items given in memory (or by an iterable, materialised on first use)."""
+
+    def __init__(self, items: Iterable[Any], name: str = "iterable") -> None:
+        super().__init__()
+        self._items_in = items
+        self._items: list[Any] | None = None
+        self.name = name
+
+    def _materialise(self) -> list[Any]:
+        if self._items is None:
+            self._items = list(self._items_in)
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._materialise())
+
+    def _load(self, index: int) -> Any:
+        return self._materialise()[index]

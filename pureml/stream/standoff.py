@@ -1,0 +1,263 @@
+"""brat standoff: a folder of ``name.txt`` + ``name.ann`` pairs.
+
+What is read from ``.ann`` (one annotation per line, tab separated):
+
+- ``T1<TAB>Label 0 5<TAB>text``: an entity, put in ``doc.spans["gold"]`` with ``id="T1"``. The
+  text field must equal ``text[0:5]``. Discontinuous entities ``Label 0 5;10 15`` become one
+  span from the first start to the last end with ``attributes["fragments"] = [[0, 5], [10, 15]]``
+  (the text field is then the fragments joined by a space, as brat writes it).
+- ``A1<TAB>Name T1 [Value]`` and the older ``M1`` lines: ``span.attributes[Name] = Value``
+  (``True`` for a binary attribute).
+- ``N1<TAB>Reference T1 MeSH:D011125[<TAB>name]``: normalisation, kept as
+  ``span.attributes["norm"] = "MeSH:D011125"``; several N lines on one entity are joined
+  with ``|`` in file order (NCBI-disease composite mentions carry up to 3). The optional name
+  field is kept as ``attributes["norm_name"]``.
+- ``#1<TAB>AnnotatorNotes T1<TAB>note``: ``span.attributes["note"]``.
+- ``R``, ``E`` and ``*`` lines (relations, events, equivalences) are not modelled by ``Doc``;
+  they are kept verbatim in ``doc.meta["standoff_lines"]`` and written back by
+  :func:`write_standoff`, so nothing is dropped silently.
+
+Any other line, bad offsets, a text field that differs from the text, or a reference to an
+unknown entity raises :class:`DataError` naming ``file:line``.
+
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (d / "a.txt").write_text("Familial breast cancer.")
+>>> _ = (d / "a.ann").write_text("T1\\tDisease 9 22\\tbreast cancer\\n")
+>>> docs = list(read_standoff(d))
+>>> docs[0].id, [(s.start, s.end, s.label) for s in docs[0].spans["gold"]]
+('a', [(9, 22, 'Disease')])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from ..nlp.doc import Doc, Span
+from .errors import DataError
+from .sources import Source
+from .stream import Stream
+
+
+def read_text(path: Path) -> str:
+    """The file decoded as UTF-8 (no newline translation: brat offsets count ``\\r``)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"not valid UTF-8 (byte {e.start}: {data[e.start : e.start + 1]!r}); "
+            "convert the file to UTF-8",
+            path=str(path),
+        ) from None
+
+
+def _parse_offsets(spec: str, where: tuple[str, int]) -> list[tuple[int, int]]:
+    fragments = []
+    for part in spec.split(";"):
+        bits = part.split()
+        if len(bits) != 2 or not all(b.isdigit() for b in bits):
+            raise DataError(
+                f"bad offsets {spec!r}: expected 'start end' pairs separated by ';'",
+                path=where[0],
+                line=where[1],
+            )
+        start, end = int(bits[0]), int(bits[1])
+        if start > end:
+            raise DataError(f"offsets {start} {end} are reversed", path=where[0], line=where[1])
+        fragments.append((start, end))
+    return fragments
+
+
+def parse_ann(ann: str, text: str, path: str = "<ann>") -> tuple[list[Span], list[str]]:
+    """Parse the content of a ``.ann`` file against its text: (entities, other kept lines)."""
+    spans: dict[str, Span] = {}
+    pending: list[tuple[int, str, str]] = []  # attribute/norm/note lines refer to entities
+    kept: list[str] = []
+    for lineno, raw in enumerate(ann.split("\n"), start=1):
+        line = raw.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        ident = fields[0]
+        kind = ident[:1]
+        if kind == "T":
+            if len(fields) < 3 or not ident[1:]:
+                raise DataError(
+                    f"cannot parse entity line {line!r}: expected 'T<n><TAB>Label start end<TAB>text'",
+                    path=path,
+                    line=lineno,
+                )
+            head = fields[1].split(" ", 1)
+            if len(head) != 2 or not head[0]:
+                raise DataError(f"cannot parse entity line {line!r}", path=path, line=lineno)
+            label = head[0]
+            fragments = _parse_offsets(head[1], (path, lineno))
+            for start, end in fragments:
+                if end > len(text):
+                    raise DataError(
+                        f"{ident} offsets {start} {end} are outside the text "
+                        f"({len(text)} characters)",
+                        path=path,
+                        line=lineno,
+                    )
+            surface = "\t".join(fields[2:])
+            expected = " ".join(text[s:e] for s, e in fragments)
+            # brat writes newlines inside a mention as spaces
+            if surface != expected and surface != expected.replace("\n", " "):
+                raise DataError(
+                    f"{ident} text {surface!r} does not match the text at {head[1]}: {expected!r}",
+                    path=path,
+                    line=lineno,
+                )
+            if ident in spans:
+                raise DataError(f"duplicate id {ident}", path=path, line=lineno)
+            attributes: dict[str, Any] = {}
+            if len(fragments) > 1:
+                attributes["fragments"] = [list(f) for f in fragments]
+            spans[ident] = Span(fragments[0][0], fragments[-1][1], label, attributes, id=ident)
+        elif kind in "AMN#":
+            pending.append((lineno, line, kind))
+        elif kind in "RE*":
+            kept.append(line)
+        else:
+            raise DataError(
+                f"cannot parse line {line!r}: unknown annotation type {kind!r}",
+                path=path,
+                line=lineno,
+            )
+    for lineno, line, kind in pending:
+        fields = line.split("\t")
+        args = fields[1].split() if len(fields) > 1 else []
+        if len(args) < 2 or (kind in "AM" and len(args) > 3) or (kind == "N" and len(args) != 3):
+            raise DataError(f"cannot parse line {line!r}", path=path, line=lineno)
+        target = spans.get(args[1])
+        if target is None:
+            if args[1][:1] in "RE":  # attributes of events/relations: keep with those
+                kept.append(line)
+                continue
+            raise DataError(
+                f"{fields[0]} refers to unknown entity {args[1]}", path=path, line=lineno
+            )
+        if kind in "AM":
+            target.attributes[args[0]] = args[2] if len(args) == 3 else True
+        elif kind == "N":
+            prev = target.attributes.get("norm")
+            target.attributes["norm"] = args[2] if prev is None else f"{prev}|{args[2]}"
+            if len(fields) > 2:
+                prev = target.attributes.get("norm_name")
+                name = fields[2]
+                target.attributes["norm_name"] = name if prev is None else f"{prev}|{name}"
+        else:
+            target.attributes["note"] = "\t".join(fields[2:])
+    return sorted(spans.values(), key=lambda s: (s.start, s.end)), kept
+
+
+def read_standoff_doc(txt_path: Path, doc_id: str) -> Doc:
+    """One document from ``name.txt`` and, when present, ``name.ann``."""
+    text = read_text(txt_path)
+    ann_path = txt_path.with_suffix(".ann")
+    spans: list[Span] = []
+    meta: dict[str, Any] = {}
+    if ann_path.exists():
+        spans, kept = parse_ann(read_text(ann_path), text, str(ann_path))
+        if kept:
+            meta["standoff_lines"] = kept
+    return Doc(text, id=doc_id, spans={"gold": spans}, meta=meta)
+
+
+class StandoffSource(Source):
+    """The ``.txt`` files under a folder (recursively, sorted); parsed one by one on demand."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        super().__init__()
+        root = Path(path)
+        self.name = f"standoff:{root}"
+        if not root.is_dir():
+            raise DataError("not a directory", path=str(root))
+        self._root = root
+        self._files = sorted(root.rglob("*.txt"), key=lambda p: p.relative_to(root).as_posix())
+        if not self._files:
+            raise DataError("no documents (.txt files) found", path=str(root))
+        orphans = sorted(p for p in root.rglob("*.ann") if not p.with_suffix(".txt").exists())
+        if orphans:
+            raise DataError(
+                f"{len(orphans)} .ann file(s) without a .txt, e.g. {orphans[0]}", path=str(root)
+            )
+
+    def __len__(self) -> int:
+        return len(self._files)
+
+    def _load(self, index: int) -> Doc:
+        path = self._files[index]
+        # the id is the file stem, with sub-folders kept so that ids stay unique
+        doc_id = path.relative_to(self._root).with_suffix("").as_posix()
+        return read_standoff_doc(path, doc_id)
+
+
+def read_standoff(path: str | os.PathLike[str]) -> Stream:
+    """A stream of the documents of a brat folder; ids are file stems; entities in "gold".
+
+    Files are parsed lazily, once per run (the stream keeps them).
+    """
+    return Stream(StandoffSource(path))
+
+
+def _fmt_attr_value(value: Any) -> str:
+    return str(value)
+
+
+def write_standoff(
+    docs: Iterable[Doc], path: str | os.PathLike[str], *, span_group: str = "gold"
+) -> int:
+    """Write ``id.txt`` + ``id.ann`` per document (spans of ``span_group``); returns the count.
+
+    Span ids are kept when present and unique; attributes are written back as the reader reads
+    them (``norm`` as N lines, ``note`` as ``#`` lines, ``fragments`` as discontinuous offsets,
+    other values as A lines; ``False``/``None`` attributes are left out).
+    """
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for doc in docs:
+        if not doc.id:
+            raise DataError(f"document #{count} has no id: cannot name its files", path=str(root))
+        txt = root / f"{doc.id}.txt"
+        txt.parent.mkdir(parents=True, exist_ok=True)
+        lines: list[str] = []
+        spans = doc.spans.get(span_group, [])
+        used = {s.id for s in spans if s.id}
+        unique = len(used) == len(spans) and all(s.id and s.id[:1] == "T" for s in spans)
+        n_attr = n_norm = n_note = 0
+        for i, span in enumerate(spans, start=1):
+            ident = span.id if unique else f"T{i}"
+            frags = span.attributes.get("fragments") or [[span.start, span.end]]
+            offsets = ";".join(f"{s} {e}" for s, e in frags)
+            surface = " ".join(doc.text[s:e] for s, e in frags).replace("\n", " ")
+            lines.append(f"{ident}\t{span.label} {offsets}\t{surface}")
+            for name, value in span.attributes.items():
+                if name in ("fragments", "norm_name") or value is None or value is False:
+                    continue
+                if name == "norm":
+                    names = str(span.attributes.get("norm_name", "")).split("|")
+                    for j, ref in enumerate(str(value).split("|")):
+                        n_norm += 1
+                        tail = f"\t{names[j]}" if "norm_name" in span.attributes else ""
+                        lines.append(f"N{n_norm}\tReference {ident} {ref}{tail}")
+                elif name == "note":
+                    n_note += 1
+                    lines.append(f"#{n_note}\tAnnotatorNotes {ident}\t{value}")
+                else:
+                    n_attr += 1
+                    tail = "" if value is True else f" {_fmt_attr_value(value)}"
+                    lines.append(f"A{n_attr}\t{name} {ident}{tail}")
+        lines.extend(doc.meta.get("standoff_lines", []))
+        txt.write_text(doc.text, encoding="utf-8", newline="")
+        txt.with_suffix(".ann").write_text(
+            "".join(line + "\n" for line in lines), encoding="utf-8", newline=""
+        )
+        count += 1
+    return count

@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import re
+
+import pytest
+from stream_fixtures import preprocessed
+
+from pureml.stream import (
+    DataError,
+    StreamError,
+    from_iterable,
+    parse_size,
+    read_jsonl,
+    read_standoff,
+)
+
+
+def _standoff(tmp_path, text, ann):
+    (tmp_path / "d.txt").write_text(text)
+    (tmp_path / "d.ann").write_text(ann)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "ann, message",
+    [
+        (
+            "T1\tDisease 0 5\tBreas\nT2 Disease 0 5\n",
+            r"d\.ann:2: cannot parse entity line 'T2 Disease 0 5'",
+        ),
+        ("T1\tDisease zero 5\tBreas\n", r"d\.ann:1: bad offsets 'zero 5'"),
+        (
+            "\nT1\tDisease 7 99\tcancer\n",
+            r"d\.ann:2: T1 offsets 7 99 are outside the text \(14 characters\)",
+        ),
+        (
+            "T1\tDisease 7 13\tcancers\n",
+            r"d\.ann:1: T1 text 'cancers' does not match the text at 7 13: 'cancer'",
+        ),
+        ("T1\tDisease 9 7\tx\n", r"d\.ann:1: offsets 9 7 are reversed"),
+        ("T1\tDisease 7 13\tcancer\nA1\tNegated T9\n", r"d\.ann:2: A1 refers to unknown entity T9"),
+        ("X1\twhat\n", r"d\.ann:1: cannot parse line 'X1\\twhat': unknown annotation type 'X'"),
+    ],
+)
+def test_bad_ann_lines_name_file_and_line(tmp_path, ann, message):
+    d = _standoff(tmp_path, "Breast cancer.", ann)
+    with pytest.raises(DataError, match=message):
+        list(read_standoff(d))
+
+
+def test_non_utf8_names_the_file(tmp_path):
+    (tmp_path / "bad.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8 \(byte 3"):
+        list(read_standoff(tmp_path))
+    (tmp_path / "bad.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl: not valid UTF-8"):
+        read_jsonl(tmp_path / "bad.jsonl")
+
+
+def test_empty_directory(tmp_path):
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}: no documents (.txt files) found")):
+        read_standoff(tmp_path)
+    with pytest.raises(DataError, match="no documents"):
+        read_jsonl(tmp_path)
+    with pytest.raises(DataError, match="not a directory"):
+        read_standoff(tmp_path / "missing")
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("[1, 2]", r"c\.jsonl:2: expected a JSON object, got list"),
+        ('{"txt": "a"}', r'c\.jsonl:2: missing "text"'),
+        ('{"text": "a"', r"c\.jsonl:2: invalid JSON"),
+        (
+            '{"text": "ab", "spans": [{"start": 0, "end": 5, "label": "X"}]}',
+            r"c\.jsonl:2: span #0: offsets 0-5 are outside",
+        ),
+        (
+            '{"text": "ab", "spans": [{"start": 0, "end": 1}]}',
+            r'c\.jsonl:2: span #0: "label" must be a string',
+        ),
+    ],
+)
+def test_bad_json_lines_name_file_and_line(tmp_path, line, message):
+    (tmp_path / "c.jsonl").write_text('{"text": "fine"}\n' + line + "\n")
+    with pytest.raises(DataError, match=message):
+        list(read_jsonl(tmp_path / "c.jsonl"))
+
+
+@pytest.mark.parametrize(
+    "expr, message",
+    [
+        ("-3 docs", r"'-3 docs': the amount must be positive"),
+        ("0 words", r"'0 words': the amount must be positive"),
+        ("words 2000", r"'words 2000': expected '<positive int> <stat>'"),
+        ("2000.5 words", r"expected '<positive int> <stat>'"),
+        (True, r"expected an int or a string"),
+    ],
+)
+def test_malformed_stat_expressions(expr, message):
+    with pytest.raises(StreamError, match=message):
+        parse_size(expr)
+
+
+def test_unknown_stat_names_the_expression_when_measured():
+    stream = from_iterable(preprocessed(5)).batch("2000 wrds")  # names come from the items
+    with pytest.raises(
+        StreamError,
+        match=r"'2000 wrds': items report no stat 'wrds' \(they report: docs, spans, words\); did you mean 'words'\?",
+    ):
+        list(stream)
+
+
+def test_chain_order_errors():
+    s = from_iterable(preprocessed(5))
+    with pytest.raises(StreamError, match="shuffle"):
+        s.batch(2).shuffle("dataset")
+    with pytest.raises(StreamError, match="split"):
+        s.split("2 splits")
+    with pytest.raises(StreamError, match="rank"):
+        s.batch(2).shard(2, 2)
+    with pytest.raises(StreamError, match="all filtered out"):
+        next(iter(s.filter(lambda x: False).loop()))
+
+
+def test_state_from_another_stream_is_refused():
+    a = from_iterable(preprocessed(10)).shuffle(seed=1).batch(2)
+    b = from_iterable(preprocessed(10)).shuffle(seed=2).batch(2)
+    with pytest.raises(StreamError, match="built differently"):
+        b.load_state_dict(a.state_dict())

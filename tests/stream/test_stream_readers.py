@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import collections
+import json
+import os
+
+import pytest
+from stream_fixtures import NCBI_TRAIN, make_docs
+
+from pureml.nlp.doc import Doc, Span
+from pureml.stream import read_jsonl, read_standoff, write_jsonl, write_standoff
+
+
+def _key(doc: Doc) -> tuple:
+    return (
+        doc.id,
+        doc.text,
+        [(s.start, s.end, s.label, s.attributes, s.id) for s in doc.spans.get("gold", [])],
+        doc.meta,
+    )
+
+
+@pytest.mark.skipif(not os.path.isdir(NCBI_TRAIN), reason="NCBI-disease not available")
+def test_ncbi_disease_counts_and_round_trip(tmp_path):
+    docs = list(read_standoff(NCBI_TRAIN))
+    labels = collections.Counter(s.label for d in docs for s in d.spans["gold"])
+    assert len(docs) == 593
+    assert sum(labels.values()) == 5145
+    assert labels == {
+        "SpecificDisease": 2972,
+        "Modifier": 1289,
+        "DiseaseClass": 769,
+        "CompositeMention": 115,
+    }
+    # mention types are the labels; the only attribute NCBI carries is the normalisation
+    # (N lines: 5248 references, composite mentions have up to 3, joined with "|")
+    assert {k for d in docs for s in d.spans["gold"] for k in s.attributes} == {"norm"}
+    assert sum(len(s.attributes["norm"].split("|")) for d in docs for s in d.spans["gold"]) == 5248
+    assert docs[0].id == "10021369"
+    assert docs[0].spans["gold"][0].attributes == {"norm": "MeSH:D011125"}
+    # writing them back gives byte-identical files
+    write_standoff(docs, tmp_path / "out")
+    for name in ("10021369", "10051005", "1562739"):
+        for ext in (".txt", ".ann"):
+            with (
+                open(f"{NCBI_TRAIN}/{name}{ext}", "rb") as f,
+                open(tmp_path / "out" / f"{name}{ext}", "rb") as g,
+            ):
+                assert f.read() == g.read(), name + ext
+
+
+def test_standoff_round_trip_attributes_discontinuous_and_kept_lines(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    text = "Aspirin does not cause\r\nbleeding ulcers in the stomach."
+    (d / "x.txt").write_bytes(text.encode())
+    (d / "x.ann").write_text(
+        "T1\tDrug 0 7\tAspirin\n"
+        "T2\tDisease 24 32;40 42\tbleeding in\n"
+        "A1\tNegated T2\n"
+        "M2\tCertainty T2 Low\n"
+        "N1\tReference T2 MeSH:D1\n"
+        "N2\tReference T2 OMIM:2\n"
+        "#1\tAnnotatorNotes T1\tbrand name\n"
+        "R1\tCauses Arg1:T1 Arg2:T2\n",
+        encoding="utf-8",
+    )
+    (doc,) = read_standoff(d)
+    t1, t2 = doc.spans["gold"]
+    assert (t1.start, t1.end, t1.label, t1.attributes) == (0, 7, "Drug", {"note": "brand name"})
+    assert (t2.start, t2.end) == (24, 42)
+    assert t2.attributes == {
+        "fragments": [[24, 32], [40, 42]],
+        "Negated": True,
+        "Certainty": "Low",
+        "norm": "MeSH:D1|OMIM:2",
+    }
+    assert doc.meta == {"standoff_lines": ["R1\tCauses Arg1:T1 Arg2:T2"]}
+    write_standoff([doc], tmp_path / "out")
+    (again,) = read_standoff(tmp_path / "out")
+    assert _key(again) == _key(doc)
+    assert (tmp_path / "out" / "x.txt").read_bytes() == text.encode()
+
+
+def test_standoff_txt_without_ann_and_nested_ids(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "n.txt").write_text("No annotations here.")
+    (tmp_path / "a" / "m.txt").write_text("Nor here.")
+    docs = list(read_standoff(tmp_path))
+    assert [d.id for d in docs] == ["a/b/n", "a/m"]
+    assert all(d.spans["gold"] == [] for d in docs)
+
+
+def test_jsonl_round_trip(tmp_path):
+    docs = make_docs(5)
+    docs[0].spans["gold"][0].attributes["norm"] = "MeSH:D1"
+    docs[1].meta["source"] = "synthetic"
+    assert write_jsonl(docs, tmp_path / "d.jsonl") == 5
+    again = list(read_jsonl(tmp_path / "d.jsonl"))
+    assert [_key(d) for d in again] == [_key(d) for d in docs]
+    # the writer writes what the reader reads: one object per line
+    first = json.loads((tmp_path / "d.jsonl").read_text().splitlines()[0])
+    assert set(first) == {"id", "text", "spans"}
+
+
+def test_jsonl_default_ids_and_blank_lines(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"text": "a"}\n\n{"text": "b", "spans": []}\n')
+    assert [d.id for d in read_jsonl(tmp_path / "c.jsonl")] == ["c:1", "c:3"]
+
+
+def test_predictions_written_from_another_group(tmp_path):
+    doc = Doc("Breast cancer.", id="p")
+    doc.spans["ents"] = [Span(7, 13, "Disease")]
+    write_standoff([doc], tmp_path, span_group="ents")
+    assert (tmp_path / "p.ann").read_text() == "T1\tDisease 7 13\tcancer\n"
