@@ -3,16 +3,18 @@
 >>> from pureml.stream import read_standoff
 >>> stream = (  # doctest: +SKIP
 ...     read_standoff("data/train")
-...     .map(pipeline.preprocess_for_training, cache=True)
-...     .shuffle("dataset", seed=42)
+...     .map(preprocess, cache=True)  # once per document per run
+...     .shuffle("dataset", seed=42)  # epoch e's order depends on (42, e) only
 ...     .loop()
 ...     .batch("2000 words")
-...     .split("2 splits")
 ...     .shard(rank, world_size)
+...     .split("2 splits")
 ...     .prefetch(2)
 ... )
->>> state = stream.state_dict()  # doctest: +SKIP
+>>> state = stream.state_dict()  # small JSON-able position, after the last batch handed out
 >>> stream.load_state_dict(state)  # doctest: +SKIP
+
+:func:`training_stream` builds exactly this chain from a TrainingData's fields.
 """
 
 from .batching import (
@@ -30,6 +32,7 @@ from .jsonl import read_jsonl, write_jsonl
 from .sources import ListSource, Source
 from .standoff import read_standoff, write_standoff
 from .stream import Stream, shard_range, split_batch
+from .training import training_stream
 from .transforms import (
     apply,
     batch,
@@ -69,6 +72,7 @@ __all__ = [
     "shuffle",
     "split",
     "split_batch",
+    "training_stream",
     "stat_value",
     "stats_of",
     "write_jsonl",

@@ -179,23 +179,33 @@ class StandoffSource(Source):
         if not root.is_dir():
             raise DataError("not a directory", path=str(root))
         self._root = root
-        self._files = sorted(root.rglob("*.txt"), key=lambda p: p.relative_to(root).as_posix())
-        if not self._files:
+        txts: list[str] = []
+        anns: list[str] = []
+        for folder, _, names in os.walk(root):  # one listing; nothing is opened here
+            rel = os.path.relpath(folder, root)
+            prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+            for name in names:
+                if name.endswith(".txt"):
+                    txts.append(prefix + name[:-4])
+                elif name.endswith(".ann"):
+                    anns.append(prefix + name[:-4])
+        if not txts:
             raise DataError("no documents (.txt files) found", path=str(root))
-        orphans = sorted(p for p in root.rglob("*.ann") if not p.with_suffix(".txt").exists())
+        # ids are file stems, with sub-folders kept so that they stay unique
+        self._ids = sorted(txts)
+        orphans = sorted(set(anns) - set(txts))
         if orphans:
             raise DataError(
-                f"{len(orphans)} .ann file(s) without a .txt, e.g. {orphans[0]}", path=str(root)
+                f"{len(orphans)} .ann file(s) without a .txt, e.g. {orphans[0]}.ann",
+                path=str(root),
             )
 
     def __len__(self) -> int:
-        return len(self._files)
+        return len(self._ids)
 
     def _load(self, index: int) -> Doc:
-        path = self._files[index]
-        # the id is the file stem, with sub-folders kept so that ids stay unique
-        doc_id = path.relative_to(self._root).with_suffix("").as_posix()
-        return read_standoff_doc(path, doc_id)
+        doc_id = self._ids[index]
+        return read_standoff_doc(self._root / f"{doc_id}.txt", doc_id)
 
 
 def read_standoff(path: str | os.PathLike[str]) -> Stream:

@@ -16,6 +16,7 @@ MODULES = [
     "sources",
     "standoff",
     "stream",
+    "training",
     "transforms",
 ]
 

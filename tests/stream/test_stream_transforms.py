@@ -219,3 +219,42 @@ def test_plain_functions_compose_the_same_chain(corpus_dir):
 def test_shuffle_rejects_split_expressions():
     with pytest.raises(StreamError):
         from_iterable([1]).shuffle("2 splits")
+
+
+def test_training_stream_ranks_and_resume():
+    from pureml.stream import training_stream
+
+    def make(rank=0, world_size=1, sub="2 splits", prefetch=2):
+        return training_stream(
+            from_iterable(make_docs(25)),
+            batch_size="400 words",
+            shuffle="dataset",
+            sub_batch_size=sub,
+            seed=11,
+            preprocess=lambda d: {"id": d.id, "stats": {"docs": 1, "words": len(d.words)}},
+            collate=lambda sub: ids(sub),
+            rank=rank,
+            world_size=world_size,
+            prefetch=prefetch,
+        )
+
+    one = list(itertools.islice(make(), 30))
+    ranks = [list(itertools.islice(make(r, 2, None), 30)) for r in range(2)]
+    # 2 ranks x 1 sub-batch == 1 rank x 2 sub-batches, step by step
+    assert one == [ranks[0][i] + ranks[1][i] for i in range(30)]
+    s = make(1, 2, None)
+    it = iter(s)
+    [next(it) for _ in range(17)]
+    fresh = make(1, 2, None)
+    fresh.load_state_dict(s.state_dict())
+    assert list(itertools.islice(fresh, 13)) == ranks[1][17:30]
+
+
+def test_dataset_batches_resume_at_epoch_boundaries():
+    s = from_iterable(preprocessed(9)).shuffle(seed=1).loop().batch("dataset").prefetch(1)
+    ref = [ids(b) for b in itertools.islice(s, 4)]
+    it = iter(s)
+    next(it)
+    fresh = from_iterable(preprocessed(9)).shuffle(seed=1).loop().batch("dataset")
+    fresh.load_state_dict(s.state_dict())
+    assert [ids(b) for b in itertools.islice(fresh, 3)] == ref[1:]

@@ -1,0 +1,266 @@
+"""B4: stream throughput (read + tokenise + batch("2000 words") + collate) and resume latency.
+
+    python benchmarks/stream.py [--data PATH] [--repeats 3] [--no-write]
+
+Measures, on NCBI-disease train:
+
+- cold epoch: a fresh stream reads and parses every file, tokenises, preprocesses (word
+  indices), batches by "2000 words" and collates (padded word-index tensors), single-threaded
+  and with ``prefetch(4)``;
+- warm epochs: the same stream in later epochs (files parsed and preprocessing cached once per
+  run, as the trainer uses it), single-threaded and with prefetch;
+- consumer waits: a consumer that "trains" at 25k words/s (sleeps) — how long it waits for the
+  next batch in total, with and without prefetch, over the cold first epoch;
+- resume: a brand-new stream (nothing read yet) loads a state from the middle of epoch 3 and
+  yields its first batch; compared with the uninterrupted stream's batch.
+
+Until the NLP pipeline exists, "collate" pads word-index tensors here (crc32 word hashing);
+swap in ``pipeline.preprocess`` / ``pipeline.collate`` when it lands.
+Prints a table; the last line is one JSON object with the headline figures; writes its section
+of benchmarks/RESULTS.md between ``<!-- stream:start -->`` and ``<!-- stream:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pureml.nlp.doc import Doc  # noqa: E402
+from pureml.stream import read_standoff, training_stream  # noqa: E402
+
+DATA = "/work/shared/data/ncbi-disease/train"
+BATCH = "2000 words"
+TRAIN_WORDS_PER_S = 25_000  # what the B1 training step consumes (DESIGN.md)
+VOCAB = 1 << 20
+BUCKETS = (32, 64, 128, 256, 512, 1024)
+
+
+_HASHES: dict[str, int] = {}
+
+
+def word_id(word: str) -> int:
+    """A stable index (crc32, memoised: a pure function of the word, so resume-safe)."""
+    value = _HASHES.get(word)
+    if value is None:
+        value = _HASHES[word] = zlib.crc32(word.lower().encode()) % VOCAB
+    return value
+
+
+def preprocess(doc: Doc) -> dict[str, Any]:
+    """Word indices by stable hashing (stands in for the pipeline's preprocess)."""
+    ids = [word_id(w) for w in doc.word_texts()]
+    return {"id": doc.id, "word_ids": ids, "stats": {"docs": 1, "words": len(ids)}}
+
+
+def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Pad to a length bucket: (B, L) int64 indices and a bool mask."""
+    longest = max(len(it["word_ids"]) for it in batch)
+    length = next((b for b in BUCKETS if b >= longest), longest)
+    ids = torch.zeros((len(batch), length), dtype=torch.int64)
+    for i, it in enumerate(batch):
+        ids[i, : len(it["word_ids"])] = torch.tensor(it["word_ids"], dtype=torch.int64)
+    mask = ids != 0
+    return {
+        "word_ids": ids,
+        "mask": mask,
+        "words": torch.tensor(sum(len(it["word_ids"]) for it in batch)),
+    }
+
+
+def build(path: str, prefetch: int = 0):
+    """The trainer's chain; each element is [collated batch] (one sub-batch)."""
+    data = read_standoff(path)
+    s = training_stream(
+        data, batch_size=BATCH, seed=42, preprocess=preprocess, collate=collate, prefetch=0
+    )
+    s = s.map(lambda subs: subs[0])
+    return s.prefetch(prefetch) if prefetch else s
+
+
+def words_of_epoch(path: str) -> tuple[int, int]:
+    docs = list(read_standoff(path))
+    return len(docs), sum(len(d.words) for d in docs)
+
+
+def run_epochs(path: str, prefetch: int, epochs: int, total_words: int) -> dict[str, float]:
+    """Words/s of the cold epoch 1 and of the next warm ``epochs``, by wall clock and by CPU
+    time of this process (the machine is shared: CPU time is the stream's own cost)."""
+    it = iter(build(path, prefetch))
+    seen, t0, c0, out = 0, time.perf_counter(), time.process_time(), {}
+    while True:
+        seen += int(next(it)["words"])
+        if not out and seen >= total_words:
+            t1, c1 = time.perf_counter(), time.process_time()
+            out = {"cold": seen / (t1 - t0), "cold_cpu": seen / (c1 - c0)}
+            seen_warm = seen
+        if seen >= total_words * (1 + epochs):
+            t2, c2 = time.perf_counter(), time.process_time()
+            out["warm"] = (seen - seen_warm) / (t2 - t1)
+            out["warm_cpu"] = (seen - seen_warm) / (c2 - c1)
+            it.close()
+            return out
+
+
+def consumer_waits(path: str, prefetch: int, total_words: int) -> tuple[float, float]:
+    """Total seconds a 25k words/s consumer waits for data over the cold first epoch."""
+    it = iter(build(path, prefetch))
+    waited, seen, t0 = 0.0, 0, time.perf_counter()
+    while seen < total_words:
+        t = time.perf_counter()
+        batch = next(it)
+        waited += time.perf_counter() - t
+        n = int(batch["words"])
+        seen += n
+        time.sleep(n / TRAIN_WORDS_PER_S)
+    it.close()
+    return waited, time.perf_counter() - t0
+
+
+def resume_latency(path: str) -> tuple[float, float, dict[str, Any]]:
+    """Seconds from nothing to the first batch after loading a mid-epoch-3 state."""
+    reference = build(path)
+    it = iter(reference)
+    while True:
+        next(it)
+        state = reference.state_dict()
+        if state["epoch"] == 2 and state["offset"] >= len(reference.source) // 2:
+            break
+    expected = next(it)
+    t0 = time.perf_counter()
+    fresh = build(path)
+    fresh.load_state_dict(json.loads(json.dumps(state)))
+    first = next(iter(fresh))
+    latency = time.perf_counter() - t0
+    assert torch.equal(first["word_ids"], expected["word_ids"]), "resumed batch differs"
+    return latency, fresh.source.n_parsed / len(fresh.source), state
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def write_results(section: str, path: Path) -> None:
+    start, end = "<!-- stream:start -->", "<!-- stream:end -->"
+    block = f"{start}\n{section.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1]
+        text = before + block + after
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=DATA)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warm-epochs", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+
+    n_docs, total_words = words_of_epoch(args.data)
+    rows: dict[str, list[float]] = {}
+    for _ in range(args.repeats):  # alternate configurations: the machine is shared and bursty
+        for prefetch in (0, 4):
+            for key, value in run_epochs(
+                args.data, prefetch, args.warm_epochs, total_words
+            ).items():
+                rows.setdefault(f"{key}_{prefetch}", []).append(value)
+        latency, parsed, state = resume_latency(args.data)
+        rows.setdefault("resume", []).append(latency)
+        rows.setdefault("parsed", []).append(parsed)
+    waits = {p: consumer_waits(args.data, p, total_words) for p in (0, 4)}
+    med = {k: statistics.median(v) for k, v in rows.items()}
+
+    def rate(key: str) -> str:
+        cpu = med[key.replace("_", "_cpu_", 1)]
+        return f"{med[key]:,.0f} words/s ({cpu:,.0f} per CPU-second)"
+
+    b1 = TRAIN_WORDS_PER_S
+    table = [
+        ("cold epoch (read+tokenise+preprocess+batch+collate), 1 thread", rate("cold_0")),
+        ("cold epoch, prefetch(4)", rate("cold_4")),
+        (f"warm epochs (parse+preprocess cached) x{args.warm_epochs}, 1 thread", rate("warm_0")),
+        (f"warm epochs x{args.warm_epochs}, prefetch(4)", rate("warm_4")),
+        (
+            f"consumer at {b1 // 1000}k words/s over the cold epoch: waited, no prefetch",
+            f"{waits[0][0] * 1000:.0f} ms of {waits[0][1]:.1f} s",
+        ),
+        ("  same, prefetch(4)", f"{waits[4][0] * 1000:.0f} ms of {waits[4][1]:.1f} s"),
+        (
+            f"resume mid-epoch 3 (epoch={state['epoch']}, offset={state['offset']}): "
+            "new stream -> first batch",
+            f"{med['resume'] * 1000:.1f} ms ({med['parsed']:.1%} of files parsed)",
+        ),
+        (
+            f"cold epoch vs B1 step ({b1 // 1000}k words/s): wall / CPU",
+            f"{med['cold_0'] / b1:.0f}x / {med['cold_cpu_0'] / b1:.0f}x",
+        ),
+    ]
+    width = max(len(k) for k, _ in table)
+    lines = [
+        f"NCBI-disease train: {n_docs} docs, {total_words:,} words; batch {BATCH!r}; median of {args.repeats}"
+    ]
+    lines += [f"{k:<{width}}  {v}" for k, v in table]
+    print("\n".join(lines))
+
+    headline = {
+        "benchmark": "stream",
+        "words_per_epoch": total_words,
+        "cold_words_per_s": round(med["cold_0"]),
+        "cold_words_per_cpu_s": round(med["cold_cpu_0"]),
+        "cold_prefetch_words_per_s": round(med["cold_4"]),
+        "warm_words_per_s": round(med["warm_0"]),
+        "warm_words_per_cpu_s": round(med["warm_cpu_0"]),
+        "warm_prefetch_words_per_s": round(med["warm_4"]),
+        "consumer_wait_s": round(waits[0][0], 4),
+        "consumer_wait_prefetch_s": round(waits[4][0], 4),
+        "resume_s": round(med["resume"], 4),
+        "speedup_vs_b1_step": round(med["cold_0"] / TRAIN_WORDS_PER_S, 1),
+    }
+    if not args.no_write:
+        section = "\n".join(
+            [
+                "## B4: streams (`benchmarks/stream.py`)",
+                "",
+                f"- machine: {machine()}",
+                f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+                f"- command: `python benchmarks/stream.py --repeats {args.repeats}`",
+                "",
+                "```",
+                *lines,
+                "```",
+                "",
+                f"`{json.dumps(headline)}`",
+            ]
+        )
+        write_results(section, Path(__file__).resolve().parent / "RESULTS.md")
+    print(json.dumps(headline))
+
+
+if __name__ == "__main__":
+    main()
