@@ -1,0 +1,257 @@
+"""A linear-chain CRF as pure functions, and the BIOUL tag scheme it decodes.
+
+The log-partition is a product of L-1 transfer matrices in the (logsumexp, +) semiring. A
+sequential forward algorithm needs L dependent steps (slow eager, and compiling it unrolls the
+loop, so compile time grows with the length); here the product is reduced as a balanced tree:
+O(log L) dependent steps, each one batched over documents and positions. Padded positions
+contribute the semiring identity, so variable lengths need no special path.
+
+Tags: ``0`` is ``O``; label ``k`` (0-based) owns tags ``1 + 4k + (B, I, L, U)``.
+
+>>> tags = bioul_encode([(1, 3, 0)], 4)
+>>> tags
+[0, 1, 3, 0]
+>>> bioul_decode(tags)
+[(1, 3, 0)]
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Large but finite: -inf would give NaN gradients where a whole logsumexp row is forbidden.
+NEG = -1e4
+
+B_, I_, L_, U_ = 0, 1, 2, 3
+
+
+def num_tags(n_labels: int) -> int:
+    """Number of BIOUL tags for ``n_labels`` labels (``O`` plus four per label)."""
+    return 1 + 4 * n_labels
+
+
+def tag_names(labels: list[str]) -> list[str]:
+    """Human-readable tag names, in tag-index order: ``["O", "B-X", "I-X", "L-X", "U-X", ...]``."""
+    return ["O"] + [f"{p}-{lab}" for lab in labels for p in "BILU"]
+
+
+def bioul_encode(spans: list[tuple[int, int, int]], n_words: int) -> list[int]:
+    """Tag indices for non-overlapping word spans ``(first, last_exclusive, label_index)``.
+
+    Overlapping spans raise ``ValueError`` (filter them before; see ``drop_overlaps``).
+    """
+    tags = [0] * n_words
+    for first, last, lab in sorted(spans):
+        if not 0 <= first < last <= n_words:
+            raise ValueError(f"span ({first}, {last}) outside a document of {n_words} words")
+        if any(tags[first:last]):
+            raise ValueError(f"span ({first}, {last}) overlaps another span")
+        base = 1 + 4 * lab
+        if last - first == 1:
+            tags[first] = base + U_
+        else:
+            tags[first] = base + B_
+            for i in range(first + 1, last - 1):
+                tags[i] = base + I_
+            tags[last - 1] = base + L_
+    return tags
+
+
+def bioul_decode(tags: list[int]) -> list[tuple[int, int, int]]:
+    """Word spans ``(first, last_exclusive, label_index)`` of a tag sequence.
+
+    Valid sequences (all that constrained Viterbi produces) round-trip exactly; on invalid ones
+    a ``B``/``I`` run is closed at the next tag that cannot continue it.
+    """
+    spans = []
+    start, label = None, None
+    for i, t in enumerate(tags):
+        if t == 0:
+            if start is not None:
+                spans.append((start, i, label))
+            start, label = None, None
+            continue
+        lab, pos = divmod(t - 1, 4)
+        if pos in (I_, L_) and start is not None and label == lab:
+            if pos == L_:
+                spans.append((start, i + 1, lab))
+                start, label = None, None
+            continue
+        if start is not None:
+            spans.append((start, i, label))
+            start, label = None, None
+        if pos in (U_, L_):
+            spans.append((i, i + 1, lab))
+        else:
+            start, label = i, lab
+    if start is not None:
+        spans.append((start, len(tags), label))
+    return spans
+
+
+def drop_overlaps(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """Keep a non-overlapping subset: longest spans first, then leftmost."""
+    kept: list[tuple[int, int, int]] = []
+    taken: set[int] = set()
+    for s in sorted(spans, key=lambda s: (s[0] - s[1], s[0])):
+        if s[0] < s[1] and not taken.intersection(range(s[0], s[1])):
+            kept.append(s)
+            taken.update(range(s[0], s[1]))
+    return sorted(kept)
+
+
+def bioul_constraints(n_labels: int, dtype: torch.dtype = torch.float32):
+    """Additive masks ``(transitions [T, T], start [T], end [T])``: 0 where allowed, ``NEG`` not.
+
+    Allowed: ``O|L|U -> O|B|U``, ``B|I -> I|L`` of the same label; start in ``O|B|U``; end in
+    ``O|L|U``.
+    """
+    n = num_tags(n_labels)
+    trans = torch.full((n, n), NEG, dtype=dtype)
+    start = torch.full((n,), NEG, dtype=dtype)
+    end = torch.full((n,), NEG, dtype=dtype)
+
+    def kind(t):
+        return None if t == 0 else divmod(t - 1, 4)
+
+    for a in range(n):
+        ka = kind(a)
+        if ka is None or ka[1] in (B_, U_):
+            start[a] = 0
+        if ka is None or ka[1] in (L_, U_):
+            end[a] = 0
+        for b in range(n):
+            kb = kind(b)
+            closes = ka is None or ka[1] in (L_, U_)
+            opens = kb is None or kb[1] in (B_, U_)
+            continues = (
+                ka is not None
+                and kb is not None
+                and ka[0] == kb[0]
+                and ka[1] in (B_, I_)
+                and kb[1] in (I_, L_)
+            )
+            if (closes and opens) or continues:
+                trans[a, b] = 0
+    return trans, start, end
+
+
+def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(logsumexp, +) matrix product over the last two dims.
+
+    Computed as a real matrix product of exponentials shifted by row / column maxima: T^2
+    exponentials and a batched matmul instead of T^3 exponentials (10-30x faster on CPU). The
+    product runs in float64, so a term underflows only if it lies 700 nats below both maxima;
+    the clamp keeps such (negligible) entries finite instead of -inf.
+    """
+    m = a.amax(-1, keepdim=True).detach()
+    n = b.amax(-2, keepdim=True).detach()
+    prod = torch.exp((a - m).double()) @ torch.exp((b - n).double())
+    return prod.clamp(min=1e-300).log().to(a.dtype) + m + n
+
+
+def log_partition(
+    emissions: torch.Tensor,
+    mask: torch.Tensor,
+    transitions: torch.Tensor,
+    start: torch.Tensor,
+    end: torch.Tensor,
+) -> torch.Tensor:
+    """log Z of each sequence: ``[B, L, T]`` emissions, ``[B, L]`` bool mask -> ``[B]``.
+
+    Sequences with no unmasked position get 0. Masked positions are skipped wherever they are.
+    """
+    bsz, length, n = emissions.shape
+    alpha0 = start + emissions[:, 0]  # [B, T]
+    if length > 1:
+        # M_t[i, j] = trans[i, j] + emit[t, j]; padded positions become the identity (0 on the
+        # diagonal, NEG elsewhere) so they pass the running score through unchanged.
+        mats = transitions + emissions[:, 1:].unsqueeze(-2)  # [B, L-1, T, T]
+        eye = torch.full((n, n), NEG, dtype=emissions.dtype, device=emissions.device)
+        eye = eye.fill_diagonal_(0.0)
+        mats = torch.where(mask[:, 1:, None, None], mats, eye)
+        while mats.shape[1] > 1:
+            if mats.shape[1] % 2:
+                mats = torch.cat([mats, eye.expand(bsz, 1, n, n)], dim=1)
+            mats = _log_matmul(mats[:, 0::2], mats[:, 1::2])
+        total = torch.logsumexp(alpha0.unsqueeze(-1) + mats[:, 0], dim=-2)  # [B, T]
+    else:
+        total = alpha0
+    logz = torch.logsumexp(total + end, dim=-1)
+    return torch.where(mask[:, 0], logz, torch.zeros_like(logz))
+
+
+def sequence_score(
+    emissions: torch.Tensor,
+    tags: torch.Tensor,
+    mask: torch.Tensor,
+    transitions: torch.Tensor,
+    start: torch.Tensor,
+    end: torch.Tensor,
+) -> torch.Tensor:
+    """Unnormalised score of the tag sequences ``tags`` ``[B, L]``; ``mask`` must be a prefix mask."""
+    maskf = mask.to(emissions.dtype)
+    emit = emissions.gather(-1, tags.unsqueeze(-1)).squeeze(-1)  # [B, L]
+    score = (emit * maskf).sum(-1)
+    trans = transitions[tags[:, :-1], tags[:, 1:]]  # [B, L-1]
+    score = score + (trans * maskf[:, 1:]).sum(-1)
+    lengths = mask.sum(-1)
+    last = tags.gather(-1, (lengths - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    score = score + (start[tags[:, 0]] + end[last]) * maskf[:, 0]
+    return score
+
+
+def log_likelihood(
+    emissions: torch.Tensor,
+    tags: torch.Tensor,
+    mask: torch.Tensor,
+    transitions: torch.Tensor,
+    start: torch.Tensor,
+    end: torch.Tensor,
+) -> torch.Tensor:
+    """log p(tags | emissions) per sequence, ``[B]`` (0 for empty sequences).
+
+    >>> e = torch.zeros(1, 2, 2, dtype=torch.float64)
+    >>> z = torch.zeros(2, 2, dtype=torch.float64)
+    >>> float(log_likelihood(e, torch.zeros(1, 2, dtype=torch.long),
+    ...     torch.ones(1, 2, dtype=torch.bool), z, z[0], z[0]).exp())
+    0.25
+    """
+    score = sequence_score(emissions, tags, mask, transitions, start, end)
+    return score - log_partition(emissions, mask, transitions, start, end)
+
+
+def viterbi(
+    emissions: torch.Tensor,
+    mask: torch.Tensor,
+    transitions: torch.Tensor,
+    start: torch.Tensor,
+    end: torch.Tensor,
+) -> torch.Tensor:
+    """Exact best tag sequences ``[B, L]`` (prefix ``mask``; padded positions get tag 0).
+
+    Sequential over positions (inference only, never differentiated or compiled in the step);
+    vectorised over the batch.
+    """
+    bsz, length, n = emissions.shape
+    if length == 0:
+        return torch.zeros(bsz, 0, dtype=torch.long, device=emissions.device)
+    score = start + emissions[:, 0]  # [B, T]
+    backptrs = []
+    for t in range(1, length):
+        cand = score.unsqueeze(-1) + transitions  # [B, T_prev, T]
+        # amax + argmax: torch.max(dim) is ~10x slower on tiny tensors with several threads
+        best, idx = cand.amax(dim=1), cand.argmax(dim=1)
+        new = best + emissions[:, t]
+        m = mask[:, t].unsqueeze(-1)
+        score = torch.where(m, new, score)
+        # a padded step points back to the same tag, so backtracking passes straight through
+        backptrs.append(torch.where(m, idx, torch.arange(n, device=idx.device).expand(bsz, n)))
+    last = (score + end).argmax(-1)
+    path = [last]
+    for bp in reversed(backptrs):
+        last = bp.gather(-1, last.unsqueeze(-1)).squeeze(-1)
+        path.append(last)
+    path.reverse()
+    tags = torch.stack(path, dim=1)
+    return torch.where(mask, tags, torch.zeros_like(tags))

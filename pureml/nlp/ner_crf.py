@@ -1,0 +1,167 @@
+"""Named-entity recognition with a linear-chain CRF over BIOUL tags.
+
+Labels are inferred from the training docs in ``post_init``. The loss is the negative
+log-likelihood summed over documents and divided by the **global** number of words this
+component sees in the step (``batch["stats"]["<name>_words"]``, which the trainer replaces by
+the total over sub-batches and ranks), so summing the losses of sub-batches gives the loss of
+the whole batch. Decoding is exact Viterbi restricted to valid BIOUL moves.
+
+>>> from pureml.nlp import Pipeline, ScratchEncoder, NerCrf
+>>> nlp = Pipeline({"embedding": ScratchEncoder(width=16, depth=1), "ner": NerCrf(labels=["X"])})
+>>> nlp("Some text.").spans["ents"] is not None
+True
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from ..registry import components
+from . import crf
+from .component import Component, ForwardContext, pad_length
+from .doc import Span
+
+
+@components.register("ner_crf")
+class NerCrf(Component):
+    """BIOUL CRF tagger on top of a word embedding component.
+
+    Args:
+        embedding: name of the embedding component (its outputs: ``embeddings``, ``mask``).
+        labels: entity labels; inferred from ``target_group`` spans in ``post_init`` if None.
+        target_group: span group holding gold entities in training docs.
+        span_setter: span group the predictions are written to.
+        dropout: rate on the word vectors before the emission layer.
+    """
+
+    factory = "ner_crf"
+
+    def __init__(
+        self,
+        embedding: str = "embedding",
+        labels: list[str] | None = None,
+        target_group: str = "gold",
+        span_setter: str = "ents",
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.embedding = embedding
+        self.labels = list(labels) if labels is not None else None
+        self.target_group = target_group
+        self.span_setter = span_setter
+        self.p = dropout
+        self._warned: set[str] = set()
+        self._built_for: tuple[int, tuple[str, ...]] | None = None
+
+    def config(self) -> dict[str, Any]:
+        return dict(
+            embedding=self.embedding,
+            labels=list(self.labels or []),
+            target_group=self.target_group,
+            span_setter=self.span_setter,
+            dropout=self.p,
+        )
+
+    def post_init(self, docs) -> None:
+        seen = sorted({s.label for d in docs for s in d.spans.get(self.target_group, [])})
+        if self.labels is None:
+            self.labels = seen
+        else:
+            self.labels = self.labels + [lab for lab in seen if lab not in self.labels]
+
+    def initialize(self) -> None:
+        """(Re)build parameters once the labels and the embedding size are known."""
+        if self.labels is None:
+            return
+        width = self.pipeline.get_pipe(self.embedding).output_size
+        key = (width, tuple(self.labels))
+        if self._built_for == key:
+            return
+        n = crf.num_tags(len(self.labels))
+        self.emit = torch.nn.Linear(width, n)
+        self.transitions = torch.nn.Parameter(torch.zeros(n, n))
+        self.start = torch.nn.Parameter(torch.zeros(n))
+        self.end = torch.nn.Parameter(torch.zeros(n))
+        c_trans, c_start, c_end = crf.bioul_constraints(len(self.labels))
+        self.register_buffer("c_trans", c_trans, persistent=False)
+        self.register_buffer("c_start", c_start, persistent=False)
+        self.register_buffer("c_end", c_end, persistent=False)
+        self._built_for = key
+
+    def _check_built(self) -> None:
+        if self._built_for is None:
+            raise RuntimeError(
+                f"component {self.name!r} has no labels: pass labels=[...] or run "
+                "nlp.post_init(training_docs) first"
+            )
+
+    # -- data -------------------------------------------------------------------------------
+    def preprocess(self, doc, supervision: bool = False) -> dict[str, Any]:
+        n = len(doc.words)
+        out: dict[str, Any] = {"n_words": n, "stats": {"words": n}}
+        if supervision:
+            self._check_built()
+            index = {lab: i for i, lab in enumerate(self.labels)}
+            spans = []
+            for span in doc.spans.get(self.target_group, []):
+                if span.label not in index:
+                    self._warn_once(
+                        span.label,
+                        f"{self.name}: label {span.label!r} (doc {doc.id!r}) was not seen in "
+                        "training; its spans are treated as outside any entity",
+                    )
+                    continue
+                first, last = doc.word_range(span)
+                if first < last:
+                    spans.append((first, last, index[span.label]))
+            out["tags"] = crf.bioul_encode(crf.drop_overlaps(spans), n)
+        return out
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, stacklevel=3)
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        if not features or "tags" not in features[0]:
+            return {}
+        length = pad_length(max((f["n_words"] for f in features), default=0))
+        tags = torch.zeros(len(features), length, dtype=torch.int64)
+        for i, f in enumerate(features):
+            tags[i, : f["n_words"]] = torch.tensor(f["tags"], dtype=torch.int64)
+        return {"tags": tags}
+
+    # -- model ------------------------------------------------------------------------------
+    def potentials(self):
+        """CRF transition, start and end scores with invalid BIOUL moves forbidden."""
+        return (
+            self.transitions + self.c_trans,
+            self.start + self.c_start,
+            self.end + self.c_end,
+        )
+
+    def forward(self, batch: dict[str, Any], ctx: ForwardContext) -> dict[str, Any]:
+        self._check_built()
+        emb = ctx.run(self.embedding)
+        x = ctx.dropout(emb["embeddings"], self.p, self.name)
+        emissions = self.emit(x)
+        mask = emb["mask"]
+        trans, start, end = self.potentials()
+        if "tags" in batch:
+            ll = crf.log_likelihood(emissions, batch["tags"], mask, trans, start, end)
+            support = ctx.stats[self.stat("words")].clamp(min=1)
+            return {"loss": -ll.sum() / support, "emissions": emissions}
+        return {"tags": crf.viterbi(emissions, mask, trans, start, end), "emissions": emissions}
+
+    def postprocess(self, docs, outputs: dict[str, Any]):
+        tags = outputs["tags"].tolist()
+        for doc, row in zip(docs, tags):
+            words = doc.words
+            ents = []
+            for first, last, lab in crf.bioul_decode(row[: len(words)]):
+                ents.append(Span(words[first][0], words[last - 1][1], self.labels[lab]))
+            doc.spans[self.span_setter] = ents
+        return docs

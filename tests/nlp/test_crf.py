@@ -1,0 +1,116 @@
+"""The CRF against brute-force enumeration, and the BIOUL scheme."""
+
+import itertools
+
+import pytest
+import torch
+
+from pureml.nlp import crf
+
+
+def _brute(emissions, length, trans, start, end):
+    """All tag sequences of one document: (log Z, best sequence)."""
+    n = emissions.shape[-1]
+    scores = {}
+    for seq in itertools.product(range(n), repeat=length):
+        s = start[seq[0]] + emissions[0, seq[0]] + end[seq[-1]]
+        for t in range(1, length):
+            s = s + trans[seq[t - 1], seq[t]] + emissions[t, seq[t]]
+        scores[seq] = s
+    vals = torch.stack(list(scores.values()))
+    best = max(scores, key=lambda k: scores[k].item())
+    return torch.logsumexp(vals, 0), best, scores
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_log_likelihood_and_viterbi_match_brute_force(constrained):
+    g = torch.Generator().manual_seed(0)
+    n_labels = 1
+    n = crf.num_tags(n_labels)
+    lengths = [5, 1, 3, 0, 4]
+    bsz, maxlen = len(lengths), 6  # padding beyond every length
+    emissions = torch.randn(bsz, maxlen, n, generator=g, dtype=torch.float64) * 2
+    trans = torch.randn(n, n, generator=g, dtype=torch.float64)
+    start = torch.randn(n, generator=g, dtype=torch.float64)
+    end = torch.randn(n, generator=g, dtype=torch.float64)
+    if constrained:
+        ct, cs, ce = crf.bioul_constraints(n_labels, torch.float64)
+        trans, start, end = trans + ct, start + cs, end + ce
+    mask = torch.arange(maxlen) < torch.tensor(lengths).unsqueeze(-1)
+    tags = torch.randint(0, n, (bsz, maxlen), generator=g)
+    if constrained:  # gold sequences are valid BIOUL
+        tags = torch.tensor(
+            [crf.bioul_encode([(0, 2, 0)] if n_w >= 2 else [], maxlen) for n_w in lengths]
+        )
+    ll = crf.log_likelihood(emissions, tags, mask, trans, start, end)
+    best = crf.viterbi(emissions, mask, trans, start, end)
+    for b, n_w in enumerate(lengths):
+        if n_w == 0:
+            assert ll[b].item() == 0.0 and best[b].abs().sum() == 0
+            continue
+        logz, argmax, scores = _brute(emissions[b], n_w, trans, start, end)
+        expected = scores[tuple(tags[b, :n_w].tolist())] - logz
+        assert abs(ll[b].item() - expected.item()) <= 1e-9 * abs(expected.item())
+        assert tuple(best[b, :n_w].tolist()) == argmax
+        assert best[b, n_w:].abs().sum() == 0
+
+
+def test_log_partition_long_sequence_finite_gradients():
+    g = torch.Generator().manual_seed(1)
+    n = crf.num_tags(3)
+    ct, cs, ce = crf.bioul_constraints(3)
+    emissions = torch.randn(2, 37, n, generator=g, requires_grad=True)
+    mask = torch.arange(37) < torch.tensor([[37], [20]])
+    logz = crf.log_partition(emissions, mask, ct, cs, ce)
+    logz.sum().backward()
+    assert torch.isfinite(emissions.grad).all()
+    # marginals over tags sum to one at each real position, zero gradient on padding
+    assert torch.allclose(emissions.grad[0].sum(-1), torch.ones(37), atol=1e-5)
+    assert emissions.grad[1, 20:].abs().max() == 0
+
+
+def _span_sets(n_words, n_labels):
+    """Every set of non-overlapping labelled spans over n_words words."""
+    if n_words == 0:
+        yield []
+        return
+    # first word: outside, or starts a span of length k with some label
+    for rest in _span_sets(n_words - 1, n_labels):
+        yield [(a + 1, b + 1, lab) for a, b, lab in rest]
+    for k in range(1, n_words + 1):
+        for lab in range(n_labels):
+            for rest in _span_sets(n_words - k, n_labels):
+                yield [(0, k, lab)] + [(a + k, b + k, lab2) for a, b, lab2 in rest]
+
+
+def test_bioul_round_trip_every_span_set():
+    ct, cs, ce = crf.bioul_constraints(2)
+    count = 0
+    for n_words in range(0, 6):
+        for spans in _span_sets(n_words, 2):
+            tags = crf.bioul_encode(spans, n_words)
+            assert crf.bioul_decode(tags) == sorted(spans)
+            if tags:  # every encoded sequence is allowed by the constraints
+                assert cs[tags[0]] == 0 and ce[tags[-1]] == 0
+                assert all(ct[a, b] == 0 for a, b in zip(tags, tags[1:]))
+            count += 1
+    # a_n = a_(n-1) + 2 * (a_(n-1) + ... + a_0): first word outside, or opening a span
+    assert count == 1 + 3 + 11 + 41 + 153 + 571
+
+
+def test_constraints_allow_exactly_valid_moves():
+    ct, cs, ce = crf.bioul_constraints(2)
+    names = crf.tag_names(["A", "B"])
+    allowed = {(names[a], names[b]) for a in range(9) for b in range(9) if ct[a, b] == 0}
+    assert ("B-A", "I-A") in allowed and ("B-A", "L-A") in allowed and ("I-A", "L-A") in allowed
+    assert ("O", "I-A") not in allowed and ("B-A", "I-B") not in allowed
+    assert ("B-A", "O") not in allowed and ("U-A", "B-B") in allowed and ("L-A", "U-A") in allowed
+    assert len(allowed) == 5 * 5 + 2 * 4  # closers x openers + per-label continuations
+    assert [names[i] for i in range(9) if cs[i] == 0] == ["O", "B-A", "U-A", "B-B", "U-B"]
+    assert [names[i] for i in range(9) if ce[i] == 0] == ["O", "L-A", "U-A", "L-B", "U-B"]
+
+
+def test_overlaps_are_refused_and_dropped():
+    with pytest.raises(ValueError, match="overlaps"):
+        crf.bioul_encode([(0, 2, 0), (1, 3, 0)], 4)
+    assert crf.drop_overlaps([(0, 2, 0), (1, 4, 1), (4, 5, 0)]) == [(1, 4, 1), (4, 5, 0)]

@@ -1,0 +1,202 @@
+"""Pipeline behaviour: losses, sharing, batching, inference, save/load and bad input."""
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from pureml.nlp import Doc, NerCrf, Pipeline, ScratchEncoder, Span, load, pad_length
+from pureml.nlp.synthetic import make_corpus
+from pureml.registry import components
+
+from .conftest import build
+
+
+def _ents(doc):
+    return [(s.start, s.end, s.label, s.attributes.get("status")) for s in doc.spans["ents"]]
+
+
+def test_components_are_registered():
+    for name in ("scratch_encoder", "hash_embedding", "span_pooler"):
+        assert name in components
+    for name in ("ner_crf", "span_classifier"):
+        assert name in components
+
+
+def test_training_learns_the_synthetic_corpus(trained, corpus):
+    nlp, losses = trained
+    assert sum(losses[-5:]) < 0.3 * sum(losses[:5])
+    dev = make_corpus(30, seed=99)
+    gold = {(d.id, s.start, s.end, s.label) for d in dev for s in d.spans["gold"]}
+    preds = list(nlp.pipe([Doc(d.text, id=d.id) for d in dev]))
+    pred = {(d.id, s.start, s.end, s.label) for d in preds for s in d.spans["ents"]}
+    f1 = 2 * len(gold & pred) / (len(gold) + len(pred))
+    assert f1 > 0.8, f1
+    # the classifier ran on the spans the NER just wrote
+    assert all("status" in s.attributes for d in preds for s in d.spans["ents"])
+
+
+def test_losses_of_two_halves_sum_to_whole_batch(trained, corpus):
+    nlp, _ = trained
+    nlp = nlp.double()
+    try:
+        items = [nlp.preprocess(d, supervision=True) for d in corpus[:10]]
+        whole = nlp.collate(items)
+        total, parts = nlp(whole, None)
+        halves = [nlp.collate(items[:4]), nlp.collate(items[4:])]
+        sums = {"ner": 0.0, "status": 0.0}
+        for h in halves:
+            h["stats"] = whole["stats"]  # what the trainer does: global totals
+            _, p = nlp(h, None)
+            for k in sums:
+                sums[k] = sums[k] + p[k]
+        for k in sums:
+            assert abs(sums[k].item() - parts[k].item()) < 1e-10 * abs(parts[k].item())
+        # and the support is the global count of words / spans
+        assert whole["stats"]["ner_words"].item() == sum(len(d.words) for d in corpus[:10])
+        assert whole["stats"]["status_spans"].item() == sum(
+            len(d.spans["gold"]) for d in corpus[:10]
+        )
+    finally:
+        nlp.float()
+
+
+def test_shared_embedding_runs_once_per_batch(trained, corpus, monkeypatch):
+    nlp, _ = trained
+    calls = []
+    original = ScratchEncoder.forward
+
+    def counting(self, batch, ctx):
+        calls.append(1)
+        return original(self, batch, ctx)
+
+    monkeypatch.setattr(ScratchEncoder, "forward", counting)
+    batch = nlp.collate([nlp.preprocess(d, supervision=True) for d in corpus[:4]])
+    _, losses = nlp(batch, None)
+    assert set(losses) == {"ner", "status"} and len(calls) == 1
+    calls.clear()
+    list(nlp.pipe([d.text for d in corpus[:6]], batch_size=3))
+    assert len(calls) == 2  # two chunks, both heads share one embedding pass each
+
+
+def test_collate_sorts_by_length_and_pads_to_buckets(trained, corpus):
+    nlp, _ = trained
+    items = [nlp.preprocess(d, supervision=True) for d in corpus[:7]]
+    batch = nlp.collate(items)
+    lengths = [items[i]["stats"]["words"] for i in batch["index"].tolist()]
+    assert lengths == sorted(lengths, reverse=True)
+    assert batch["embedding"]["ids"].shape[1] == pad_length(max(lengths))
+    assert batch["ner"]["tags"].shape[1] == pad_length(max(lengths))
+    shapes = {
+        nlp.collate([nlp.preprocess(d) for d in corpus[i : i + 3]])["embedding"]["ids"].shape[1]
+        for i in range(0, len(corpus), 3)
+    }
+    n_lengths = len({len(d.words) for d in corpus})
+    assert len(shapes) <= 8 < n_lengths, (shapes, n_lengths)
+
+
+def test_pipe_equals_one_call_per_text(trained):
+    nlp, _ = trained
+    texts = [d.text for d in make_corpus(1000, seed=5)]
+    piped = [_ents(d) for d in nlp.pipe(texts, batch_size=64)]
+    single = [_ents(nlp(t)) for t in texts]
+    assert piped == single
+    assert sum(map(len, piped)) > 1000
+
+
+def test_save_load_identical_predictions(trained, tmp_path):
+    nlp, _ = trained
+    texts = [d.text for d in make_corpus(40, seed=7)]
+    path = tmp_path / "model"
+    nlp.to_disk(path)
+    nlp.to_disk(path)  # replaces the previous save
+    assert sorted(os.listdir(tmp_path)) == ["model"]  # no temp folder left behind
+    assert sorted(os.listdir(path)) == ["config.toml", "model.safetensors"]
+    loaded = load(path)
+    assert loaded.pipe_names == nlp.pipe_names
+    for k, v in nlp.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    assert [_ents(d) for d in loaded.pipe(texts)] == [_ents(d) for d in nlp.pipe(texts)]
+
+
+def test_missing_or_corrupted_weights_name_the_file(trained, tmp_path):
+    nlp, _ = trained
+    path = tmp_path / "model"
+    nlp.to_disk(path)
+    weights = path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupted weights file .*model.safetensors"):
+        load(path)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        load(path)
+    with pytest.raises(FileNotFoundError, match="config.toml"):
+        load(tmp_path / "nowhere")
+
+
+def test_failed_save_keeps_previous_model(trained, tmp_path, monkeypatch):
+    nlp, _ = trained
+    path = tmp_path / "model"
+    nlp.to_disk(path)
+    before = (path / "model.safetensors").read_bytes()
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("pureml.nlp.pipeline.save_file", boom)
+    with pytest.raises(OSError, match="disk full"):
+        nlp.to_disk(path)
+    assert (path / "model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["model"]
+
+
+def test_empty_and_long_documents(trained):
+    nlp, _ = trained
+    assert nlp("").spans["ents"] == []
+    long_text = " ".join(["Started metformin 500 mg daily."] * 700)  # 4,200 words
+    docs = list(nlp.pipe(["", long_text, "Patient denies fever."], batch_size=3))
+    assert docs[0].spans["ents"] == []
+    assert len(docs[1].spans["ents"]) >= 600
+    # a batch with an empty doc trains with a finite loss
+    empty = Doc("", id="empty")
+    empty.spans["gold"] = []
+    batch = nlp.collate([nlp.preprocess(empty, supervision=True)])
+    loss, parts = nlp(batch, None)
+    assert torch.isfinite(loss) and loss.item() == 0.0
+
+
+def test_unseen_labels_are_ignored_with_a_warning(trained):
+    nlp, _ = trained
+    doc = Doc("Patient denies fever.", id="x")
+    doc.spans["gold"] = [Span(15, 20, "symptom", {"status": "uncertain"})]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        item = nlp.preprocess(doc, supervision=True)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "'symptom'" in messages and "'uncertain'" in messages
+    assert set(item["ner"]["tags"]) == {0}
+    assert item["status"]["targets"]["status"] == [-100]
+    loss, _ = nlp(nlp.collate([item]), None)
+    assert torch.isfinite(loss)
+
+
+def test_untrained_head_and_bad_names_give_clear_errors():
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": NerCrf()})
+    with pytest.raises(RuntimeError, match="no labels.*post_init"):
+        nlp("text")
+    with pytest.raises(ValueError, match="must come before"):
+        Pipeline({"ner": NerCrf(labels=["X"]), "embedding": ScratchEncoder(width=8)})
+    with pytest.raises(ValueError, match="invalid component name"):
+        Pipeline({"stats": ScratchEncoder(width=8)})
+
+
+def test_parameter_names_and_phases():
+    nlp = build()
+    nlp.post_init(make_corpus(5, seed=0))
+    names = [n for n, _ in nlp.named_parameters()]
+    assert names[0] == "embedding.table.weight"
+    assert "ner.transitions" in names and "status.head.weight" in names
+    assert nlp.phases() == [["embedding", "ner", "status"]]
+    assert nlp.heads() == ["ner", "status"]
