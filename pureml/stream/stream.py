@@ -213,6 +213,11 @@ class Stream:
             raise StreamError("a stream can only be shuffled once")
         if mode is True:
             mode = "dataset"
+        if mode == "fragment":
+            raise StreamError(
+                "shuffle('fragment') is not supported: sources are indexed, so 'dataset' costs "
+                "no more; use 'dataset' or a chunk expression like '2000 words'"
+            )
         size = parse_size(mode)
         if isinstance(size, SplitCount):
             raise StreamError(f"shuffle({mode!r}): expected 'dataset' or a stat expression")
@@ -234,7 +239,8 @@ class Stream:
         budget gets a batch of its own. With ``loop()``, batches run across epoch boundaries
         (the last items of epoch e share a batch with the first of e+1), except ``"dataset"``,
         which is one batch per epoch. Without ``loop()``, the last partial batch is yielded
-        unless ``drop_last``.
+        unless ``drop_last``. Items reporting 0 of the stat never close a batch ("16 spans"
+        keeps adding documents without spans until one with spans does not fit).
         """
         kind = self._kind()
         if kind not in ("items", "opaque") or any(isinstance(s, _Batch) for s in self.stages):
@@ -438,7 +444,7 @@ def _batches(pairs: Iterator[tuple[Any, Pos]], stage: _Batch) -> Iterator[tuple[
             total += value
         batch.append(item)
         last = pos
-    if batch and not stage.drop_last:
+    if batch and not (stage.drop_last and isinstance(size, StatSize)):
         yield batch, last
 
 

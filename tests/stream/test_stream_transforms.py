@@ -258,3 +258,18 @@ def test_dataset_batches_resume_at_epoch_boundaries():
     fresh = from_iterable(preprocessed(9)).shuffle(seed=1).loop().batch("dataset")
     fresh.load_state_dict(s.state_dict())
     assert [ids(b) for b in itertools.islice(fresh, 3)] == ref[1:]
+
+
+def test_each_file_is_parsed_once_per_run(corpus_dir, monkeypatch):
+    import pureml.stream.standoff as standoff
+
+    calls = []
+    real = standoff.read_standoff_doc
+    monkeypatch.setattr(standoff, "read_standoff_doc", lambda p, i: calls.append(i) or real(p, i))
+    data = read_standoff(corpus_dir)
+    first = list(data)  # e.g. the trainer's post_init pass
+    s = data.shuffle(seed=0).loop().batch("300 words").prefetch(2)  # same source: shared parse
+    list(itertools.islice(s, 60))  # several epochs
+    assert sorted(calls) == sorted(d.id for d in first) and len(calls) == 40
+    with pytest.raises(StreamError, match=r"shuffle\('fragment'\) is not supported"):
+        data.shuffle("fragment")
