@@ -73,21 +73,45 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     for i, it in enumerate(batch):
         ids[i, : len(it["word_ids"])] = torch.tensor(it["word_ids"], dtype=torch.int64)
     mask = ids != 0
-    return {
-        "word_ids": ids,
-        "mask": mask,
-        "words": torch.tensor(sum(len(it["word_ids"]) for it in batch)),
-    }
+    words = torch.tensor(float(sum(len(it["word_ids"]) for it in batch)))
+    return {"word_ids": ids, "mask": mask, "stats": {"words": words}}
 
 
-def build(path: str, prefetch: int = 0):
-    """The trainer's chain; each element is [collated batch] (one sub-batch)."""
-    data = read_standoff(path)
+def make_pipeline() -> Any:
+    """B1/B2's from-scratch pipeline: hashed-feature encoder + CRF NER (4 NCBI labels)."""
+    from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+
+    labels = ["CompositeMention", "DiseaseClass", "Modifier", "SpecificDisease"]
+    return Pipeline({"embedding": ScratchEncoder(width=64, depth=1), "ner": NerCrf(labels=labels)})
+
+
+def build(path: str, prefetch: int = 0, kind: str = "words"):
+    """The trainer's chain; each element is [collated batch] (one sub-batch).
+
+    ``kind="words"``: word-index preprocess/collate above (the stream's own cost);
+    ``kind="pipeline"``: ``pipeline.preprocess(doc, supervision=True)`` / ``pipeline.collate``.
+    """
+    if kind == "pipeline":
+        nlp = make_pipeline()
+        pre, col = (lambda d: nlp.preprocess(d, supervision=True)), nlp.collate
+    else:
+        pre, col = preprocess, collate
     s = training_stream(
-        data, batch_size=BATCH, seed=42, preprocess=preprocess, collate=collate, prefetch=0
+        read_standoff(path), batch_size=BATCH, seed=42, preprocess=pre, collate=col, prefetch=0
     )
     s = s.map(lambda subs: subs[0])
     return s.prefetch(prefetch) if prefetch else s
+
+
+def n_words(batch: dict[str, Any]) -> int:
+    return int(batch["stats"]["words"])
+
+
+def same(a: Any, b: Any) -> bool:
+    """Bitwise equality of two collated batches (nested dicts of tensors)."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
 def words_of_epoch(path: str) -> tuple[int, int]:
@@ -95,13 +119,15 @@ def words_of_epoch(path: str) -> tuple[int, int]:
     return len(docs), sum(len(d.words) for d in docs)
 
 
-def run_epochs(path: str, prefetch: int, epochs: int, total_words: int) -> dict[str, float]:
+def run_epochs(
+    path: str, prefetch: int, epochs: int, total_words: int, kind: str = "words"
+) -> dict[str, float]:
     """Words/s of the cold epoch 1 and of the next warm ``epochs``, by wall clock and by CPU
     time of this process (the machine is shared: CPU time is the stream's own cost)."""
-    it = iter(build(path, prefetch))
+    it = iter(build(path, prefetch, kind))
     seen, t0, c0, out = 0, time.perf_counter(), time.process_time(), {}
     while True:
-        seen += int(next(it)["words"])
+        seen += n_words(next(it))
         if not out and seen >= total_words:
             t1, c1 = time.perf_counter(), time.process_time()
             out = {"cold": seen / (t1 - t0), "cold_cpu": seen / (c1 - c0)}
@@ -114,24 +140,26 @@ def run_epochs(path: str, prefetch: int, epochs: int, total_words: int) -> dict[
             return out
 
 
-def consumer_waits(path: str, prefetch: int, total_words: int) -> tuple[float, float]:
+def consumer_waits(
+    path: str, prefetch: int, total_words: int, kind: str = "words"
+) -> tuple[float, float]:
     """Total seconds a 25k words/s consumer waits for data over the cold first epoch."""
-    it = iter(build(path, prefetch))
+    it = iter(build(path, prefetch, kind))
     waited, seen, t0 = 0.0, 0, time.perf_counter()
     while seen < total_words:
         t = time.perf_counter()
         batch = next(it)
         waited += time.perf_counter() - t
-        n = int(batch["words"])
+        n = n_words(batch)
         seen += n
         time.sleep(n / TRAIN_WORDS_PER_S)
     it.close()
     return waited, time.perf_counter() - t0
 
 
-def resume_latency(path: str) -> tuple[float, float, dict[str, Any]]:
+def resume_latency(path: str, kind: str = "words") -> tuple[float, float, dict[str, Any]]:
     """Seconds from nothing to the first batch after loading a mid-epoch-3 state."""
-    reference = build(path)
+    reference = build(path, 0, kind)
     it = iter(reference)
     while True:
         next(it)
@@ -140,11 +168,11 @@ def resume_latency(path: str) -> tuple[float, float, dict[str, Any]]:
             break
     expected = next(it)
     t0 = time.perf_counter()
-    fresh = build(path)
+    fresh = build(path, 0, kind)
     fresh.load_state_dict(json.loads(json.dumps(state)))
     first = next(iter(fresh))
     latency = time.perf_counter() - t0
-    assert torch.equal(first["word_ids"], expected["word_ids"]), "resumed batch differs"
+    assert same(first, expected), "resumed batch differs"
     return latency, fresh.source.n_parsed / len(fresh.source), state
 
 
@@ -184,68 +212,76 @@ def main() -> None:
 
     n_docs, total_words = words_of_epoch(args.data)
     rows: dict[str, list[float]] = {}
+    kinds = ("words", "pipeline")
     for _ in range(args.repeats):  # alternate configurations: the machine is shared and bursty
-        for prefetch in (0, 4):
-            for key, value in run_epochs(
-                args.data, prefetch, args.warm_epochs, total_words
-            ).items():
-                rows.setdefault(f"{key}_{prefetch}", []).append(value)
-        latency, parsed, state = resume_latency(args.data)
-        rows.setdefault("resume", []).append(latency)
-        rows.setdefault("parsed", []).append(parsed)
-    waits = {p: consumer_waits(args.data, p, total_words) for p in (0, 4)}
+        for kind in kinds:
+            for prefetch in (0, 4):
+                res = run_epochs(args.data, prefetch, args.warm_epochs, total_words, kind)
+                for key, value in res.items():
+                    rows.setdefault(f"{kind}.{key}_{prefetch}", []).append(value)
+            latency, parsed, state = resume_latency(args.data, kind)
+            rows.setdefault(f"{kind}.resume", []).append(latency)
+            rows.setdefault(f"{kind}.parsed", []).append(parsed)
+    waits = {(k, p): consumer_waits(args.data, p, total_words, k) for k in kinds for p in (0, 4)}
     load = os.getloadavg()[0]  # the machine is shared: wall-clock rates depend on it
     med = {k: statistics.median(v) for k, v in rows.items()}
 
     def rate(key: str) -> str:
         cpu = med[key.replace("_", "_cpu_", 1)]
-        return f"{med[key]:,.0f} words/s ({cpu:,.0f} per CPU-second)"
+        return f"{med[key]:>11,.0f} words/s {cpu:>11,.0f} per CPU-s"
 
     b1 = TRAIN_WORDS_PER_S
-    table = [
-        ("cold epoch (read+tokenise+preprocess+batch+collate), 1 thread", rate("cold_0")),
-        ("cold epoch, prefetch(4)", rate("cold_4")),
-        (f"warm epochs (parse+preprocess cached) x{args.warm_epochs}, 1 thread", rate("warm_0")),
-        (f"warm epochs x{args.warm_epochs}, prefetch(4)", rate("warm_4")),
-        (
-            f"consumer at {b1 // 1000}k words/s over the cold epoch: waited, no prefetch",
-            f"{waits[0][0] * 1000:.0f} ms of {waits[0][1]:.1f} s",
-        ),
-        ("  same, prefetch(4)", f"{waits[4][0] * 1000:.0f} ms of {waits[4][1]:.1f} s"),
-        (
-            f"resume mid-epoch 3 (epoch index {state['epoch']}, offset {state['offset']}): "
-            "new stream -> first batch",
-            f"{med['resume'] * 1000:.1f} ms ({med['parsed']:.1%} of files parsed)",
-        ),
-        (
-            f"cold epoch vs B1 step ({b1 // 1000}k words/s): wall / CPU",
-            f"{med['cold_0'] / b1:.0f}x / {med['cold_cpu_0'] / b1:.0f}x",
-        ),
-    ]
+    table: list[tuple[str, str]] = []
+    for kind, title in (
+        ("words", "word-index preprocess + padded collate (the stream's own cost)"),
+        ("pipeline", "pipeline.preprocess + pipeline.collate (ScratchEncoder + NerCrf)"),
+    ):
+        table += [
+            (f"[{title}]", ""),
+            ("cold epoch: read+tokenise+preprocess+batch+collate", rate(f"{kind}.cold_0")),
+            ("cold epoch, prefetch(4)", rate(f"{kind}.cold_4")),
+            (f"warm epochs x{args.warm_epochs} (parse+preprocess cached)", rate(f"{kind}.warm_0")),
+            (f"warm epochs x{args.warm_epochs}, prefetch(4)", rate(f"{kind}.warm_4")),
+            (
+                f"consumer at {b1 // 1000}k words/s, cold epoch: waited (no prefetch)",
+                f"{waits[kind, 0][0] * 1000:.0f} ms of {waits[kind, 0][1]:.1f} s",
+            ),
+            (
+                "  same, prefetch(4)",
+                f"{waits[kind, 4][0] * 1000:.0f} ms of {waits[kind, 4][1]:.1f} s",
+            ),
+            (
+                f"resume mid-epoch 3 (epoch index {state['epoch']}, offset {state['offset']})",
+                f"{med[f'{kind}.resume'] * 1000:.1f} ms to the first batch "
+                f"({med[f'{kind}.parsed']:.1%} of files parsed)",
+            ),
+            (
+                f"vs B1 step ({b1 // 1000}k words/s): cold, warm (CPU-s)",
+                f"{med[f'{kind}.cold_cpu_0'] / b1:.1f}x, {med[f'{kind}.warm_cpu_0'] / b1:.1f}x",
+            ),
+        ]
     width = max(len(k) for k, _ in table)
     lines = [
         f"NCBI-disease train: {n_docs} docs, {total_words:,} words; batch {BATCH!r}; "
-        f"median of {args.repeats}; load average {load:.1f} on {os.cpu_count()} cores"
+        f"median of {args.repeats}; torch threads 1; "
+        f"load average {load:.1f} on {os.cpu_count()} cores"
     ]
-    lines += [f"{k:<{width}}  {v}" for k, v in table]
+    lines += [f"{k:<{width}}  {v}".rstrip() for k, v in table]
     print("\n".join(lines))
 
-    headline = {
-        "benchmark": "stream",
-        "words_per_epoch": total_words,
-        "cold_words_per_s": round(med["cold_0"]),
-        "cold_words_per_cpu_s": round(med["cold_cpu_0"]),
-        "cold_prefetch_words_per_s": round(med["cold_4"]),
-        "warm_words_per_s": round(med["warm_0"]),
-        "warm_words_per_cpu_s": round(med["warm_cpu_0"]),
-        "warm_prefetch_words_per_s": round(med["warm_4"]),
-        "consumer_wait_s": round(waits[0][0], 4),
-        "consumer_wait_prefetch_s": round(waits[4][0], 4),
-        "resume_s": round(med["resume"], 4),
-        "speedup_vs_b1_step": round(med["cold_0"] / TRAIN_WORDS_PER_S, 1),
-        "speedup_vs_b1_step_cpu": round(med["cold_cpu_0"] / TRAIN_WORDS_PER_S, 1),
-        "load_average": round(load, 2),
-    }
+    headline: dict[str, Any] = {"benchmark": "stream", "words_per_epoch": total_words}
+    for kind in kinds:
+        headline |= {
+            f"{kind}_cold_words_per_s": round(med[f"{kind}.cold_0"]),
+            f"{kind}_cold_words_per_cpu_s": round(med[f"{kind}.cold_cpu_0"]),
+            f"{kind}_warm_words_per_s": round(med[f"{kind}.warm_0"]),
+            f"{kind}_warm_words_per_cpu_s": round(med[f"{kind}.warm_cpu_0"]),
+            f"{kind}_warm_prefetch_words_per_s": round(med[f"{kind}.warm_4"]),
+            f"{kind}_consumer_wait_s": round(waits[kind, 0][0], 4),
+            f"{kind}_consumer_wait_prefetch_s": round(waits[kind, 4][0], 4),
+            f"{kind}_resume_s": round(med[f"{kind}.resume"], 4),
+        }
+    headline["load_average"] = round(load, 2)
     if not args.no_write:
         section = "\n".join(
             [
