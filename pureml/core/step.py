@@ -1,0 +1,350 @@
+"""The pure training step: ``step(state, sub_batches) -> (state, metrics)``.
+
+One call, in order:
+
+1. for each sub-batch ``i``: ``grad_and_value(loss_fn)`` with the dropout key
+   ``fold_in(state.rng, state.step, first_index + i)``; gradients summed over sub-batches;
+2. ``all_reduce`` hook (sum across ranks) on one flat bucket per dtype (grads and losses);
+3. global L2 norm (logged; before clipping), clip to ``grad_max_norm``;
+4. spike guard (:mod:`pureml.core.guard`); a non-finite norm always skips;
+5. optimizer update; a skipped step keeps params and optimizer state bitwise (branchless
+   ``where``), so the schedule does not advance either; ``state.step += 1`` always.
+
+Two compiled functions do the work, over plain dicts: one per sub-batch (gradients, accumulated
+into the running sum in the same graph) and one update. Splitting them means the number of
+sub-batches can change from step to step without recompiling. Frozen attrs objects are built
+only outside them.
+
+Shapes: with ``dynamic=True`` (the default) every dimension of every batch tensor is marked
+dynamic on every call, so the first graph is already the shape-generic one and no history
+decides which kernels run: a resumed or replayed process runs the same kernels whatever shapes
+it saw first. (Dimensions of size 0 or 1 are still specialised by torch.compile, in the same way
+in every process.) ``dynamic=False`` compiles each shape statically: pad to a few buckets.
+
+Example::
+
+    opt = optim.adamw(1e-3)
+    state = init_state(params, buffers, opt, seed=0)
+    step = make_step(loss_fn, opt, grad_max_norm=1.0)
+    state, metrics = step(state, [batch])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pureml.core.guard import POLICIES, guard_update, init_guard
+from pureml.core.rng import fold_in
+from pureml.core.state import TrainState, tree_map
+from pureml.optim.base import (
+    GradientTransformation,
+    apply_updates,
+    clip_coefficient,
+    global_norm,
+    learning_rates,
+    tree_select,
+)
+
+__all__ = ["LossFn", "Step", "make_step", "init_state", "module_loss_fn"]
+
+LossFn = Callable[[dict[str, Tensor], dict[str, Tensor], Any, Tensor], tuple[Tensor, dict]]
+AllReduce = Callable[[Tensor], Tensor]
+
+
+def module_loss_fn(module: torch.nn.Module) -> LossFn:
+    """``loss_fn(params, buffers, batch, key)`` calling ``module(batch, key) -> (loss, aux)``
+    through ``torch.func.functional_call`` (the module's own tensors are not used)."""
+
+    def loss_fn(params: dict, buffers: dict, batch: Any, key: Tensor) -> tuple[Tensor, dict]:
+        return torch.func.functional_call(module, {**buffers, **params}, (batch, key))
+
+    return loss_fn
+
+
+def init_state(
+    params: Mapping[str, Tensor] | torch.nn.Module,
+    buffers: Mapping[str, Tensor] | None = None,
+    optimizer: GradientTransformation | Any = None,
+    *,
+    seed: int = 0,
+    grad_ewm_window: int | None = None,  # noqa: ARG001  (the guard state does not depend on it)
+) -> TrainState:
+    """The state at step 0: optimizer state, empty guard statistics, ``rng = make_key(seed)``.
+
+    ``params`` may be a module (its parameters and buffers are copied). If the optimizer has
+    parameter groups, parameters it freezes move to ``buffers`` (they are not differentiated).
+
+    >>> from pureml import optim
+    >>> s = init_state({"w": torch.zeros(2)}, optimizer=optim.sgd(0.1), seed=1)
+    >>> int(s.step), list(s.hparams)
+    (0, ['lr/default'])
+    """
+    if isinstance(params, torch.nn.Module):
+        module = params
+        params = {k: v.detach().clone() for k, v in module.named_parameters()}
+        buffers = {
+            **{k: v.detach().clone() for k, v in module.named_buffers()},
+            **(buffers or {}),
+        }
+    params = {k: v.detach() for k, v in params.items()}
+    buffers = dict(buffers or {})
+    if optimizer is None:
+        raise ValueError("init_state needs the optimizer")
+    if hasattr(optimizer, "partition"):
+        params, frozen = optimizer.partition(params)
+        buffers.update(frozen)
+    if not params:
+        raise ValueError("no trainable parameter (all frozen by the optimizer groups?)")
+    opt = optimizer.init(params)
+    device = next(iter(params.values())).device
+    return TrainState.create(
+        params,
+        buffers,
+        seed=seed,
+        opt=opt,
+        guard=init_guard(device),
+        hparams={f"lr/{g}": lr for g, lr in learning_rates(opt).items()},
+    )
+
+
+def _mark_dynamic(batch: Any) -> None:
+    def mark(t: Any) -> Any:
+        if isinstance(t, Tensor):
+            for d in range(t.ndim):
+                torch._dynamo.maybe_mark_dynamic(t, d)
+        return t
+
+    tree_map(mark, batch)
+
+
+def _all_reduce_tree(tensors: dict[str, Tensor], all_reduce: AllReduce) -> dict[str, Tensor]:
+    # One flat bucket per dtype: one collective (one graph node) instead of one per tensor.
+    by_dtype: dict[torch.dtype, list[str]] = {}
+    for k, t in tensors.items():
+        by_dtype.setdefault(t.dtype, []).append(k)
+    out: dict[str, Tensor] = {}
+    for names in by_dtype.values():
+        flat = torch.cat([tensors[k].reshape(-1) for k in names])
+        flat = all_reduce(flat)
+        sizes = [tensors[k].numel() for k in names]
+        for k, piece in zip(names, torch.split(flat, sizes)):
+            out[k] = piece.view(tensors[k].shape)
+    return {k: out[k] for k in tensors}
+
+
+class Step:
+    """The callable ``make_step`` returns. ``grad_fn``, ``grad_acc_fn`` and ``update_fn`` are the
+    (compiled) inner functions, exposed for tests and benchmarks."""
+
+    def __init__(
+        self,
+        loss_fn: LossFn,
+        optimizer: GradientTransformation | Any,
+        *,
+        grad_max_norm: float | None,
+        grad_ewm_window: int,
+        grad_dev_policy: str | None,
+        grad_max_dev: float,
+        compile: bool,
+        backend: str | Callable,
+        all_reduce: AllReduce | None,
+        dynamic: bool,
+    ) -> None:
+        if grad_dev_policy not in POLICIES:
+            raise ValueError(f"unknown grad_dev_policy {grad_dev_policy!r} (known: {POLICIES})")
+        if grad_max_norm is not None and not grad_max_norm > 0:
+            raise ValueError(f"grad_max_norm must be > 0 or None, got {grad_max_norm}")
+        if grad_ewm_window < 1:
+            raise ValueError(f"grad_ewm_window must be >= 1, got {grad_ewm_window}")
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.grad_max_norm = grad_max_norm
+        self.grad_ewm_window = grad_ewm_window
+        self.grad_dev_policy = grad_dev_policy
+        self.grad_max_dev = grad_max_dev
+        self.all_reduce = all_reduce
+        self.compiled = compile
+        self.dynamic = dynamic
+        self._index_cache: dict[tuple[torch.device, int], Tensor] = {}
+
+        def wrap(fn: Callable) -> Callable:
+            if not compile:
+                return fn
+            return torch.compile(fn, fullgraph=True, backend=backend, dynamic=None)
+
+        self.grad_fn = wrap(self._grads)
+        self.grad_acc_fn = wrap(self._grads_acc)
+        self.update_fn = wrap(self._update)
+
+    # -- the pure inner functions (compiled) ---------------------------------------------------
+
+    def _grads(
+        self, params: dict, buffers: dict, batch: Any, rng: Tensor, step: Tensor, index: Tensor
+    ) -> tuple[dict, Tensor, dict]:
+        key = fold_in(rng, step, index)
+
+        def f(p: dict) -> tuple[Tensor, tuple[Tensor, dict]]:
+            loss, aux = self.loss_fn(p, buffers, batch, key)
+            return loss, (loss.detach(), {k: v.detach() for k, v in aux.items()})
+
+        grads, (loss, aux) = torch.func.grad(f, has_aux=True)(params)
+        return grads, loss, aux
+
+    def _grads_acc(
+        self,
+        acc: dict,
+        params: dict,
+        buffers: dict,
+        batch: Any,
+        rng: Tensor,
+        step: Tensor,
+        index: Tensor,
+    ) -> tuple[dict, Tensor, dict]:
+        grads, loss, aux = self._grads(params, buffers, batch, rng, step, index)
+        names = list(acc)
+        summed = torch._foreach_add([acc[k] for k in names], [grads[k] for k in names])
+        return dict(zip(names, summed)), loss, aux
+
+    def _update(
+        self,
+        params: dict,
+        opt_state: Any,
+        guard: dict,
+        grads: dict,
+        losses: dict,
+        step: Tensor,
+    ) -> tuple[dict, Any, dict, Tensor, dict]:
+        if self.all_reduce is not None:
+            reduced = _all_reduce_tree(
+                {
+                    **{f"g.{k}": v for k, v in grads.items()},
+                    **{f"l.{k}": v for k, v in losses.items()},
+                },
+                self.all_reduce,
+            )
+            grads = {k: reduced[f"g.{k}"] for k in grads}
+            losses = {k: reduced[f"l.{k}"] for k in losses}
+        norm = global_norm(grads)
+        if self.grad_max_norm is not None:
+            clip = clip_coefficient(norm, self.grad_max_norm)
+        else:
+            clip = torch.ones((), dtype=norm.dtype, device=norm.device)
+        new_guard, outcome = guard_update(
+            guard,
+            norm,
+            window=self.grad_ewm_window,
+            max_dev=self.grad_max_dev,
+            policy=self.grad_dev_policy,
+            clipped_norm=norm * clip,
+        )
+        coef = (clip.to(torch.float64) * outcome.scale).to(norm.dtype)
+        names = list(grads)
+        grads = dict(zip(names, torch._foreach_mul([grads[k] for k in names], coef)))
+        updates, new_opt = self.optimizer.update(grads, opt_state, params)
+        new_params = apply_updates(params, updates)
+        skip = outcome.skip
+        new_params = tree_select(skip, params, new_params)
+        new_opt = tree_select(skip, opt_state, new_opt)
+        metrics = {"loss": losses["loss"]}
+        metrics.update({f"loss/{k[4:]}": v for k, v in losses.items() if k.startswith("aux/")})
+        metrics["grad_norm"] = norm
+        metrics.update({f"lr/{g}": lr for g, lr in learning_rates(new_opt).items()})
+        metrics["spike"] = outcome.spike
+        metrics["skipped"] = skip
+        return new_params, new_opt, new_guard, step + 1, metrics
+
+    # -- the eager driver ------------------------------------------------------------------------
+
+    def _index(self, i: int, device: torch.device) -> Tensor:
+        key = (device, i)
+        if key not in self._index_cache:
+            self._index_cache[key] = torch.tensor(i, dtype=torch.int64, device=device)
+        return self._index_cache[key]
+
+    def __call__(
+        self, state: TrainState, sub_batches: Sequence[Any], *, first_index: int = 0
+    ) -> tuple[TrainState, dict[str, Tensor]]:
+        """Run one optimizer step over ``sub_batches`` (their gradients are summed)."""
+        if len(sub_batches) == 0:
+            raise ValueError("step needs at least one sub-batch")
+        device = state.rng.device
+        grads: dict[str, Tensor] | None = None
+        losses: dict[str, Tensor] = {}
+        for i, batch in enumerate(sub_batches):
+            if self.compiled and self.dynamic:
+                _mark_dynamic(batch)
+            index = self._index(first_index + i, device)
+            args = (state.params, state.buffers, batch, state.rng, state.step, index)
+            if grads is None:
+                grads, loss, aux = self.grad_fn(*args)
+            else:
+                grads, loss, aux = self.grad_acc_fn(grads, *args)
+            # Per-sub-batch losses are 0-d: summing them eagerly costs little and lets the
+            # components differ between sub-batches.
+            for k, v in (("loss", loss), *((f"aux/{k}", v) for k, v in aux.items())):
+                if k in losses:
+                    losses[k] = losses[k] + v
+                else:
+                    # A loss_fn may return one tensor under two names; aliased inputs would make
+                    # the compiled update recompile when the aliasing changes.
+                    losses[k] = v.clone() if any(v is w for w in losses.values()) else v
+        new_params, new_opt, new_guard, new_step, metrics = self.update_fn(
+            state.params, state.opt, state.guard, grads, losses, state.step
+        )
+        hparams = {k: v for k, v in metrics.items() if k.startswith("lr/")}
+        new_state = state.replace(
+            step=new_step, params=new_params, opt=new_opt, guard=new_guard, hparams=hparams
+        )
+        return new_state, metrics
+
+
+def make_step(
+    loss_fn: LossFn,
+    optimizer: GradientTransformation | Any,
+    *,
+    grad_max_norm: float | None = 5.0,
+    grad_ewm_window: int = 100,
+    grad_dev_policy: str | None = None,
+    grad_max_dev: float = 7.0,
+    compile: bool = True,
+    backend: str | Callable = "inductor",
+    all_reduce: AllReduce | None = None,
+    dynamic: bool = True,
+) -> Step:
+    """Build ``step(state, sub_batches, *, first_index=0) -> (state, metrics)``.
+
+    ``loss_fn(params, buffers, batch, key) -> (loss, aux)``: ``loss`` is differentiated, ``aux``
+    is a dict of 0-d tensors logged as ``"loss/<name>"``. Metrics (0-d tensors): ``loss``,
+    ``loss/<name>``, ``grad_norm`` (before clipping), ``lr/<group>``, ``spike``, ``skipped``.
+    ``all_reduce(flat) -> flat`` sums a 1-D tensor across ranks (one call per dtype, gradients
+    and losses together); the sub-batch dropout key is ``fold_in(rng, step, first_index + i)``,
+    so rank ``r`` passes ``first_index = r * n_local``.
+    ``compile=False`` runs the very same functions eagerly.
+
+    >>> from pureml import optim
+    >>> def loss_fn(params, buffers, batch, key):
+    ...     loss = ((params["w"] * batch["x"]).sum() - 1.0) ** 2
+    ...     return loss, {"main": loss}
+    >>> opt = optim.sgd(0.1)
+    >>> state = init_state({"w": torch.zeros(3)}, optimizer=opt)
+    >>> step = make_step(loss_fn, opt, compile=False)
+    >>> state, metrics = step(state, [{"x": torch.ones(3)}])
+    >>> float(metrics["loss"]), state.params["w"].tolist()
+    (1.0, [0.20000000298023224, 0.20000000298023224, 0.20000000298023224])
+    """
+    return Step(
+        loss_fn,
+        optimizer,
+        grad_max_norm=grad_max_norm,
+        grad_ewm_window=grad_ewm_window,
+        grad_dev_policy=grad_dev_policy,
+        grad_max_dev=grad_max_dev,
+        compile=compile,
+        backend=backend,
+        all_reduce=all_reduce,
+        dynamic=dynamic,
+    )
