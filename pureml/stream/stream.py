@@ -576,7 +576,8 @@ class _StreamIterator(Iterator[Any]):
             "block": [start, stop],
             "offset": offset,
             "skip": skip,
-            **self._sig,
+            "items": self._sig["items"],
+            "chain": list(self._sig["chain"]),
         }
 
 

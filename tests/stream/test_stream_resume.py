@@ -92,3 +92,11 @@ def test_state_is_shared_across_ranks_and_world_sizes(corpus_dir):
         got = next(iter(fresh))
         ref = list(itertools.islice(build(corpus_dir, prefetch=False).shard(r, 2), 6))[5]
         assert ids(got) == ids(ref)
+
+
+def test_prefetch_does_not_change_the_saved_state(corpus_dir):
+    plain, ahead = build(corpus_dir, prefetch=False), build(corpus_dir, prefetch=True)
+    a, b = iter(plain), iter(ahead)
+    for _ in range(12):
+        next(a), next(b)
+        assert plain.state_dict() == ahead.state_dict()

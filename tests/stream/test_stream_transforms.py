@@ -273,3 +273,14 @@ def test_each_file_is_parsed_once_per_run(corpus_dir, monkeypatch):
     assert sorted(calls) == sorted(d.id for d in first) and len(calls) == 40
     with pytest.raises(StreamError, match=r"shuffle\('fragment'\) is not supported"):
         data.shuffle("fragment")
+
+
+def test_shard_with_fewer_items_than_ranks_gives_empty_parts():
+    items = [{"id": "big", "stats": {"docs": 1, "words": 5000}}]
+    parts = [next(iter(from_iterable(items).batch("2000 words").shard(r, 3))) for r in range(3)]
+    assert [ids(p) for p in parts] == [["big"], [], []]
+    subs = [
+        next(iter(from_iterable(items).batch("2000 words").shard(r, 2).split("1 splits")))
+        for r in range(2)
+    ]
+    assert [ids(s) for s in subs] == [[["big"]], []]  # a rank may get no sub-batch at all
