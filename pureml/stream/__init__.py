@@ -30,8 +30,9 @@ from .batching import (
 from .errors import DataError, StreamError
 from .jsonl import read_jsonl, write_jsonl
 from .sources import ListSource, Source
+from .split import shard_batch, shard_range, split_batch
 from .standoff import read_standoff, write_standoff
-from .stream import Stream, shard_range, split_batch
+from .stream import Stream
 from .training import training_stream
 from .transforms import (
     apply,
@@ -68,6 +69,7 @@ __all__ = [
     "read_jsonl",
     "read_standoff",
     "shard",
+    "shard_batch",
     "shard_range",
     "shuffle",
     "split",

@@ -9,11 +9,14 @@ import pytest
 
 MODULES = [
     "batching",
+    "engine",
     "errors",
     "jsonl",
     "prefetch",
     "shuffle",
     "sources",
+    "split",
+    "stages",
     "standoff",
     "stream",
     "training",
