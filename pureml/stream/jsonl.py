@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..nlp.doc import Doc, Span
+from ..registry import readers
 from .errors import DataError
 from .sources import Source
 from .standoff import read_text
@@ -114,6 +115,7 @@ class JsonlSource(Source):
         return parse_doc(obj, path=file, line=lineno, default_id=f"{self._stems[file]}:{lineno}")
 
 
+@readers.register("jsonl")
 def read_jsonl(path: str | os.PathLike[str]) -> Stream:
     """A stream of the documents of a JSON lines file (or folder of them); spans in "gold"."""
     return Stream(JsonlSource(path))

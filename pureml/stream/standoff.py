@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..nlp.doc import Doc, Span
+from ..registry import readers
 from .errors import DataError
 from .sources import Source
 from .stream import Stream
@@ -77,6 +78,8 @@ def parse_ann(ann: str, text: str, path: str = "<ann>") -> tuple[list[Span], lis
     spans: dict[str, Span] = {}
     pending: list[tuple[int, str, str]] = []  # attribute/norm/note lines refer to entities
     kept: list[str] = []
+    if ann.startswith("\ufeff"):  # a BOM some editors add; never part of an annotation
+        ann = ann[1:]
     for lineno, raw in enumerate(ann.split("\n"), start=1):
         line = raw.rstrip("\r")
         if not line.strip():
@@ -208,6 +211,7 @@ class StandoffSource(Source):
         return read_standoff_doc(self._root / f"{doc_id}.txt", doc_id)
 
 
+@readers.register("standoff")
 def read_standoff(path: str | os.PathLike[str]) -> Stream:
     """A stream of the documents of a brat folder; ids are file stems; entities in "gold".
 

@@ -27,6 +27,7 @@ it was started at and skipping the elements already consumed: exact, but not fre
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -186,12 +187,26 @@ class Stream:
         sub-batches (after ``split``), the list of sub-batches is cut by count: rank r gets
         ``shard_range(m, r, world_size)`` of the m sub-batches (``m // world_size`` each when
         it divides, so rank r's first global sub-batch index is ``r * m // world_size``).
+        Sharding sub-batches only balances ranks when there are at least ``world_size`` of
+        them: ``split("1 splits").shard(r, 2)`` leaves rank 1 without work (still correct:
+        the union is the global batch), so this warns; shard before split instead.
         """
         kind = self._kind()
         if kind not in ("batch", "sub_batches"):
             raise StreamError("shard() works on batches or sub-batches: put it after batch()")
         if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
             raise StreamError(f"shard({rank}, {world_size}): need 0 <= rank < world_size")
+        split = next((s for s in reversed(self.stages) if isinstance(s, Split)), None)
+        if kind == "sub_batches" and isinstance(split.size, SplitCount):  # type: ignore[union-attr]
+            count = split.size.count  # type: ignore[union-attr]
+            if count % world_size:
+                warnings.warn(
+                    f"split('{count} splits').shard(rank, {world_size}): {count} sub-batches "
+                    f"do not divide among {world_size} ranks, some get "
+                    f"{count // world_size}; use batch(...).shard(rank, world_size).split(...) "
+                    f"or split into a multiple of {world_size}",
+                    stacklevel=2,
+                )
         return self._with(Shard(rank, world_size, by or self._batch_stat()))
 
     def prefetch(self, n: int = 2) -> Stream:

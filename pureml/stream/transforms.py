@@ -17,7 +17,9 @@ from .stream import Stream
 
 
 def from_iterable(items: Iterable[Any], name: str = "iterable") -> Stream:
-    """A stream over in-memory items (Docs or preprocessed dicts); materialised on first use."""
+    """A stream over in-memory items (Docs or preprocessed dicts); materialised on first use,
+    so ``items`` must be finite (positions index it); wrap an endless generator with
+    ``apply`` instead (resumed by replay)."""
     return Stream.from_items(items, name=name)
 
 

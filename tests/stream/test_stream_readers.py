@@ -113,3 +113,16 @@ def test_predictions_written_from_another_group(tmp_path):
     doc.spans["ents"] = [Span(7, 13, "Disease")]
     write_standoff([doc], tmp_path, span_group="ents")
     assert (tmp_path / "p.ann").read_text() == "T1\tDisease 7 13\tcancer\n"
+
+
+def test_readers_are_registered_for_recipes():
+    from pureml.registry import readers
+
+    assert readers.get("standoff") is read_standoff and readers.get("jsonl") is read_jsonl
+
+
+def test_ann_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "b.txt").write_text("Breast cancer.")
+    (tmp_path / "b.ann").write_bytes("\ufeffT1\tDisease 7 13\tcancer\n".encode())
+    (doc,) = read_standoff(tmp_path)
+    assert doc.spans["gold"][0].label == "Disease"

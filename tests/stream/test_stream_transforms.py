@@ -284,3 +284,11 @@ def test_shard_with_fewer_items_than_ranks_gives_empty_parts():
         for r in range(2)
     ]
     assert [ids(s) for s in subs] == [[["big"]], []]  # a rank may get no sub-batch at all
+
+
+def test_sharding_too_few_sub_batches_warns():
+    s = from_iterable(preprocessed(10)).batch(4).split("1 splits")
+    with pytest.warns(
+        UserWarning, match=r"split\('1 splits'\)\.shard\(rank, 2\): 1 sub-batches do not divide"
+    ):
+        s.shard(1, 2)
