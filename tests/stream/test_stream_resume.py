@@ -100,3 +100,67 @@ def test_prefetch_does_not_change_the_saved_state(corpus_dir):
     for _ in range(12):
         next(a), next(b)
         assert plain.state_dict() == ahead.state_dict()
+
+
+def _random_chain(cfg: dict, prefetch: bool):
+    from stream_fixtures import preprocessed
+
+    from pureml.stream import from_iterable
+
+    keep = cfg["keep"]
+    s = from_iterable(preprocessed(cfg["n"], seed=cfg["seed"]))
+    s = s.filter(lambda it: int(it["id"][2:]) % keep == 0)
+    s = s.shuffle(cfg["shuffle"], seed=cfg["seed"]).loop().batch(cfg["size"])
+    if cfg["shard"]:
+        s = s.shard(*cfg["shard"])
+    if cfg["split"]:
+        s = s.split(cfg["split"])
+    return s.prefetch(2) if prefetch else s
+
+
+def test_random_chains_resume_exactly():
+    """Many chain shapes (shuffle modes, filters, sizes, split, shard, prefetch), random k."""
+    import random
+
+    rng = random.Random(0)
+    for trial in range(25):
+        cfg = {
+            "seed": trial,
+            "n": rng.randint(1, 40),
+            "keep": rng.choice([1, 1, 2, 3]),
+            "shuffle": rng.choice([False, "dataset", f"{rng.randint(50, 900)} words"]),
+            "size": rng.choice(["300 words", "700 words", "4 spans", 3, "dataset"]),
+            "split": rng.choice([None, "2 splits", "200 words"]),
+            "shard": rng.choice([None, (0, 2), (1, 3)]),
+        }
+        if cfg["n"] < cfg["keep"]:
+            cfg["keep"] = 1
+        reference = [ids(b) for b in itertools.islice(_random_chain(cfg, False), 40)]
+        k = rng.randint(0, 25)
+        s = _random_chain(cfg, True)
+        it = iter(s)
+        for _ in range(k):
+            next(it)
+        fresh = _random_chain(cfg, rng.random() < 0.5)
+        fresh.load_state_dict(json.loads(json.dumps(s.state_dict())))
+        assert [ids(b) for b in itertools.islice(fresh, 15)] == reference[k : k + 15], cfg
+
+
+def test_closed_prefetch_iterators_leave_no_threads(corpus_dir):
+    import gc
+    import threading
+    import time
+
+    before = threading.active_count()
+    s = build(corpus_dir)
+    for _ in range(5):
+        it = iter(s)
+        next(it)
+        it.close()
+    del it, s
+    gc.collect()
+    for _ in range(100):  # threads notice the stop flag within one put timeout
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.02)
+    assert threading.active_count() <= before
