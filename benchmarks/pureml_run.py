@@ -1,0 +1,116 @@
+"""How the benchmark contenders drive pureml: time its steps, count compiled graphs, predict dev.
+
+Everything goes through pureml's public training API (``build_training`` + ``train``); the only
+intrusion is a wrapper around the step that ``pureml.core.step.make_step`` returns, which stamps
+the time at each call and reads the batch's word count, so that step i lasts from its call to
+the next one's (data loading, logging, checkpoints and validation of the loop included).
+
+>>> t = StepTimer()
+>>> t.durations(end=1.0)
+[]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+import ncbi  # noqa: E402
+
+SKIPPED = 3  # exit code read by the drivers as "cannot run yet"
+
+
+def skip(reason: str) -> None:
+    """Print ``reason`` as the last line and exit with :data:`SKIPPED`."""
+    print(reason, flush=True)
+    sys.exit(SKIPPED)
+
+
+def require_trainer() -> None:
+    try:
+        import pureml.core.step  # noqa: F401
+        from pureml.training.build import build_training  # noqa: F401
+        from pureml.training.trainer import train  # noqa: F401
+    except ImportError as e:
+        skip(f"pureml's trainer is not importable yet ({e})")
+
+
+class StepTimer:
+    """Wraps ``pureml.core.step.make_step`` so every step call is time-stamped."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self.words: list[float] = []
+        self._original = None
+
+    def install(self) -> StepTimer:
+        import pureml.core.step as core_step
+
+        original = self._original = core_step.make_step
+
+        def timed_make_step(*a: Any, **kw: Any):
+            step = original(*a, **kw)
+
+            def timed(state, sub_batches, *s_a, **s_kw):
+                self.stamps.append(time.perf_counter())
+                # the trainer gives every sub-batch the global totals: read the first one
+                self.words.append(float(sub_batches[0]["stats"]["words"]))
+                return step(state, sub_batches, *s_a, **s_kw)
+
+            return timed
+
+        core_step.make_step = timed_make_step
+        return self
+
+    def durations(self, end: float) -> list[float]:
+        return [b - a for a, b in zip(self.stamps, self.stamps[1:] + [end])]
+
+
+def compile_stats(times: list[float]) -> dict:
+    """Graphs compiled, graph breaks and recompiles from dynamo's counters; compile seconds as
+    the time steps took beyond 1.5x a steady (median) step."""
+    import statistics
+
+    from torch._dynamo.utils import counters
+
+    out = {
+        "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+        "recompiles": int(sum(v for k, v in counters["recompiles"].items()))
+        if "recompiles" in counters
+        else None,
+        "frames_ok": int(counters["frames"].get("ok", 0)),
+    }
+    if times:
+        steady = statistics.median(times)
+        out["compile_s"] = sum(max(0.0, t - 1.5 * steady) for t in times)
+        out["slow_steps"] = [i for i, t in enumerate(times) if t > 3 * steady][:20]
+    return out
+
+
+def predict(nlp: Any, docs: list[dict], batch_size: int = 32) -> dict:
+    """``{doc_id: [(start, end, label)]}`` from the pipeline's ``ents`` on raw dev texts."""
+    import torch
+
+    was = nlp.training
+    nlp.eval()
+    try:
+        with torch.no_grad():
+            out = nlp.pipe([d["text"] for d in docs], batch_size=batch_size)
+            preds = {
+                d["id"]: sorted({(s.start, s.end, s.label) for s in doc.spans.get("ents", [])})
+                for d, doc in zip(docs, out)
+            }
+    finally:
+        nlp.train(was)
+    return preds
+
+
+def dev_docs(data: str | Path) -> list[dict]:
+    return ncbi.read_split("devel", data)
