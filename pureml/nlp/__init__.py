@@ -6,6 +6,7 @@
 from .component import Component, ForwardContext, pad_length
 from .doc import Doc, Span
 from .hash_embedding import ScratchEncoder
+from .hf_transformer import HfTransformer  # imports transformers only when built
 from .ner_crf import NerCrf
 from .pipeline import Pipeline, load
 from .span_classifier import SpanClassifier
@@ -15,6 +16,7 @@ __all__ = [
     "Component",
     "Doc",
     "ForwardContext",
+    "HfTransformer",
     "NerCrf",
     "Pipeline",
     "ScratchEncoder",

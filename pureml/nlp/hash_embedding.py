@@ -67,7 +67,7 @@ class ScratchEncoder(Component):
         n_hashes: hashes summed per feature.
         depth / window / pieces: the CNN (``depth=0`` for none).
         transformer_layers / heads: small self-attention layers after the CNN (0 for none).
-        dropout: rate after the embedding and each layer.
+        dropout: rate on the embedded words (and in the attention layers).
     """
 
     factory = "scratch_encoder"
@@ -143,7 +143,9 @@ class ScratchEncoder(Component):
         x = self.mix_norm(self.mix(vecs.flatten(-2)))
         x = ctx.dropout(x, self.p, self.name, "embed")
         if self.cnn is not None:
-            x = self.cnn(x, mask, lambda h, i: ctx.dropout(h, self.p, self.name, "cnn", i))
+            # no dropout inside the CNN: in eager mode each counter-based mask costs ~60 integer
+            # passes over the tensor, more than the layer itself on CPU
+            x = self.cnn(x, mask)
         for i, layer in enumerate(self.attn):
             x = layer(x, mask, lambda h, what, i=i: ctx.dropout(h, self.p, self.name, what, i))
         x = x * mask.unsqueeze(-1).to(x.dtype)

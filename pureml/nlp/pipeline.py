@@ -222,10 +222,9 @@ class Pipeline(torch.nn.Module):
         """A pure ``loss_fn(params, buffers, batch, key) -> (loss, {name: loss})`` for
         ``make_step``: the pipeline's forward through ``torch.func.functional_call``."""
 
-        def loss_fn(params, buffers, batch, key):
-            return torch.func.functional_call(self, {**buffers, **params}, (batch, key))
+        from ..core.step import module_loss_fn
 
-        return loss_fn
+        return module_loss_fn(self)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # nlp("text") annotates; nlp(batch, key) is nn.Module's call (functional_call uses it)
@@ -234,12 +233,19 @@ class Pipeline(torch.nn.Module):
         return super().__call__(*args, **kwargs)
 
     @torch.no_grad()
-    def pipe(self, texts: Iterable[str | Doc], batch_size: int = 32) -> Iterator[Doc]:
+    def pipe(
+        self,
+        texts: Iterable[str | Doc],
+        batch_size: int = 32,
+        heads: Iterable[str] | None = None,
+    ) -> Iterator[Doc]:
         """Annotate texts or docs in batches of ``batch_size``, yielding docs in input order.
 
-        Heads run one after another on the same batch (a span classifier can classify the spans
-        the NER just wrote); a shared embedding is computed once per batch.
+        Heads (default: all, see ``heads()``) run one after another on the same batch (a span
+        classifier can classify the spans the NER just wrote); a shared embedding is computed
+        once per batch. Batches go to the device of the pipeline's parameters.
         """
+        heads = list(heads) if heads is not None else self.heads()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         was_training = self.training
@@ -249,20 +255,21 @@ class Pipeline(torch.nn.Module):
             for t in texts:
                 chunk.append(t if isinstance(t, Doc) else Doc(t))
                 if len(chunk) == batch_size:
-                    yield from self._annotate(chunk)
+                    yield from self._annotate(chunk, heads)
                     chunk = []
             if chunk:
-                yield from self._annotate(chunk)
+                yield from self._annotate(chunk, heads)
         finally:
             self.train(was_training)
 
-    def _annotate(self, docs: list[Doc]) -> list[Doc]:
+    def _annotate(self, docs: list[Doc], heads: list[str]) -> list[Doc]:
         ctx = ForwardContext(self, {}, None)
-        for head in self.heads():
+        device = next(iter(self.parameters()), torch.empty(0)).device
+        for head in heads:
             names = self._closure([head])
             # embeddings already computed for this chunk are reused: same docs, same order
             items = [self.preprocess(d, pipe_names=names) for d in docs]
-            batch = self.collate(items)
+            batch = _to_device(self.collate(items), device)
             ctx.batch = batch
             ctx.cache.pop(head, None)
             out = ctx.run(head)
@@ -361,6 +368,14 @@ class Pipeline(torch.nn.Module):
 def load(path: str | os.PathLike) -> Pipeline:
     """Load a pipeline saved with ``nlp.to_disk(path)``."""
     return Pipeline.from_disk(path)
+
+
+def _to_device(tree: Any, device: torch.device) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    return tree
 
 
 def _fsync_tree(root: Path) -> None:

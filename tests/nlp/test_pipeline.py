@@ -18,7 +18,7 @@ def _ents(doc):
 
 
 def test_components_are_registered():
-    for name in ("scratch_encoder", "hash_embedding", "span_pooler"):
+    for name in ("scratch_encoder", "hash_embedding", "hf_transformer", "span_pooler"):
         assert name in components
     for name in ("ner_crf", "span_classifier"):
         assert name in components

@@ -1,0 +1,210 @@
+"""A Hugging Face encoder from a local folder as a word embedding (extra ``hf``).
+
+Documents longer than the model's limit are cut into windows of ``window`` sub-word tokens
+that start every ``stride`` tokens; each token takes its vector from the window where it sits
+farthest from an edge (the most context on both sides). A word's vector is the mean of its
+sub-word vectors. Nothing is downloaded (``local_files_only``), and ``transformers`` is imported
+only when this component is built, so ``pureml`` works without it.
+
+The model's own dropout is switched off (its config's ``*dropout*`` rates are set to 0):
+``nn.Dropout`` is not replayable. Dropout is applied to the word vectors with the pipeline's
+counter-based RNG instead. A saved pipeline keeps the model config and tokenizer in
+``<model dir>/<component name>/``, so it loads without the original folder.
+
+>>> HfTransformer.factory
+'hf_transformer'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..registry import components
+from .component import Component, ForwardContext, pad_length
+
+
+def _transformers():
+    try:
+        import transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "hf_transformer needs the 'hf' extra: pip install 'pureml[hf]' "
+            "(transformers and tokenizers)"
+        ) from e
+    return transformers
+
+
+def window_starts(n_tokens: int, window: int, stride: int) -> list[int]:
+    """Start offsets of the windows that cover ``n_tokens`` tokens.
+
+    >>> window_starts(10, 4, 3)
+    [0, 3, 6]
+    >>> window_starts(0, 4, 3)
+    []
+    """
+    if n_tokens == 0:
+        return []
+    starts = [0]
+    while starts[-1] + window < n_tokens:
+        starts.append(starts[-1] + stride)
+    return starts
+
+
+def best_window(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]]:
+    """For each token, ``(window index, position in that window)`` with the most context.
+
+    >>> best_window(5, 3, 2)
+    [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2)]
+    """
+    starts = window_starts(n_tokens, window, stride)
+    out = []
+    k = 0
+    for t in range(n_tokens):
+        while k + 1 < len(starts) and starts[k + 1] <= t:
+            k += 1
+        # candidates: the last window starting at or before t, and earlier ones still covering t
+        best, best_margin = k, -1
+        for j in range(k, -1, -1):
+            start, end = starts[j], min(starts[j] + window, n_tokens)
+            if t >= end:
+                break
+            margin = min(t - start, end - 1 - t)
+            if margin > best_margin:
+                best, best_margin = j, margin
+        out.append((best, t - starts[best]))
+    return out
+
+
+@components.register("hf_transformer")
+class HfTransformer(Component):
+    """Word vectors ``[B, L, hidden]`` from a local Hugging Face encoder.
+
+    Args:
+        model: path of a folder saved with ``save_pretrained`` (model and tokenizer).
+        window: sub-word tokens per window (without the special tokens); at most the model's
+            ``max_position_embeddings`` minus the special tokens.
+        stride: tokens between window starts (``stride <= window``; overlap = window - stride).
+        dropout: rate on the word vectors.
+    """
+
+    factory = "hf_transformer"
+
+    def __init__(
+        self, model: str, window: int = 128, stride: int = 96, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        if not 0 < stride <= window:
+            raise ValueError(f"need 0 < stride <= window, got stride={stride}, window={window}")
+        self.model_path = str(model)
+        self.window = window
+        self.stride = stride
+        self.p = dropout
+        self._saved: Path | None = None
+        self._built = False
+
+    def config(self) -> dict[str, Any]:
+        return dict(model=self.model_path, window=self.window, stride=self.stride, dropout=self.p)
+
+    def initialize(self) -> None:
+        if self._built:
+            return
+        tf = _transformers()
+        source = self._saved or Path(self.model_path)
+        if not (source / "config.json").is_file():
+            raise FileNotFoundError(f"no Hugging Face model config at {source / 'config.json'}")
+        config = tf.AutoConfig.from_pretrained(source, local_files_only=True)
+        for name in list(config.to_dict()):
+            if "dropout" in name and isinstance(getattr(config, name, None), float):
+                setattr(config, name, 0.0)
+        if self._saved is not None:  # weights come from the pipeline's safetensors
+            self.model = tf.AutoModel.from_config(config)
+        else:
+            self.model = tf.AutoModel.from_pretrained(source, config=config, local_files_only=True)
+        self.tokenizer = tf.AutoTokenizer.from_pretrained(source, local_files_only=True)
+        limit = getattr(config, "max_position_embeddings", None)
+        if limit is not None and self.window + 2 > limit:
+            raise ValueError(
+                f"window {self.window} + 2 special tokens exceeds the model's "
+                f"max_position_embeddings {limit} ({source})"
+            )
+        self.output_size = config.hidden_size
+        self._built = True
+
+    def to_disk(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+    def from_disk(self, path: str | os.PathLike) -> None:
+        self._saved = Path(path)
+
+    # -- data -------------------------------------------------------------------------------
+    def preprocess(self, doc, supervision: bool = False) -> dict[str, Any]:
+        words = doc.word_texts()
+        pieces = self.tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+        unk = self.tokenizer.unk_token_id
+        pieces = [p if p else [unk] for p in pieces]
+        ids = [t for p in pieces for t in p]
+        return {
+            "ids": ids,
+            "word_of": [w for w, p in enumerate(pieces) for _ in p],
+            "n_words": len(words),
+            "stats": {"words": len(words), "tokens": len(ids)},
+        }
+
+    def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        tok = self.tokenizer
+        length = pad_length(max((f["n_words"] for f in features), default=0))
+        longest = max((len(f["ids"]) for f in features), default=0)
+        width = min(self.window, pad_length(max(longest, 1))) + 2
+        rows: list[list[int]] = []
+        src, dst = [], []
+        for i, f in enumerate(features):
+            n = len(f["ids"])
+            starts = window_starts(n, self.window, self.stride)
+            first_row = len(rows)
+            for s in starts:
+                rows.append([tok.cls_token_id, *f["ids"][s : s + self.window], tok.sep_token_id])
+            for t, (k, pos) in enumerate(best_window(n, self.window, self.stride)):
+                src.append((first_row + k) * width + pos + 1)
+                dst.append(i * length + f["word_of"][t])
+        if not rows:  # a batch of empty documents still runs the model once
+            rows.append([tok.cls_token_id, tok.sep_token_id])
+        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.int64)
+        attention = torch.zeros(len(rows), width, dtype=torch.int64)
+        for r, row in enumerate(rows):
+            input_ids[r, : len(row)] = torch.tensor(row)
+            attention[r, : len(row)] = 1
+        dst_t = torch.tensor(dst, dtype=torch.int64)
+        count = torch.zeros(len(features) * length).index_add_(
+            0, dst_t, torch.ones(len(dst), dtype=torch.float32)
+        )
+        mask = torch.arange(length) < torch.tensor([f["n_words"] for f in features]).unsqueeze(-1)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "token_index": torch.tensor(src, dtype=torch.int64),
+            "token_word": dst_t,
+            "word_weight": 1.0 / count.clamp(min=1.0),
+            "mask": mask,
+        }
+
+    # -- model ------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, Any], ctx: ForwardContext) -> dict[str, Any]:
+        out = self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
+        hidden = out.shape[-1]
+        tokens = out.reshape(-1, hidden)[batch["token_index"]]
+        mask = batch["mask"]
+        words = tokens.new_zeros(mask.numel(), hidden).index_add(0, batch["token_word"], tokens)
+        words = (words * batch["word_weight"].unsqueeze(-1).to(words.dtype)).view(
+            *mask.shape, hidden
+        )
+        words = ctx.dropout(words, self.p, self.name)
+        return {"embeddings": words, "mask": mask}

@@ -1,0 +1,130 @@
+"""hf_transformer with a tiny random BERT built locally (never downloaded)."""
+
+import pytest
+import torch
+
+from pureml import optim
+from pureml.core.step import init_state, make_step
+from pureml.nlp import Doc, NerCrf, Pipeline, load
+from pureml.nlp.hf_transformer import best_window, window_starts
+from pureml.nlp.synthetic import make_corpus
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = tokenizers.Tokenizer(tokenizers.models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = tokenizers.normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+    trainer = tokenizers.trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    )
+    tok.train_from_iterator([d.text for d in make_corpus(50, seed=3)], trainer)
+    fast = transformers.BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    fast.save_pretrained(path)
+    config = transformers.BertConfig(
+        vocab_size=fast.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=24,  # shorter than most notes: windows are needed
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(path)
+    return path
+
+
+def test_windows_cover_every_token_once_with_most_context():
+    for n in range(0, 40):
+        starts = window_starts(n, 8, 5)
+        picks = best_window(n, 8, 5)
+        assert len(picks) == n
+        for t, (k, pos) in enumerate(picks):
+            assert starts[k] + pos == t and pos < 8
+            # no other window gives the token more context
+            margin = min(pos, min(starts[k] + 8, n) - 1 - t)
+            for s in starts:
+                if s <= t < min(s + 8, n):
+                    assert min(t - s, min(s + 8, n) - 1 - t) <= margin
+
+
+def _ents(doc):
+    return [(s.start, s.end, s.label) for s in doc.spans["ents"]]
+
+
+def test_trains_with_the_functional_step_and_saves(tiny_bert, tmp_path):
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    torch.manual_seed(0)
+    nlp = Pipeline(
+        {
+            "embedding": HfTransformer(str(tiny_bert), window=16, stride=12, dropout=0.1),
+            "ner": NerCrf(),
+        }
+    )
+    docs = make_corpus(24, seed=4)
+    nlp.post_init(docs)
+    assert nlp.get_pipe("ner").labels == ["drug", "problem", "test"]
+    items = [nlp.preprocess(d, supervision=True) for d in docs]
+    assert max(it["stats"]["embedding_tokens"] for it in items) > 16  # several windows
+    opt = optim.adamw(3e-3)
+    state = init_state(nlp, optimizer=opt, seed=0)
+    step = make_step(nlp.loss_fn(), opt, compile=False)
+    losses = []
+    for i in range(12):
+        batch = nlp.collate(items[(i % 3) * 8 : (i % 3) * 8 + 8])
+        state, metrics = step(state, [batch])
+        losses.append(float(metrics["loss/ner"]))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) < sum(losses[:3])
+    nlp.load_state_dict(state.params, strict=False)
+
+    texts = [d.text for d in make_corpus(6, seed=8)] + ["", " ".join(["fever"] * 100)]
+    before = [_ents(d) for d in nlp.pipe(texts, batch_size=4)]
+    nlp.to_disk(tmp_path / "model")
+    assert (tmp_path / "model" / "embedding" / "config.json").is_file()
+    loaded = load(tmp_path / "model")  # rebuilt from the saved config, not the original folder
+    assert [_ents(d) for d in loaded.pipe(texts, batch_size=4)] == before
+    assert loaded("").spans["ents"] == []
+
+
+def test_missing_model_folder_is_a_clear_error(tmp_path):
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        Pipeline({"embedding": HfTransformer(str(tmp_path / "nope"))})
+    with pytest.raises(ValueError, match="stride"):
+        HfTransformer(str(tmp_path), window=8, stride=9)
+
+
+def test_word_vectors_average_sub_words(tiny_bert):
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    nlp = Pipeline({"embedding": HfTransformer(str(tiny_bert), window=16, stride=12)})
+    emb = nlp.get_pipe("embedding")
+    doc = Doc("hypokalemia and fever")
+    item = nlp.preprocess(doc)
+    pieces = emb.tokenizer(doc.word_texts(), add_special_tokens=False)["input_ids"]
+    assert item["embedding"]["ids"] == [t for p in pieces for t in p]
+    batch = nlp.collate([item])
+    from pureml.nlp.component import ForwardContext
+
+    out = emb(batch["embedding"], ForwardContext(nlp, batch))["embeddings"][0]
+    hidden = emb.model(
+        input_ids=batch["embedding"]["input_ids"],
+        attention_mask=batch["embedding"]["attention_mask"],
+    ).last_hidden_state[0]
+    n0 = len(pieces[0])
+    assert torch.allclose(out[0], hidden[1 : 1 + n0].mean(0), atol=1e-6)
+    assert torch.allclose(out[1], hidden[1 + n0], atol=1e-6)
