@@ -31,6 +31,7 @@ from typing import Any, Literal, Union
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
 
 GRAD_DEV_POLICIES = ("clip_mean", "clip_threshold", "skip")
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -291,6 +292,20 @@ for _t in _PRIMITIVES:
     converter.register_structure_hook(_t, _strict_primitive(_t))
 converter.register_structure_hook_func(_is_union, _structure_union)
 converter.register_structure_hook(Any, _structure_any)
+
+
+def _attrs_hook_factory(cl: type) -> Any:
+    generated = make_dict_structure_fn(cl, converter, _cattrs_forbid_extra_keys=True)
+
+    def structure_table(value: Any, _type: Any) -> Any:
+        if not isinstance(value, dict):
+            raise _Mismatch(f"expected a table, got {value!r}")
+        return generated(value, _type)
+
+    return structure_table
+
+
+converter.register_structure_hook_factory(attrs.has, _attrs_hook_factory)
 converter.register_structure_hook_func(
     lambda t: typing.get_origin(t) is dict and typing.get_args(t)[:1] == (str,),
     lambda v, t: _structure_dict(v, t),

@@ -407,9 +407,13 @@ def check_factories(recipe: Recipe) -> None:
     if recipe.val_data is not None:
         check_factory_table(recipe.val_data, registry.readers, "val_data")
     if recipe.optimizer is not None:
-        check_factory_table(
-            recipe.optimizer, registry.optimizers, "optimizer", supplied=SUPPLIED["optimizer"]
-        )
+        table = dict(recipe.optimizer)
+        schedule = table.pop("schedule", None)
+        check_factory_table(table, registry.optimizers, "optimizer", supplied=SUPPLIED["optimizer"])
+        if schedule is not None:
+            check_factory_table(
+                schedule, registry.schedules, "optimizer.schedule", supplied=("total_steps", "max")
+            )
     check_factory_table(recipe.scorer, registry.scorers, "scorer")
     for comp in recipe.train.loss_scales:
         if comp not in recipe.nlp.components:

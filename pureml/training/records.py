@@ -156,6 +156,7 @@ class StepRecorder:
 
     def write(self, record: Mapping[str, Any]) -> None:
         self.log.write_line(json.dumps(record, sort_keys=False, separators=(",", ":")))
+        self.log.flush()
 
     def state(self) -> dict[str, int]:
         return {STEPS_FILE: self.log.offset()}

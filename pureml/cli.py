@@ -1,0 +1,169 @@
+"""The ``pureml`` command: a thin layer over the Python API.
+
+::
+
+    pureml train recipes/quickstart.toml --set train.max_steps=100
+    pureml evaluate artifacts/model-last data/dev --json
+    pureml plot artifacts
+    pureml recipe-reference > docs/recipe.md
+
+Bad input (a recipe, a data file, an output folder) ends with one line on stderr naming what is
+wrong and a non-zero exit; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "your input is wrong", not "pureml has a bug"."""
+    from .stream.errors import StreamError
+    from .training.checkpoint import CheckpointError
+    from .training.config import RecipeError
+    from .training.trainer import RunDirError
+
+    return (RecipeError, RunDirError, StreamError, CheckpointError, FileNotFoundError)
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn exceptions into one line on stderr and an exit code (unless ``--debug``)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, debug: bool = False, **kwargs: Any) -> Any:
+        if debug:
+            return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.exceptions.ClickException:
+            raise
+        except Exception as e:
+            if isinstance(e, _input_errors()):
+                click.echo(f"error: {e}", err=True)
+                sys.exit(EXIT_BAD_INPUT)
+            click.echo(
+                f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True
+            )
+            sys.exit(1)
+
+    return wrapper
+
+
+debug_option = click.option(
+    "--debug", is_flag=True, help="Show the full traceback on errors instead of one line."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """pureml: train and evaluate NLP pipelines, exactly and fast."""
+
+
+def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))(fn)
+    fn = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a recipe key (repeatable): --set train.max_steps=100",
+    )(fn)
+    fn = click.option(
+        "--restart",
+        is_flag=True,
+        help="Ignore the checkpoints in the output folder and start over.",
+    )(fn)
+    return debug_option(fn)
+
+
+@friendly_errors
+def _run_train(recipe: Path, overrides: tuple[str, ...], restart: bool) -> None:
+    from .training.trainer import train_from_recipe
+
+    train_from_recipe(recipe, overrides, restart=restart)
+
+
+@main.command("train")
+@_train_options
+def train_command(recipe: Path, overrides: tuple[str, ...], restart: bool, debug: bool) -> None:
+    """Train the pipeline a RECIPE (TOML) describes; resumes from the latest checkpoint."""
+    _run_train(recipe, overrides, restart, debug=debug)
+
+
+@click.command("python -m pureml.train")
+@_train_options
+def train_main(recipe: Path, overrides: tuple[str, ...], restart: bool, debug: bool) -> None:
+    """Train the pipeline a RECIPE (TOML) describes; resumes from the latest checkpoint."""
+    _run_train(recipe, overrides, restart, debug=debug)
+
+
+@friendly_errors
+def _run_evaluate(model: Path, data: Path, as_json: bool, reader: str | None) -> None:
+    from .training.evaluate import evaluate, format_scores
+
+    scores = evaluate(model, data, reader=reader)
+    if as_json:
+        click.echo(json.dumps(scores, indent=1))
+    else:
+        click.echo(format_scores(scores))
+
+
+@main.command("evaluate")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--reader",
+    default=None,
+    help="Reader name (default: standoff for a folder, jsonl for a .jsonl file).",
+)
+@debug_option
+def evaluate_command(model: Path, data: Path, as_json: bool, reader: str | None, debug: bool):
+    """Score a saved MODEL on DATA (a brat folder or a JSONL file)."""
+    _run_evaluate(model, data, as_json, reader, debug=debug)
+
+
+@friendly_errors
+def _run_plot(run: Path, output: Path | None) -> None:
+    from .training.plot import plot_run
+
+    path = plot_run(run, output)
+    click.echo(str(path))
+
+
+@main.command("plot")
+@click.argument("run", type=click.Path(file_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None)
+@debug_option
+def plot_command(run: Path, output: Path | None, debug: bool) -> None:
+    """Draw the loss and validation curves of a RUN folder to a PNG (extra: plot)."""
+    _run_plot(run, output, debug=debug)
+
+
+@main.command("recipe-reference")
+def recipe_reference_command() -> None:
+    """Print the recipe reference (every key, type and default; registered factories)."""
+    import pureml.nlp  # noqa: F401 - registers the components
+    import pureml.stream  # noqa: F401 - registers the readers
+
+    from .training import scorer  # noqa: F401 - registers the default scorer
+    from .training.recipe import recipe_reference
+
+    click.echo(recipe_reference())
+
+
+if __name__ == "__main__":
+    main()

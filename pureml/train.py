@@ -1,0 +1,51 @@
+"""``pureml.train``: the training entry point, both a function and a runnable module.
+
+From Python (the module itself is callable, so ``pureml.train`` works as the function)::
+
+    from pureml import train
+    train(nlp, TrainingData(stream, batch_size="2000 words"), max_steps=100)
+
+From the shell (and under torchrun)::
+
+    python -m pureml.train recipes/quickstart.toml --set train.max_steps=100
+    torchrun --nproc-per-node 2 -m pureml.train recipes/quickstart.toml
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from pureml.training.trainer import (
+    RunDirError,
+    Trainer,
+    TrainingData,
+    TrainingInterrupted,
+    train,
+    train_from_recipe,
+)
+
+__all__ = [
+    "RunDirError",
+    "Trainer",
+    "TrainingData",
+    "TrainingInterrupted",
+    "train",
+    "train_from_recipe",
+]
+
+
+class _CallableModule(types.ModuleType):
+    """``pureml.train`` is this module; calling it calls :func:`train` (no name clash)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    from pureml.cli import train_main
+
+    train_main(prog_name="python -m pureml.train")

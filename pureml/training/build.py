@@ -1,0 +1,283 @@
+"""From a checked recipe to the objects ``train(...)`` takes: pipeline, streams, optimizer, scorer.
+
+Every failure here is still a :class:`RecipeError` naming the key path, and nothing has been
+written yet: the output folder is only touched once ``train`` starts.
+
+>>> kwargs = build_training("recipes/quickstart.toml", ["train.max_steps=10"])  # doctest: +SKIP
+>>> sorted(kwargs)[:3]                                                         # doctest: +SKIP
+['checkpoint_interval', 'compile', 'compile_backend']
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import registry
+from ..stream import Source, Stream
+from .config import Recipe, RecipeError, join_path
+from .recipe import SUPPLIED, check_factory_table, load_recipe
+
+
+def _register_defaults() -> None:
+    """Import the modules whose factories recipes name (they register themselves)."""
+    import pureml.nlp  # noqa: F401
+    import pureml.stream as stream
+
+    from . import loggers, scorer  # noqa: F401
+
+    for name, fn in (("standoff", stream.read_standoff), ("jsonl", stream.read_jsonl)):
+        if name not in registry.readers:
+            registry.readers.register(name)(fn)
+    for name, fn in (
+        ("quickstart_corpus", quickstart_corpus),
+        ("standoff_label_as_attribute", standoff_label_as_attribute),
+    ):
+        if name not in registry.readers:
+            registry.readers.register(name)(fn)
+    import pureml.optim  # noqa: F401 - registers the optimizers
+
+
+class _QuickstartSource(Source):
+    """A source that writes the synthetic corpus to disk the first time it is read.
+
+    Generation is deferred to first use so that a recipe refused later (an output folder with
+    another recipe's checkpoints) has written nothing. Files go to a temporary folder renamed
+    into place, so an interrupted first run never leaves a half corpus behind.
+    """
+
+    def __init__(self, root: Path, split: str, seed: int, n_train: int, n_dev: int) -> None:
+        super().__init__()
+        self.root, self.split = root, split
+        self.seed, self.n_train, self.n_dev = seed, n_train, n_dev
+        self._inner: Source | None = None
+        self.name = f"quickstart_corpus:{root}/{split}"
+
+    def _source(self) -> Source:
+        if self._inner is None:
+            from ..nlp.synthetic import write_corpus
+            from ..stream.standoff import StandoffSource
+
+            root = self.root
+            if not (root / "train").is_dir() or not (root / "dev").is_dir():
+                tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+                shutil.rmtree(tmp, ignore_errors=True)
+                write_corpus(tmp, seed=self.seed, splits={"train": self.n_train, "dev": self.n_dev})
+                root.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.replace(tmp, root)
+                except OSError:  # another process won the race: use its copy
+                    shutil.rmtree(tmp, ignore_errors=True)
+            self._inner = StandoffSource(root / self.split)
+        return self._inner
+
+    def __len__(self) -> int:
+        return len(self._source())
+
+    def _load(self, index: int) -> Any:
+        return self._source()[index]
+
+
+def quickstart_corpus(
+    path: str, split: str = "train", seed: int = 0, n_train: int = 400, n_dev: int = 100
+) -> Stream:
+    """The synthetic clinical notes (``pureml.nlp.synthetic``), as brat files under ``path``,
+    written on first use if absent; ``split`` is ``"train"`` or ``"dev"``."""
+    if split not in ("train", "dev"):
+        raise ValueError(f"split: expected 'train' or 'dev', got {split!r}")
+    return Stream(_QuickstartSource(Path(path), split, seed, n_train, n_dev))
+
+
+def standoff_label_as_attribute(path: str, attribute: str = "type", label: str = "Entity") -> Any:
+    """A brat folder whose entity labels become an attribute of one label.
+
+    ``SpecificDisease`` mentions become ``Disease`` spans with ``{"type": "SpecificDisease"}``:
+    one NER label, and a span classifier that predicts the type.
+    """
+    from ..stream import read_standoff
+
+    def relabel(doc: Any) -> Any:
+        doc = doc.copy()
+        for span in doc.spans.get("gold", []):
+            span.attributes[attribute] = span.label
+            span.label = label
+        return doc
+
+    return read_standoff(path).map(relabel, cache=True)
+
+
+_CREATES_PATH = {"quickstart_corpus"}
+
+
+def _call(factory: Callable[..., Any], kwargs: dict[str, Any], where: str) -> Any:
+    try:
+        return factory(**kwargs)
+    except RecipeError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise RecipeError(where, str(msg)) from None
+
+
+def build_reader(table: dict[str, Any], where: str) -> Any:
+    """A reader table -> a stream of documents (the data path must exist)."""
+    factory, kwargs = check_factory_table(table, registry.readers, where)
+    if table["factory"] not in _CREATES_PATH:
+        for key in ("path", "paths"):
+            if isinstance(kwargs.get(key), str) and not Path(kwargs[key]).exists():
+                raise RecipeError(join_path(where, key), f"no such file or folder: {kwargs[key]!r}")
+    return _call(factory, kwargs, where)
+
+
+def _check_size(value: Any, where: str, *, splits: bool = False, shuffle: bool = False) -> None:
+    from ..stream import parse_size
+
+    if shuffle and value in (False, True, "dataset", "fragment"):
+        return
+    try:
+        parse_size(value, allow_splits=splits)
+    except ValueError as e:
+        raise RecipeError(where, str(e)) from None
+
+
+def build_optimizer(table: dict[str, Any] | None) -> Any:
+    """An optimizer table -> a ``(param_names, total_steps) -> GradientTransformation`` factory.
+
+    ``[optimizer]`` names a registered optimizer and its keyword arguments; ``schedule`` is an
+    optional schedule table whose ``max`` defaults to the optimizer's ``learning_rate`` and whose
+    ``total_steps`` is the phase's ``max_steps``::
+
+        [optimizer]
+        factory = "adamw"
+        learning_rate = 3e-3
+        schedule = { factory = "linear", warmup_rate = 0.1 }
+    """
+    if table is None:
+        return None
+    table = dict(table)
+    schedule = table.pop("schedule", None)
+    factory, kwargs = check_factory_table(
+        table, registry.optimizers, "optimizer", supplied=SUPPLIED["optimizer"]
+    )
+    sched_factory, sched_kwargs = None, {}
+    if schedule is not None:
+        sched_factory, sched_kwargs = check_factory_table(
+            schedule, registry.schedules, "optimizer.schedule", supplied=("total_steps", "max")
+        )
+
+    def make(names: Sequence[str], total_steps: int) -> Any:
+        kw = dict(kwargs)
+        if sched_factory is not None:
+            lr = kw.get("learning_rate", _default_of(factory, "learning_rate"))
+            skw = {"max": lr, **sched_kwargs, "total_steps": total_steps}
+            kw["learning_rate"] = _call(sched_factory, skw, "optimizer.schedule")
+        return _call(factory, kw, "optimizer")
+
+    make(["x"], 10)  # fail now, before anything is written, on a bad value
+    return make
+
+
+def _default_of(factory: Callable[..., Any], name: str) -> Any:
+    import inspect
+
+    return inspect.signature(factory).parameters[name].default
+
+
+def build_training(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Read and check a recipe, build its objects; returns keyword arguments for ``train``."""
+    from ..nlp import Pipeline
+    from .trainer import TrainingData
+
+    _register_defaults()
+    recipe, resolved = load_recipe(path, overrides)
+    return build_from_recipe(recipe, resolved, Pipeline, TrainingData)
+
+
+def build_from_recipe(recipe: Recipe, resolved: dict, pipeline_cls: Any, td_cls: Any) -> dict:
+    t = recipe.train
+    for i, name in enumerate(t.logger):
+        if name not in registry.loggers:
+            known = ", ".join(registry.loggers.names())
+            raise RecipeError(f"train.logger[{i}]", f"unknown logger {name!r} (known: {known})")
+        if name == "tensorboard":
+            from .loggers import tensorboard_available
+
+            if not tensorboard_available():
+                raise RecipeError(
+                    f"train.logger[{i}]",
+                    "tensorboard is not installed: pip install 'pureml[tensorboard]'",
+                )
+    # data first: a missing path is the most common mistake and the cheapest to find
+    train_data = []
+    for name, td in recipe.train_data.items():
+        where = join_path("train_data", name)
+        _check_size(td.batch_size, f"{where}.batch_size")
+        if td.sub_batch_size is not None:
+            _check_size(td.sub_batch_size, f"{where}.sub_batch_size", splits=True)
+        _check_size(td.shuffle, f"{where}.shuffle", shuffle=True)
+        stream = build_reader(td.data, f"{where}.data")
+        train_data.append(
+            td_cls(
+                data=stream,
+                batch_size=td.batch_size,
+                shuffle=td.shuffle,
+                sub_batch_size=td.sub_batch_size,
+                pipe_names=td.pipe_names,
+                post_init=td.post_init,
+                name=name,
+            )
+        )
+    val_data = build_reader(recipe.val_data, "val_data") if recipe.val_data is not None else []
+    # parameters built by constructors are a function of the seed
+    torch.manual_seed(t.seed)
+    comps = {}
+    for name, table in recipe.nlp.components.items():
+        where = join_path("nlp.components", name)
+        factory, kwargs = check_factory_table(
+            table, registry.components, where, supplied=SUPPLIED["component"]
+        )
+        comps[name] = _call(factory, kwargs, where)
+    try:
+        nlp = pipeline_cls(comps, loss_scales=t.loss_scales)
+    except ValueError as e:
+        raise RecipeError("nlp.components", str(e)) from None
+    scorer_factory, scorer_kwargs = check_factory_table(recipe.scorer, registry.scorers, "scorer")
+    scorer = _call(scorer_factory, scorer_kwargs, "scorer")
+    optimizer = build_optimizer(recipe.optimizer)
+    return dict(
+        nlp=nlp,
+        train_data=train_data,
+        val_data=val_data,
+        seed=t.seed,
+        max_steps=t.max_steps,
+        optimizer=optimizer,
+        validation_interval=t.validation_interval,
+        checkpoint_interval=t.checkpoint_interval,
+        grad_max_norm=t.grad_max_norm,
+        grad_ewm_window=t.grad_ewm_window,
+        grad_dev_policy=t.grad_dev_policy,
+        grad_max_dev=t.grad_max_dev,
+        loss_scales=t.loss_scales,
+        scorer=scorer,
+        num_workers=t.num_workers,
+        cpu=t.cpu,
+        mixed_precision=t.mixed_precision,
+        output_dir=t.output_dir,
+        output_model_dir=t.output_model_dir,
+        save_model=t.save_model,
+        logger=list(t.logger),
+        log_weight_grads=t.log_weight_grads,
+        keep_checkpoints=t.keep_checkpoints,
+        log_interval=t.log_interval,
+        record_params_interval=t.record_params_interval,
+        compile=t.compile,
+        compile_backend=t.compile_backend,
+        deterministic=t.deterministic,
+        threads=t.threads,
+        recipe=resolved,
+    )

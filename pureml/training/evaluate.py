@@ -1,0 +1,78 @@
+"""``pureml evaluate MODEL DATA``: score a saved pipeline on any dataset.
+
+>>> scores = evaluate("artifacts/model-last", "data/dev")      # doctest: +SKIP
+>>> scores["ner"]["micro"]["f1"]                               # doctest: +SKIP
+0.93
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .. import registry
+from .scorer import Scorer
+
+
+def _reader_for(data: Path, reader: str | None) -> str:
+    if reader is not None:
+        return reader
+    if data.is_dir():
+        if any(data.glob("*.jsonl")) and not any(data.glob("*.txt")):
+            return "jsonl"
+        return "standoff"
+    return "jsonl"
+
+
+def evaluate(
+    model: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    reader: str | None = None,
+    **scorer_kwargs: Any,
+) -> dict[str, Any]:
+    """Scores of the pipeline saved at ``model`` on the documents at ``data``.
+
+    ``data`` is a brat folder or a JSONL file (or name a registered ``reader``). Returns
+    ``{"ner": {"micro": {"p", "r", "f1"}, "per_label": {...}, "token": {...}}, "speed": {...}}``.
+    """
+    from ..nlp import load
+    from .build import _register_defaults
+
+    _register_defaults()
+    model, data = Path(model), Path(data)
+    if not model.exists():
+        raise FileNotFoundError(f"no model at {model}")
+    if not data.exists():
+        raise FileNotFoundError(f"no data at {data}")
+    nlp = load(model)
+    docs = list(registry.readers.get(_reader_for(data, reader))(str(data)))
+    return Scorer(**scorer_kwargs)(nlp, docs)
+
+
+def format_scores(scores: dict[str, Any]) -> str:
+    """A plain-text table of scores (what ``pureml evaluate`` prints without ``--json``)."""
+    lines = []
+    for task, value in scores.items():
+        if task == "speed":
+            continue
+        if "micro" in value:  # NER
+            lines.append(f"{task}")
+            lines.append(f"  {'label':<24} {'p':>7} {'r':>7} {'f1':>7}")
+            rows = [("micro", value["micro"]), *value.get("per_label", {}).items()]
+            for label, s in rows:
+                lines.append(f"  {label:<24} {s['p']:7.4f} {s['r']:7.4f} {s['f1']:7.4f}")
+            if "token" in value:
+                s = value["token"]["micro"]
+                lines.append(f"  {'token micro':<24} {s['p']:7.4f} {s['r']:7.4f} {s['f1']:7.4f}")
+        else:  # span attributes
+            for attr, a in value.items():
+                lines.append(f"{task}: {attr}")
+                lines.append(f"  {'value':<24} {'p':>7} {'r':>7} {'f1':>7}")
+                for label, s in [("micro", a["micro"]), *a.get("per_value", {}).items()]:
+                    lines.append(f"  {label:<24} {s['p']:7.4f} {s['r']:7.4f} {s['f1']:7.4f}")
+    if "speed" in scores:
+        sp = scores["speed"]
+        lines.append(f"speed: {sp['words_per_s']:.0f} words/s, {sp['docs_per_s']:.1f} docs/s")
+    return "\n".join(lines)

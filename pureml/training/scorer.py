@@ -1,0 +1,273 @@
+"""Scores: NER (exact and token level), span attributes, speed; and the default scorer.
+
+The metric functions compare gold documents with predicted ones (same order)::
+
+    >>> from pureml.nlp.doc import Doc, Span
+    >>> gold = Doc("Familial breast cancer.", id="d")
+    >>> gold.spans["gold"] = [Span(9, 22, "Disease")]
+    >>> pred = gold.copy(drop=("gold",))
+    >>> pred.spans["ents"] = [Span(16, 22, "Disease")]
+    >>> s = ner_scores([gold], [pred])
+    >>> s["micro"]["f1"], s["token"]["micro"]["r"]
+    (0.0, 0.5)
+
+The default scorer scores each task on copies of the validation documents with that task's gold
+removed and the unrelated components disabled (so one head cannot see another's answers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+
+from ..nlp.doc import Doc, Span
+from ..registry import scorers
+
+
+def prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
+    """Precision, recall, F1 (0 where undefined) with the counts behind them."""
+    p = tp / n_pred if n_pred else 0.0
+    r = tp / n_gold if n_gold else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {"p": p, "r": r, "f1": f1, "tp": tp, "n_pred": n_pred, "n_gold": n_gold}
+
+
+def _scores(gold: set, pred: set, label_of) -> dict[str, Any]:
+    labels = sorted({label_of(x) for x in gold | pred})
+    tp = gold & pred
+    per_label = {}
+    for label in labels:
+        n_tp = sum(1 for x in tp if label_of(x) == label)
+        n_pred = sum(1 for x in pred if label_of(x) == label)
+        n_gold = sum(1 for x in gold if label_of(x) == label)
+        per_label[label] = prf(n_tp, n_pred, n_gold)
+    return {"micro": prf(len(tp), len(pred), len(gold)), "per_label": per_label}
+
+
+def _spans(doc: Doc, group: str) -> list[Span]:
+    return doc.spans.get(group, [])
+
+
+def ner_scores(
+    gold_docs: Sequence[Doc],
+    pred_docs: Sequence[Doc],
+    *,
+    gold_group: str = "gold",
+    pred_group: str = "ents",
+    labels: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """Exact-match and token-level P/R/F1, micro and per label.
+
+    Exact: a prediction counts when (doc, start, end, label) equals a gold entity. Token level:
+    each (doc, word, label) covered by an entity is an item. ``labels`` limits the gold spans
+    scored (gold spans of other labels are ignored, e.g. labels the model was not trained on).
+    """
+    keep = set(labels) if labels is not None else None
+    gold_exact, pred_exact, gold_tok, pred_tok = set(), set(), set(), set()
+    for i, (g, p) in enumerate(zip(gold_docs, pred_docs, strict=True)):
+        for group, doc, exact, tokens in (
+            (gold_group, g, gold_exact, gold_tok),
+            (pred_group, p, pred_exact, pred_tok),
+        ):
+            for span in _spans(doc, group):
+                if keep is not None and span.label not in keep:
+                    continue
+                exact.add((i, span.start, span.end, span.label))
+                first, last = doc.word_range(span)
+                tokens.update((i, w, span.label) for w in range(first, last))
+    out = _scores(gold_exact, pred_exact, lambda x: x[3])
+    out["token"] = _scores(gold_tok, pred_tok, lambda x: x[2])
+    return out
+
+
+def span_attribute_scores(
+    gold_docs: Sequence[Doc],
+    pred_docs: Sequence[Doc],
+    attributes: Iterable[str],
+    *,
+    gold_group: str = "gold",
+    pred_group: str = "gold",
+) -> dict[str, Any]:
+    """Per attribute, per value P/R/F1 of span attributes, and micro over the values.
+
+    A gold span is matched with the predicted span at the same (start, end, label); for each
+    attribute, a (span, value) pair is an item, so a wrong value counts as one false positive
+    (the predicted value) and one false negative (the gold value).
+    """
+    out: dict[str, Any] = {}
+    for attr in attributes:
+        gold, pred = set(), set()
+        for i, (g, p) in enumerate(zip(gold_docs, pred_docs, strict=True)):
+            for group, doc, items in ((gold_group, g, gold), (pred_group, p, pred)):
+                for span in _spans(doc, group):
+                    value = span.attributes.get(attr)
+                    if value is not None:
+                        items.add((i, span.start, span.end, span.label, str(value)))
+        scores = _scores(gold, pred, lambda x: x[4])
+        out[attr] = {"micro": scores["micro"], "per_value": scores["per_label"]}
+    return out
+
+
+def count_words(docs: Iterable[Doc]) -> int:
+    return sum(len(d.words) for d in docs)
+
+
+def strip_counts(scores: Any) -> Any:
+    """Drop tp/n_pred/n_gold counts (for a compact display)."""
+    if isinstance(scores, dict):
+        counts = ("tp", "n_pred", "n_gold") if "f1" in scores else ()
+        return {k: strip_counts(v) for k, v in scores.items() if k not in counts}
+    return scores
+
+
+# --- the default scorer ------------------------------------------------------------------------
+
+
+def _task_of(component: Any) -> str | None:
+    """``"ner"``, ``"span_classifier"`` or None, from the component's declared task."""
+    task = getattr(component, "task", None)
+    if task in ("ner", "span_classifier"):
+        return task
+    factory = getattr(component, "factory", "")
+    if "ner" in factory:
+        return "ner"
+    if "span_classif" in factory:
+        return "span_classifier"
+    return None
+
+
+def _needed(nlp: Any, name: str) -> list[str]:
+    """``name`` and the components it depends on (its embedding), in pipeline order."""
+    need, todo = set(), [name]
+    while todo:
+        n = todo.pop()
+        if n in need:
+            continue
+        need.add(n)
+        todo.extend(nlp.get_pipe(n).dependencies())
+    return [n for n in nlp.pipe_names if n in need]
+
+
+def _to_device(tree: Any, device: torch.device) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    return tree
+
+
+def annotate(nlp: Any, docs: list[Doc], heads: Sequence[str], batch_size: int = 32) -> list[Doc]:
+    """Run only ``heads`` (and what they depend on) over ``docs``, in place; returns ``docs``.
+
+    Like ``nlp.pipe`` with the other components disabled: a span classifier scored alone must
+    not see spans an NER head would have written.
+    """
+    from ..nlp.component import ForwardContext
+
+    device = next(iter(nlp.parameters()), torch.empty(0)).device
+    was_training = nlp.training
+    nlp.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(docs), batch_size):
+                chunk = docs[start : start + batch_size]
+                ctx = ForwardContext(nlp, {}, None)
+                for head in heads:
+                    items = [nlp.preprocess(d, pipe_names=_needed(nlp, head)) for d in chunk]
+                    batch = _to_device(nlp.collate(items), device)
+                    ctx.batch = batch
+                    ctx.cache.pop(head, None)  # the shared embedding stays cached
+                    out = ctx.run(head)
+                    ordered = [chunk[i] for i in batch["index"].tolist()]
+                    nlp.get_pipe(head).postprocess(ordered, out)
+    finally:
+        nlp.train(was_training)
+    return docs
+
+
+def _run(nlp: Any, docs: list[Doc], enable: list[str], batch_size: int) -> list[Doc]:
+    heads = [n for n in enable if n in nlp.heads()]
+    return annotate(nlp, docs, heads, batch_size)
+
+
+@scorers.register("default")
+class Scorer:
+    """Scores every NER and span-classifier component, plus speed (words/s, docs/s).
+
+    Args:
+        speed: time the full pipeline over the documents.
+        autocast: run inference under autocast when training in mixed precision.
+        batch_size: documents per inference batch.
+
+    >>> Scorer(speed=False).batch_size
+    32
+    """
+
+    def __init__(self, speed: bool = True, autocast: bool = True, batch_size: int = 32) -> None:
+        self.speed = speed
+        self.autocast = autocast
+        self.batch_size = batch_size
+
+    def _autocast(self, nlp: Any, mixed_precision: str) -> contextlib.AbstractContextManager:
+        if not self.autocast or mixed_precision == "no":
+            return contextlib.nullcontext()
+        device = next(iter(nlp.parameters()), torch.empty(0)).device
+        dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype)
+
+    def __call__(
+        self, nlp: Any, docs: Sequence[Doc], *, mixed_precision: str = "no"
+    ) -> dict[str, Any]:
+        docs = list(docs)
+        tasks = [(n, _task_of(nlp.get_pipe(n))) for n in nlp.pipe_names]
+        tasks = [(n, t) for n, t in tasks if t is not None]
+        counts = Counter(t for _, t in tasks)
+        scores: dict[str, Any] = {}
+        with torch.no_grad(), self._autocast(nlp, mixed_precision):
+            for name, task in tasks:
+                comp = nlp.get_pipe(name)
+                key = "ner" if task == "ner" else "span_attributes"
+                if counts[task] > 1:
+                    key = name
+                enable = _needed(nlp, name)
+                if task == "ner":
+                    pred_group = getattr(comp, "span_setter", "ents")
+                    if not isinstance(pred_group, str):
+                        pred_group = "ents"
+                    inputs = [d.copy(drop=("gold", pred_group)) for d in docs]
+                    preds = _run(nlp, inputs, enable, self.batch_size)
+                    labels = getattr(comp, "labels", None)
+                    scores[key] = ner_scores(docs, preds, pred_group=pred_group, labels=labels)
+                else:
+                    getter = getattr(comp, "span_getter", "gold")
+                    groups = [getter] if isinstance(getter, str) else list(getter)
+                    attributes = list(getattr(comp, "attributes", None) or [])
+                    inputs = []
+                    for d in docs:
+                        c = d.copy()
+                        for group in groups:
+                            for span in c.spans.get(group, []):
+                                for a in attributes:
+                                    span.attributes.pop(a, None)
+                        inputs.append(c)
+                    preds = _run(nlp, inputs, enable, self.batch_size)
+                    per_group = [
+                        span_attribute_scores(docs, preds, attributes, gold_group=g, pred_group=g)
+                        for g in groups
+                    ]
+                    scores[key] = per_group[0] if len(groups) == 1 else dict(zip(groups, per_group))
+            if self.speed and docs:
+                inputs = [d.copy(drop=tuple(d.spans)) for d in docs]
+                t0 = time.perf_counter()
+                _run(nlp, inputs, list(nlp.pipe_names), self.batch_size)
+                elapsed = max(time.perf_counter() - t0, 1e-9)
+                scores["speed"] = {
+                    "words_per_s": count_words(docs) / elapsed,
+                    "docs_per_s": len(docs) / elapsed,
+                }
+        return strip_counts(scores)

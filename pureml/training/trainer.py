@@ -1,0 +1,870 @@
+"""``train(...)``: the training loop, from a pipeline and streams to ``model-last``, resumable.
+
+The loop, per phase (components that share parameters train together; phases in sequence)::
+
+    for step in 1..max_steps:
+        batches = one batch from each training stream, split into sub-batches, collated
+        totals  = sum of every sub-batch's stats (and across ranks); put into each sub-batch
+        state, metrics = compiled_step(state, sub_batches)     # pure: grads, clip, guard, update
+        record (steps.jsonl), log (metrics.jsonl, ...), validate, checkpoint
+
+The state is one :class:`~pureml.core.state.TrainState`; with the stream positions and the log
+files' lengths it is the whole checkpoint, so a run killed anywhere and started again with the
+same command ends bitwise equal to an uninterrupted run.
+
+>>> from pureml.nlp import Pipeline, ScratchEncoder, NerCrf            # doctest: +SKIP
+>>> nlp = Pipeline({"embedding": ScratchEncoder(), "ner": NerCrf()})  # doctest: +SKIP
+>>> train(nlp, TrainingData(read_standoff("data/train"), "2000 words"),  # doctest: +SKIP
+...       val_data=read_standoff("data/dev"), max_steps=200, output_dir="runs/x")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import signal
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from ..core.state import TrainState, fingerprint, load_state, save_state
+from ..nlp.doc import Doc
+from ..registry import loggers as logger_registry
+from ..stream import Stream
+from . import checkpoint as ckpt
+from .loggers import BaseLogger, ProgressLogger
+from .records import StepRecorder, batch_fingerprint, step_record
+from .scorer import Scorer
+
+FORMAT = "pureml.run/1"
+RUN_FILES = (
+    "config.toml",
+    "metrics.jsonl",
+    "timings.jsonl",
+    "steps.jsonl",
+    "metrics.csv",
+    "validation.csv",
+    "validation",
+    "tensorboard",
+    ckpt.CHECKPOINTS,
+)
+
+
+class RunDirError(RuntimeError):
+    """The output folder cannot be used for this run (it holds another recipe's checkpoints)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Raised after Ctrl-C (or SIGTERM) once a checkpoint has been written."""
+
+
+@attrs.define
+class TrainingData:
+    """A training stream and how it is batched (SEED.md's ``TrainingData``).
+
+    Args:
+        data: a :class:`~pureml.stream.Stream` (or any iterable) of documents, finite: the
+            trainer shuffles and loops it.
+        batch_size: a stat expression: ``"2000 words"``, ``"16 spans"``, ``32`` (= 32 docs).
+        shuffle: ``"dataset"``, a stat expression (shuffle within chunks), or False.
+        sub_batch_size: gradient accumulation: a stat expression or ``"N splits"``.
+        pipe_names: the components this stream feeds (default: all of the phase).
+        post_init: let the components infer labels from this data before training.
+        name: names the stream in records and checkpoints (default ``train_data_<i>``).
+
+    >>> TrainingData([], batch_size=8).batch_size
+    8
+    """
+
+    data: Any
+    batch_size: str | int = "2000 words"
+    shuffle: str | bool = "dataset"
+    sub_batch_size: str | int | None = None
+    pipe_names: Sequence[str] | None = None
+    post_init: bool = True
+    name: str | None = None
+
+
+def _as_stream(data: Any) -> Stream:
+    return data if isinstance(data, Stream) else Stream.from_items(data)
+
+
+def _stable_seed(seed: int, *parts: str | int) -> int:
+    text = "/".join(str(p) for p in (seed, *parts))
+    return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
+def _versions() -> dict[str, str]:
+    try:
+        from importlib.metadata import version
+
+        pureml_version = version("pureml")
+    except Exception:
+        pureml_version = "unknown"
+    return {
+        "pureml": pureml_version,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _to_device(tree: Any, device: torch.device) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.to(device, non_blocking=True)
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_to_device(v, device) for v in tree)
+    return tree
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.item()
+    return v
+
+
+def _jsonable(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {str(k): _jsonable(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_jsonable(v) for v in tree]
+    if isinstance(tree, torch.Tensor):
+        return tree.tolist()
+    if isinstance(tree, float | int | str | bool) or tree is None:
+        return tree
+    return repr(tree)
+
+
+def _default_optimizer(names: Sequence[str], total_steps: int) -> Any:
+    from .. import optim
+
+    if hasattr(optim, "eds_default"):
+        return optim.eds_default(total_steps, names=list(names))
+    from ..optim.adamw import adamw
+    from ..optim.schedules import linear
+
+    return adamw(linear(start=3e-4, max=3e-4, end=0.0, warmup_rate=0.0, total_steps=total_steps))
+
+
+def _make_optimizer(optimizer: Any, names: Sequence[str], total_steps: int) -> Any:
+    """An optimizer object, or a ``(names, total_steps) -> optimizer`` factory, or None."""
+    if optimizer is None:
+        return _default_optimizer(names, total_steps)
+    if hasattr(optimizer, "init") and hasattr(optimizer, "update"):
+        return optimizer
+    if callable(optimizer):
+        return optimizer(list(names), total_steps)
+    raise TypeError(f"optimizer: expected a GradientTransformation or a factory, got {optimizer!r}")
+
+
+def _world() -> Any:
+    """This process's place in the job (torchrun's environment, or a single process)."""
+    from ..distributed import init_distributed
+
+    return init_distributed()
+
+
+class _Interrupts:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (a second Ctrl-C stops at once)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:  # second signal: give up on the clean exit
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _params_fingerprint(state: TrainState) -> str:
+    return fingerprint(state.params)[:32]
+
+
+class Trainer:
+    """One training run; :func:`train` builds it and calls :meth:`run`."""
+
+    def __init__(
+        self,
+        nlp: Any,
+        train_data: TrainingData | Sequence[TrainingData],
+        val_data: Iterable[Doc] = (),
+        *,
+        seed: int = 42,
+        max_steps: int = 1000,
+        optimizer: Any = None,
+        validation_interval: int | None = None,
+        checkpoint_interval: int | None = None,
+        grad_max_norm: float = 5.0,
+        grad_ewm_window: int = 100,
+        grad_dev_policy: str | None = None,
+        grad_max_dev: float = 7.0,
+        loss_scales: Mapping[str, float] | None = None,
+        scorer: Callable[..., dict] | None = None,
+        num_workers: int = 0,
+        cpu: bool = False,
+        mixed_precision: str = "no",
+        output_dir: str | os.PathLike = "artifacts",
+        output_model_dir: str | os.PathLike | None = None,
+        save_model: bool = True,
+        logger: bool | Sequence[str | BaseLogger] = True,
+        log_weight_grads: bool = False,
+        on_validation_callback: Callable[[dict], Any] | None = None,
+        keep_checkpoints: int = 3,
+        log_interval: int = 1,
+        record_params_interval: int | None = None,
+        compile: bool = True,
+        compile_backend: str = "inductor",
+        deterministic: bool = True,
+        threads: int | None = None,
+        resume: bool = True,
+        recipe: Mapping[str, Any] | None = None,
+        recipe_hash: str | None = None,
+    ) -> None:
+        if isinstance(train_data, TrainingData):
+            train_data = [train_data]
+        if not train_data:
+            raise ValueError("train_data: give at least one TrainingData")
+        if max_steps < 1:
+            raise ValueError(f"max_steps: expected a positive number, got {max_steps}")
+        self.nlp = nlp
+        self.train_data = list(train_data)
+        names = [td.name or f"train_data_{i}" for i, td in enumerate(self.train_data)]
+        if len(set(names)) != len(names):
+            raise ValueError(f"training streams need distinct names, got {names}")
+        self.stream_names = names
+        self.val_data = val_data
+        self.seed = seed
+        self.max_steps = max_steps
+        self.optimizer = optimizer
+        self.validation_interval = validation_interval or max(1, max_steps // 10)
+        self.checkpoint_interval = checkpoint_interval or self.validation_interval
+        self.grad_max_norm = grad_max_norm
+        self.grad_ewm_window = grad_ewm_window
+        self.grad_dev_policy = grad_dev_policy
+        self.grad_max_dev = grad_max_dev
+        self.loss_scales = dict(loss_scales or {})
+        self.scorer = scorer if scorer is not None else Scorer()
+        self.num_workers = num_workers
+        self.cpu = cpu
+        self.mixed_precision = mixed_precision
+        self.output_dir = Path(output_dir)
+        self.output_model_dir = Path(output_model_dir or self.output_dir / "model-last")
+        self.save_model = save_model
+        self.logger_spec = logger
+        self.log_weight_grads = log_weight_grads
+        self.on_validation_callback = on_validation_callback
+        self.keep_checkpoints = keep_checkpoints
+        self.log_interval = log_interval
+        self.record_params_interval = record_params_interval or min(10, self.checkpoint_interval)
+        self.compile = compile
+        self.compile_backend = compile_backend
+        self.deterministic = deterministic
+        self.threads = threads
+        self.resume = resume
+        self.recipe = dict(recipe) if recipe is not None else None
+        self._recipe_hash = recipe_hash
+        self.loggers: list[BaseLogger] = []
+        self.world = _world()
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _configure_torch(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.deterministic:
+            # bitwise resume and replay; free on CPU, an opt-in cost on GPU
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def _run_signature(self) -> dict[str, Any]:
+        """What the recipe hash is computed from when train() is called from Python."""
+        tds = [
+            {
+                "name": n,
+                "batch_size": td.batch_size,
+                "shuffle": td.shuffle,
+                "sub_batch_size": td.sub_batch_size,
+                "pipe_names": list(td.pipe_names) if td.pipe_names is not None else None,
+                "post_init": td.post_init,
+                "data": repr(_as_stream(td.data)),
+            }
+            for n, td in zip(self.stream_names, self.train_data)
+        ]
+        comps = {
+            n: {"class": type(self.nlp.get_pipe(n)).__name__, **self.nlp.get_pipe(n).config()}
+            for n in self.nlp.pipe_names
+        }
+        return {
+            "components": _jsonable(comps),
+            "train_data": tds,
+            "seed": self.seed,
+            "max_steps": self.max_steps,
+            "grad": [
+                self.grad_max_norm,
+                self.grad_ewm_window,
+                self.grad_dev_policy,
+                self.grad_max_dev,
+            ],
+            "loss_scales": self.loss_scales,
+            "optimizer": repr(self.optimizer) if self.optimizer is not None else None,
+            "compile": [self.compile, self.compile_backend],
+        }
+
+    def recipe_hash(self) -> str:
+        if self._recipe_hash is None:
+            from .recipe import recipe_hash
+
+            self._recipe_hash = recipe_hash(self.recipe or {"python": self._run_signature()})
+        return self._recipe_hash
+
+    def _find_resume_point(self) -> Path | None:
+        """The checkpoint to resume from, after checking it belongs to this recipe."""
+        if not self.resume:
+            return None
+        found = ckpt.list_checkpoints(self.output_dir)
+        if not found:
+            return None
+        path = ckpt.latest_checkpoint(self.output_dir)
+        if path is None:
+            return None
+        meta = ckpt.read_meta(path)
+        if meta.get("recipe_hash") != self.recipe_hash():
+            detail = ""
+            if self.recipe is not None and isinstance(meta.get("recipe"), dict):
+                from .recipe import recipe_diff
+
+                keys = recipe_diff(meta["recipe"], self.recipe)
+                if keys:
+                    detail = (
+                        f" (differs in {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
+                    )
+            raise RunDirError(
+                f"{self.output_dir} holds checkpoints of a different recipe{detail}: "
+                "pass --restart (restart=True) to start over there, or choose another "
+                "train.output_dir"
+            )
+        if meta.get("world_size", 1) != self.world.world_size:
+            self.message(
+                f"warning: checkpoint written with {meta.get('world_size')} processes, resuming "
+                f"with {self.world.world_size}: same updates, but not bitwise"
+            )
+        saved = meta.get("versions", {})
+        if saved.get("torch") not in (None, torch.__version__):
+            self.message(
+                f"warning: checkpoint written with torch {saved.get('torch')}, running "
+                f"{torch.__version__}: the resumed run may not be bitwise equal"
+            )
+        return path
+
+    def _clear_run_dir(self) -> None:
+        import shutil
+
+        for name in RUN_FILES:
+            p = self.output_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+
+    def _make_loggers(self, logger_state: Mapping[str, Any] | None) -> None:
+        spec = self.logger_spec
+        if spec is True:
+            spec = ["progress", "json", "csv"]
+        elif spec is False or spec is None:
+            spec = []
+        made: list[tuple[str, BaseLogger]] = []
+        for i, item in enumerate(spec):
+            if isinstance(item, str):
+                made.append((item, logger_registry.get(item)()))
+            else:
+                made.append((f"{type(item).__name__}_{i}", item))
+        if not self.world.is_main:
+            made = []
+        state = dict(logger_state or {})
+        self.loggers = []
+        self._logger_names = []
+        for name, lg in made:
+            lg.start(self.output_dir, self.total_steps, state.get(name))
+            self.loggers.append(lg)
+            self._logger_names.append(name)
+
+    def message(self, text: str) -> None:
+        if not self.world.is_main:
+            return
+        shown = False
+        for lg in self.loggers:
+            if isinstance(lg, ProgressLogger):
+                lg.message(text)
+                shown = True
+        if not shown:
+            print(text, file=sys.stderr, flush=True)
+
+    # -- data ---------------------------------------------------------------------------------
+
+    def _phase_plan(self) -> list[tuple[list[str], list[tuple[str, TrainingData, list[str]]]]]:
+        """Per phase: its components, and the streams feeding it with their pipe names."""
+        plan = []
+        for phase in self.nlp.phases():
+            feeds = []
+            for name, td in zip(self.stream_names, self.train_data):
+                wanted = list(td.pipe_names) if td.pipe_names is not None else list(phase)
+                for p in wanted:
+                    if p not in self.nlp.pipe_names:
+                        raise ValueError(f"{name}.pipe_names: unknown component {p!r}")
+                pipes = [p for p in wanted if p in phase]
+                if pipes:
+                    feeds.append((name, td, pipes))
+            if feeds:
+                plan.append((list(phase), feeds))
+        if not plan:
+            raise ValueError("no training stream feeds a trainable component")
+        return plan
+
+    def _post_init(self) -> None:
+        """Let each component infer labels from the docs of the streams that feed it."""
+        torch.manual_seed(self.seed)  # parameters built now are a function of the seed
+        docs_for: dict[str, list[Doc]] = {}
+        cache: dict[str, list[Doc]] = {}
+        for _phase, feeds in self.plan:
+            for name, td, pipes in feeds:
+                if not td.post_init:
+                    continue
+                if name not in cache:
+                    cache[name] = list(_as_stream(td.data))
+                for comp in self.nlp._closure(pipes):
+                    docs_for.setdefault(comp, []).extend(cache[name])
+        for comp, docs in docs_for.items():
+            self.nlp.get_pipe(comp).post_init(docs)
+        self.nlp.initialize()
+
+    def _training_stream(self, phase: int, name: str, td: TrainingData, pipes: list[str]) -> Stream:
+        nlp = self.nlp
+
+        def preprocess(doc: Doc) -> dict[str, Any]:
+            return nlp.preprocess(doc, supervision=True, pipe_names=pipes)
+
+        stream = _as_stream(td.data).map(preprocess, cache=True)
+        if td.shuffle:
+            stream = stream.shuffle(td.shuffle, seed=_stable_seed(self.seed, phase, name))
+        stream = stream.loop().batch(td.batch_size)
+        stream = stream.split(td.sub_batch_size if td.sub_batch_size is not None else "1 splits")
+        if self.world.is_distributed:
+            stream = stream.shard(self.world.rank, self.world.world_size)
+        if self.num_workers > 0:
+            stream = stream.prefetch(max(2, self.num_workers))
+        return stream
+
+    def _draw(self, iterators: dict[str, Any]) -> tuple[list[dict], dict[str, dict], list[str]]:
+        """One batch from each stream: collated sub-batches with global stats, and the record."""
+        subs: list[dict] = []
+        record: dict[str, dict] = {}
+        ids: list[str] = []
+        for name, it in iterators.items():
+            position = it.state_dict()
+            sub_items = next(it)
+            stream_ids = [item["id"] for sub in sub_items for item in sub]
+            record[name] = {
+                "position": position,
+                "doc_ids": stream_ids,
+                "sub_batches": len(sub_items),
+            }
+            ids.extend(stream_ids)
+            subs.extend(self.nlp.collate(sub) for sub in sub_items)
+        totals: dict[str, torch.Tensor] = {}
+        for sb in subs:
+            for k, v in sb["stats"].items():
+                totals[k] = totals[k] + v if k in totals else v.clone()
+        totals = self.reduce_stats(totals)
+        device = self.device
+        subs = [_to_device({**sb, "stats": dict(totals)}, device) for sb in subs]
+        return subs, record, ids
+
+    def reduce_stats(self, totals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Sum the step's stats across ranks, so losses are normalised by the global support."""
+        if not self.world.is_distributed:
+            return totals
+        from ..distributed import sum_across_ranks
+
+        summed = sum_across_ranks(self.world, {k: float(v) for k, v in totals.items()})
+        return {k: torch.tensor(summed[k], dtype=totals[k].dtype) for k in totals}
+
+    # -- the step -------------------------------------------------------------------------
+
+    def _loss_fn(self) -> Callable[..., Any]:
+        loss_fn = self.nlp.loss_fn()
+        if self.mixed_precision == "no":
+            return loss_fn
+        dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
+        device_type = self.device.type
+
+        def autocast_loss_fn(params, buffers, batch, key):
+            with torch.autocast(device_type, dtype=dtype):
+                loss, aux = loss_fn(params, buffers, batch, key)
+            return loss.float(), {k: v.float() for k, v in aux.items()}
+
+        return autocast_loss_fn
+
+    def _phase_state(self, phase_idx: int, comps: list[str]) -> tuple[Any, TrainState]:
+        """The compiled step and initial state of a phase (its components' parameters trainable)."""
+        from ..core.step import init_state, make_step
+
+        prefixes = tuple(f"{c}." for c in comps)
+        named = dict(self.nlp.named_parameters())
+        params = {k: v.detach().clone() for k, v in named.items() if k.startswith(prefixes)}
+        frozen = {k: v.detach().clone() for k, v in named.items() if not k.startswith(prefixes)}
+        optimizer = _make_optimizer(self.optimizer, list(params), self.max_steps)
+        step = make_step(
+            self._loss_fn(),
+            optimizer,
+            grad_max_norm=self.grad_max_norm,
+            grad_ewm_window=self.grad_ewm_window,
+            grad_dev_policy=self.grad_dev_policy,
+            grad_max_dev=self.grad_max_dev,
+            compile=self.compile,
+            backend=self.compile_backend,
+            all_reduce=self._all_reduce(),
+        )
+        state = init_state(
+            params,
+            frozen,
+            optimizer,
+            seed=_stable_seed(self.seed, "phase", phase_idx),
+            grad_ewm_window=self.grad_ewm_window,
+        )
+        return step, state
+
+    def _all_reduce(self) -> Any:
+        from ..distributed import make_all_reduce
+
+        return make_all_reduce(self.world)
+
+    def _sync_module(self, state: TrainState) -> None:
+        """Copy the state's tensors into the pipeline's parameters (for scoring and saving)."""
+        named = dict(self.nlp.named_parameters())
+        with torch.no_grad():
+            for tree in (state.buffers, state.params):
+                for k, v in tree.items():
+                    if k in named:
+                        named[k].copy_(v)
+
+    # -- checkpoints, validation, logging -------------------------------------------------
+
+    def _checkpoint(self, state: TrainState, step: int, phase: int, phase_step: int, positions):
+        if not self.world.is_main:
+            return
+        logging_state = {n: lg.state() for n, lg in zip(self._logger_names, self.loggers)}
+        meta = {
+            "format": FORMAT,
+            "step": step,
+            "phase": phase,
+            "phase_step": phase_step,
+            "recipe_hash": self.recipe_hash(),
+            "recipe": self.recipe,
+            "world_size": self.world.world_size,
+            "versions": _versions(),
+            "streams": positions,
+            "logging": logging_state,
+            "records": self.recorder.state(),
+            "last_score": getattr(self, "_last_score", None),
+        }
+        ckpt.save_checkpoint(
+            self.output_dir,
+            step,
+            lambda d: save_state(state, d / "state", {"step": step}),
+            meta,
+            keep=self.keep_checkpoints,
+        )
+
+    def _validate(self, state: TrainState, step: int) -> tuple[dict | None, dict]:
+        if not self.val_docs:
+            return None, {}
+        self._sync_module(state)
+        scores = self.scorer(self.nlp, self.val_docs, mixed_precision=self.mixed_precision)
+        timing = {"validation/" + k: v for k, v in scores.get("speed", {}).items()}
+        exact = {k: v for k, v in scores.items() if k != "speed"}
+        if self.on_validation_callback is not None:
+            self.on_validation_callback({"step": step, **scores})
+        if self.world.is_main:
+            out = self.output_dir / "validation"
+            out.mkdir(exist_ok=True)
+            (out / f"step-{step:06d}.json").write_text(json.dumps(scores, indent=1))
+        return exact, timing
+
+    def _log(self, step: int, metrics: dict, validation: dict | None, timing: dict) -> None:
+        for lg in self.loggers:
+            lg.log(step, metrics, validation, timing)
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> Any:
+        self.device = self.world.device if not self.cpu else torch.device("cpu")
+        self._configure_torch()
+        resume_from = self._find_resume_point()  # may refuse: nothing written yet
+        self.plan = self._phase_plan()
+        self.total_steps = self.max_steps * len(self.plan)
+        if self.world.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale_temporaries(self.output_dir)
+            if resume_from is None:
+                self._clear_run_dir()
+            if self.recipe is not None:
+                from .recipe import dump_toml
+
+                (self.output_dir / "config.toml").write_text(dump_toml(self.recipe))
+        self.nlp.loss_scales = {**getattr(self.nlp, "loss_scales", {}), **self.loss_scales}
+        self.val_docs = list(self.val_data) if self.val_data is not None else []
+        self._post_init()
+        self.nlp.to(self.device)
+
+        meta = ckpt.read_meta(resume_from) if resume_from is not None else None
+        self._make_loggers(meta["logging"] if meta else None)
+        self.recorder = (
+            StepRecorder(self.output_dir, meta["records"]["steps.jsonl"] if meta else None)
+            if self.world.is_main
+            else _NoRecorder()
+        )
+        self._last_score = meta.get("last_score") if meta else None
+        start_phase = meta["phase"] if meta else 0
+        start_step = meta["phase_step"] if meta else 0
+        if meta:
+            self.message(
+                f"resuming from {resume_from} (step {meta['step']}); pass --restart to start over"
+            )
+        try:
+            with _Interrupts() as interrupts:
+                for phase_idx, (comps, feeds) in enumerate(self.plan):
+                    if phase_idx < start_phase:
+                        continue
+                    first = start_step if phase_idx == start_phase else 0
+                    state = self._run_phase(
+                        phase_idx, comps, feeds, first, resume_from if meta else None, interrupts
+                    )
+                    self._sync_module(state)
+                    resume_from, meta = None, None
+        finally:
+            for lg in self.loggers:
+                lg.close()
+            self.recorder.close()
+        if self.save_model and self.world.is_main:
+            self.nlp.to_disk(self.output_model_dir)
+            self.message(f"saved the pipeline to {self.output_model_dir}")
+        return self.nlp
+
+    def _run_phase(self, phase_idx, comps, feeds, first_step, resume_from, interrupts):
+        step_fn, state = self._phase_state(phase_idx, comps)
+        streams = {
+            name: self._training_stream(phase_idx, name, td, pipes) for name, td, pipes in feeds
+        }
+        if resume_from is not None:
+            state, _ = load_state(state, Path(resume_from) / "state")
+            saved = ckpt.read_meta(resume_from)["streams"]
+            for name, stream in streams.items():
+                stream.load_state_dict(saved[name])
+            self._sync_module(state)
+        iterators = {name: iter(s) for name, s in streams.items()}
+        offset = phase_idx * self.max_steps
+        words_seen, t_start = 0, time.perf_counter()
+        try:
+            for phase_step in range(first_step + 1, self.max_steps + 1):
+                step = offset + phase_step
+                t0 = time.perf_counter()
+                subs, streams_rec, ids = self._draw(iterators)
+                state, metrics = step_fn(state, subs)
+                metrics = {k: _scalar(v) for k, v in metrics.items()}
+                dt = time.perf_counter() - t0
+                n_words = int(_scalar(subs[0]["stats"].get("words", 0)))
+                n_docs = int(_scalar(subs[0]["stats"].get("docs", 0)))
+                words_seen += n_words
+                params_fp = (
+                    _params_fingerprint(state)
+                    if step % self.record_params_interval == 0 or phase_step == self.max_steps
+                    else None
+                )
+                self.recorder.write(
+                    step_record(
+                        step=step,
+                        phase=phase_idx,
+                        phase_step=phase_step,
+                        metrics=metrics,
+                        streams=streams_rec,
+                        batch=batch_fingerprint(ids, subs),
+                        params=params_fp,
+                    )
+                )
+                validation, val_timing = None, {}
+                if phase_step % self.validation_interval == 0 or phase_step == self.max_steps:
+                    validation, val_timing = self._validate(state, step)
+                    from .loggers import headline_score
+
+                    self._last_score = headline_score(validation)
+                if step % self.log_interval == 0 or validation is not None:
+                    line = {
+                        "phase": phase_idx,
+                        **{k: v for k, v in metrics.items()},
+                        "docs": n_docs,
+                        "words": n_words,
+                    }
+                    if self.log_weight_grads:
+                        line.update(
+                            {f"weight_norm/{k}": float(v.norm()) for k, v in state.params.items()}
+                        )
+                    timing = {
+                        "step_s": dt,
+                        "words_per_s": n_words / dt if dt > 0 else 0.0,
+                        "docs_per_s": n_docs / dt if dt > 0 else 0.0,
+                        "elapsed_s": time.perf_counter() - t_start,
+                        **val_timing,
+                    }
+                    self._log(step, line, validation, timing)
+                stop = interrupts.requested is not None
+                if (
+                    phase_step % self.checkpoint_interval == 0
+                    or phase_step == self.max_steps
+                    or stop
+                ):
+                    positions = {name: it.state_dict() for name, it in iterators.items()}
+                    self._checkpoint(state, step, phase_idx, phase_step, positions)
+                if stop:
+                    self.message(
+                        f"{interrupts.requested}: checkpoint written at step {step}; run the same "
+                        "command again to resume"
+                    )
+                    raise TrainingInterrupted(f"interrupted at step {step}")
+        finally:
+            for it in iterators.values():
+                if hasattr(it, "close"):
+                    it.close()
+        return state
+
+
+class _NoRecorder:
+    def write(self, record: Any) -> None:
+        pass
+
+    def state(self) -> dict[str, int]:
+        return {"steps.jsonl": 0}
+
+    def close(self) -> None:
+        pass
+
+
+def train(
+    nlp: Any,
+    train_data: TrainingData | Sequence[TrainingData],
+    val_data: Iterable[Doc] = (),
+    seed: int = 42,
+    max_steps: int = 1000,
+    optimizer: Any = None,
+    validation_interval: int | None = None,
+    checkpoint_interval: int | None = None,
+    grad_max_norm: float = 5.0,
+    grad_ewm_window: int = 100,
+    grad_dev_policy: str | None = None,
+    grad_max_dev: float = 7.0,
+    loss_scales: Mapping[str, float] | None = None,
+    scorer: Callable[..., dict] | None = None,
+    num_workers: int = 0,
+    cpu: bool = False,
+    mixed_precision: str = "no",
+    output_dir: str | os.PathLike = "artifacts",
+    output_model_dir: str | os.PathLike | None = None,
+    save_model: bool = True,
+    logger: bool | Sequence[str | BaseLogger] = True,
+    log_weight_grads: bool = False,
+    on_validation_callback: Callable[[dict], Any] | None = None,
+    **options: Any,
+) -> Any:
+    """Train ``nlp`` on ``train_data``; resumes from ``output_dir``'s latest checkpoint.
+
+    Parameters follow SEED.md (EDS-NLP's ``train``). pureml adds, as keyword options:
+    ``keep_checkpoints`` (3), ``log_interval`` (1), ``record_params_interval`` (min(10,
+    checkpoint_interval)), ``compile`` (True), ``compile_backend`` ("inductor"),
+    ``deterministic`` (True), ``threads`` (None), ``resume`` (True; False starts over),
+    ``recipe`` (the resolved recipe dict, written to ``config.toml`` and hashed).
+
+    ``optimizer`` is a ``GradientTransformation`` or a factory ``(param_names, total_steps) ->
+    GradientTransformation`` (called once per phase); default: AdamW with EDS-NLP's two groups.
+
+    Returns the trained pipeline. After Ctrl-C, writes a checkpoint and raises
+    :class:`TrainingInterrupted` (a ``KeyboardInterrupt``).
+
+    Example::
+
+        from pureml import train
+        from pureml.training import TrainingData
+        train(nlp, TrainingData(read_standoff("data/train"), batch_size="2000 words"),
+              val_data=read_standoff("data/dev"), max_steps=200, output_dir="runs/ner")
+    """
+    trainer = Trainer(
+        nlp,
+        train_data,
+        val_data,
+        seed=seed,
+        max_steps=max_steps,
+        optimizer=optimizer,
+        validation_interval=validation_interval,
+        checkpoint_interval=checkpoint_interval,
+        grad_max_norm=grad_max_norm,
+        grad_ewm_window=grad_ewm_window,
+        grad_dev_policy=grad_dev_policy,
+        grad_max_dev=grad_max_dev,
+        loss_scales=loss_scales,
+        scorer=scorer,
+        num_workers=num_workers,
+        cpu=cpu,
+        mixed_precision=mixed_precision,
+        output_dir=output_dir,
+        output_model_dir=output_model_dir,
+        save_model=save_model,
+        logger=logger,
+        log_weight_grads=log_weight_grads,
+        on_validation_callback=on_validation_callback,
+        **options,
+    )
+    return trainer.run()
+
+
+def train_from_recipe(
+    path: str | os.PathLike, overrides: Sequence[str] = (), *, restart: bool = False
+) -> Any:
+    """What ``python -m pureml.train RECIPE --set k=v`` runs: check, build, train."""
+    from .build import build_training
+
+    kwargs = build_training(path, overrides)
+    return train(**kwargs, resume=not restart)
+
+
+__all__ = [
+    "RunDirError",
+    "Trainer",
+    "TrainingData",
+    "TrainingInterrupted",
+    "train",
+    "train_from_recipe",
+]

@@ -1,0 +1,182 @@
+"""Recipes: strict structuring, key-path errors, overrides, references, TOML round trip."""
+
+from __future__ import annotations
+
+import pytest
+import tomllib
+
+from pureml.registry import Registry
+from pureml.training.config import RecipeError, TrainConfig, structure, structure_recipe
+from pureml.training.recipe import (
+    apply_overrides,
+    check_factory_table,
+    dump_toml,
+    parse_recipe_text,
+    recipe_diff,
+    recipe_hash,
+    recipe_reference,
+    resolve_references,
+    resolved_dict,
+    split_key_path,
+)
+
+BASE = {
+    "nlp": {"components": {"ner": {"factory": "x"}}},
+    "train_data": {"main": {"data": {"factory": "r", "path": "p"}}},
+}
+
+
+def error_of(fn, *args, **kwargs) -> str:
+    with pytest.raises(RecipeError) as e:
+        fn(*args, **kwargs)
+    return str(e.value)
+
+
+@pytest.mark.parametrize(
+    "patch, message",
+    [
+        ({"train": {"max_steps": "forty"}}, "train.max_steps: expected int, got 'forty'"),
+        ({"train": {"max_steps": True}}, "train.max_steps: expected int, got True"),
+        ({"train": {"max_steps": 0}}, "train.max_steps: expected a positive number, got 0"),
+        ({"train": {"maxsteps": 3}}, "train.maxsteps: unknown key (expected one of: "),
+        ({"train": {"grad_dev_policy": "sometimes"}}, "train.grad_dev_policy: expected one of"),
+        (
+            {"train": {"loss_scales": {"ner": "x"}}},
+            "train.loss_scales.ner: expected float, got 'x'",
+        ),
+        ({"train_data": {"main": {}}}, "train_data.main.data: missing required key"),
+        ({"train_data": {"main": {"data": {}, "batch_size": 1.5}}}, "train_data.main.batch_size"),
+        (
+            {"train_data": {"main": {"data": {}, "pipe_names": ["ner", 3]}}},
+            "train_data.main.pipe_names[1]: expected str, got 3",
+        ),
+        ({"nlp": {"components": {"ner": 3}}}, "nlp.components.ner: expected a table, got 3"),
+        ({"train": 5}, "train: expected a table, got 5"),
+    ],
+)
+def test_structuring_errors_name_the_key_path(patch, message):
+    data = {**BASE, **patch}
+    assert error_of(structure_recipe, data).startswith(message)
+
+
+def test_missing_top_level_section():
+    assert error_of(structure_recipe, {"train": {}}) == "nlp: missing required key"
+
+
+def test_ints_become_floats_but_strings_do_not():
+    cfg = structure({"grad_max_norm": 1}, TrainConfig, "train")
+    assert cfg.grad_max_norm == 1.0 and isinstance(cfg.grad_max_norm, float)
+
+
+def test_overrides_parse_toml_values_and_bare_strings():
+    data = apply_overrides(
+        BASE,
+        [
+            "train.max_steps=100",
+            "train.output_dir=runs/x",
+            "train.grad_max_norm=1e-1",
+            'train.logger=["json"]',
+            "train_data.main.batch_size=64 spans",
+            "nlp.components.ner.window=5",
+        ],
+    )
+    assert data["train"] == {
+        "max_steps": 100,
+        "output_dir": "runs/x",
+        "grad_max_norm": 0.1,
+        "logger": ["json"],
+    }
+    assert data["train_data"]["main"]["batch_size"] == "64 spans"
+    assert BASE["train_data"]["main"].get("batch_size") is None  # input not modified
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_stepz=1", "train.max_stepz: no such key to override"),
+        ("nope.x=1", "nope: no such key to override"),
+        ("train_data.other.batch_size=3", "train_data.other: no such key to override"),
+        ("train.seed.x=1", "train.seed.x: no such key to override (int has no keys)"),
+        ("train.max_steps", "train.max_steps: an override is written key.path=value"),
+    ],
+)
+def test_override_of_missing_key_is_refused(override, message):
+    assert error_of(apply_overrides, BASE, [override]).startswith(message)
+
+
+def test_quoted_key_paths():
+    assert split_key_path('optimizer.groups."^ner\\.".lr') == ["optimizer", "groups", "^ner.", "lr"]
+
+
+def test_references_resolve_after_overrides():
+    text = (
+        '[paths]\nroot = "/data"\n[train]\noutput_dir = "${paths.root}/run"\nseed = "${train.x}"\n'
+    )
+    assert error_of(parse_recipe_text, text) == "train.seed: unknown reference ${train.x}"
+    text = text.replace('seed = "${train.x}"\n', "")
+    data = parse_recipe_text(text, ["paths.root=/other"])
+    assert data["train"]["output_dir"] == "/other/run"
+    # a lone reference keeps the type of the value
+    assert resolve_references({"a": {"n": 3}, "b": {"m": "${a.n}"}})["b"]["m"] == 3
+
+
+def test_invalid_toml_names_the_line():
+    message = error_of(parse_recipe_text, "[train]\nmax_steps = = 3\n", source="r.toml")
+    assert message.startswith("r.toml: invalid TOML:") and "line 2" in message
+
+
+def test_dump_toml_round_trips_the_resolved_recipe():
+    data = apply_overrides(BASE, ["train.validation_interval=5"])
+    data["optimizer"] = {"factory": "adamw", "groups": {"^ner\\.": {"lr": 1e-3}, "emb": False}}
+    data["paths"] = {"weird key": 'a "quoted" \\ value'}
+    resolved = resolved_dict(structure_recipe(data))
+    text = dump_toml(resolved)
+    assert tomllib.loads(text) == resolved
+    assert resolved["train"]["max_steps"] == 1000  # defaults are written out
+    assert "output_model_dir" not in resolved["train"]  # unset stays unset (TOML has no null)
+
+
+def test_hash_ignores_output_locations_only():
+    a = resolved_dict(structure_recipe(BASE))
+    b = resolved_dict(structure_recipe(apply_overrides(BASE, ["train.output_dir=elsewhere"])))
+    c = resolved_dict(structure_recipe(apply_overrides(BASE, ["train.seed=1"])))
+    assert recipe_hash(a) == recipe_hash(b) != recipe_hash(c)
+    assert recipe_diff(a, c) == ["train.seed"]
+
+
+def test_factory_tables_are_checked_against_the_signature():
+    reg = Registry("component")
+
+    @reg.register("head")
+    def head(window: int, labels: list[str] | None = None, mode: str = "joint") -> None:
+        """A head."""
+
+    check_factory_table({"factory": "head", "window": 3}, reg, "nlp.components.ner")
+    cases = [
+        (
+            {"factory": "head", "window": "forty"},
+            "nlp.components.ner.window: expected int, got 'forty'",
+        ),
+        ({"factory": "head"}, "nlp.components.ner.window: missing required key for 'head'"),
+        (
+            {"factory": "head", "window": 3, "widow": 1},
+            "nlp.components.ner.widow: unknown key for component 'head' (expected one of: window, labels, mode)",
+        ),
+        (
+            {"factory": "hed", "window": 3},
+            "nlp.components.ner.factory: unknown component factory 'hed' (known: head)",
+        ),
+        ({"window": 3}, "nlp.components.ner.factory: missing required key (a component name)"),
+        (
+            {"factory": "head", "window": 3, "labels": ["a", 1]},
+            "nlp.components.ner.labels[1]: expected str, got 1",
+        ),
+    ]
+    for table, message in cases:
+        assert error_of(check_factory_table, table, reg, "nlp.components.ner") == message
+
+
+def test_recipe_reference_lists_every_train_key():
+    text = recipe_reference()
+    for key in ("train.max_steps", "train.output_dir", "train.seed", "train_data.NAME.batch_size"):
+        assert f"| `{key}` |" in text

@@ -1,0 +1,79 @@
+"""Scores against hand-computed reference numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from pureml.nlp.doc import Doc, Span
+from pureml.training.scorer import ner_scores, prf, span_attribute_scores
+
+
+def doc(text, group, spans):
+    d = Doc(text, id="d")
+    d.spans[group] = [Span(*s) if len(s) == 3 else Span(s[0], s[1], s[2], s[3]) for s in spans]
+    return d
+
+
+def test_prf_reference_numbers():
+    assert prf(2, 4, 5) == {
+        "p": 0.5,
+        "r": 0.4,
+        "f1": pytest.approx(4 / 9),
+        "tp": 2,
+        "n_pred": 4,
+        "n_gold": 5,
+    }
+    assert prf(0, 0, 0)["f1"] == 0.0
+
+
+def test_ner_exact_and_token_level():
+    text = "Familial breast cancer and ovarian cancer in BRCA1 carriers."
+    #       0        9     15     22  26      34     41 44
+    gold = doc(text, "gold", [(9, 22, "Disease"), (27, 41, "Disease"), (45, 50, "Gene")])
+    pred = doc(text, "ents", [(16, 22, "Disease"), (27, 41, "Disease"), (45, 50, "Disease")])
+    s = ner_scores([gold], [pred])
+    # exact: 1 of 3 predictions right, 1 of 3 gold found
+    assert s["micro"]["p"] == pytest.approx(1 / 3) and s["micro"]["r"] == pytest.approx(1 / 3)
+    assert s["per_label"]["Disease"]["p"] == pytest.approx(1 / 3)
+    assert s["per_label"]["Disease"]["r"] == pytest.approx(1 / 2)
+    assert s["per_label"]["Gene"] == {
+        "p": 0.0,
+        "r": 0.0,
+        "f1": 0.0,
+        "tp": 0,
+        "n_pred": 0,
+        "n_gold": 1,
+    }
+    # tokens: gold {breast, cancer, ovarian, cancer}/Disease + {BRCA1}/Gene; pred {cancer,
+    # ovarian, cancer, BRCA1}/Disease: 3 of 4 predicted tokens right, 3 of 5 gold found
+    assert s["token"]["micro"]["p"] == pytest.approx(3 / 4)
+    assert s["token"]["micro"]["r"] == pytest.approx(3 / 5)
+    # labels= limits what is scored
+    assert ner_scores([gold], [pred], labels=["Gene"])["micro"]["r"] == 0.0
+
+
+def test_span_attributes_per_value():
+    text = "no fever, chest pain, and cough"
+    gold = doc(
+        text,
+        "gold",
+        [
+            (3, 8, "p", {"status": "negated"}),
+            (10, 20, "p", {"status": "affirmed"}),
+            (26, 31, "p", {"status": "affirmed"}),
+        ],
+    )
+    pred = doc(
+        text,
+        "gold",
+        [
+            (3, 8, "p", {"status": "affirmed"}),
+            (10, 20, "p", {"status": "affirmed"}),
+            (26, 31, "p", {"status": "affirmed"}),
+        ],
+    )
+    s = span_attribute_scores([gold], [pred], ["status"])["status"]
+    assert s["micro"]["p"] == pytest.approx(2 / 3) and s["micro"]["r"] == pytest.approx(2 / 3)
+    assert s["per_value"]["affirmed"]["p"] == pytest.approx(2 / 3)
+    assert s["per_value"]["affirmed"]["r"] == 1.0
+    assert s["per_value"]["negated"]["r"] == 0.0
