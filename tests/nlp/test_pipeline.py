@@ -200,3 +200,32 @@ def test_parameter_names_and_phases():
     assert "ner.transitions" in names and "status.head.weight" in names
     assert nlp.phases() == [["embedding", "ner", "status"]]
     assert nlp.heads() == ["ner", "status"]
+
+
+def test_functional_step_two_sub_batches_equal_one_batch():
+    """Through make_step: sub-batches given the global stats update like the whole batch."""
+    from pureml import optim
+    from pureml.core.step import init_state, make_step
+
+    torch.manual_seed(0)
+    docs = make_corpus(8, seed=2)
+    nlp = Pipeline(
+        {
+            "embedding": ScratchEncoder(width=16, depth=1, rows=[50, 20, 20, 10], dropout=0.0),
+            "ner": NerCrf(dropout=0.0),
+        }
+    )
+    nlp.post_init(docs)
+    nlp.double()
+    items = [nlp.preprocess(d, supervision=True) for d in docs]
+    whole = nlp.collate(items)
+    halves = [nlp.collate(items[:3]), nlp.collate(items[3:])]
+    for h in halves:
+        h["stats"] = whole["stats"]
+    opt = optim.sgd(0.5)
+    step = make_step(nlp.loss_fn(), opt, compile=False, grad_max_norm=None)
+    s1, m1 = step(init_state(nlp, optimizer=opt, seed=0), [whole])
+    s2, m2 = step(init_state(nlp, optimizer=opt, seed=0), halves)
+    assert abs(float(m1["loss/ner"]) - float(m2["loss/ner"])) < 1e-12
+    for k in s1.params:
+        assert torch.allclose(s1.params[k], s2.params[k], rtol=0, atol=1e-12), k
