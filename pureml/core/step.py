@@ -31,6 +31,7 @@ Example::
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -152,7 +153,7 @@ class Step:
         compile: bool,
         backend: str | Callable,
         all_reduce: AllReduce | None,
-        dynamic: bool,
+        dynamic: bool | None,
     ) -> None:
         if grad_dev_policy not in POLICIES:
             raise ValueError(f"unknown grad_dev_policy {grad_dev_policy!r} (known: {POLICIES})")
@@ -171,10 +172,22 @@ class Step:
         self.dynamic = dynamic
         self._index_cache: dict[tuple[torch.device, int], Tensor] = {}
 
-        def wrap(fn: Callable) -> Callable:
+        def wrap(method: Callable) -> Callable:
             if not compile:
-                return fn
-            return torch.compile(fn, fullgraph=True, backend=backend, dynamic=None)
+                return method
+            # torch.compile caches graphs on the code object, with a limit of 8 per code object:
+            # a private copy of the code per Step keeps many Steps in one process (phases, tests)
+            # from sharing, and exhausting, one cache.
+            fn = method.__func__
+            fresh = types.FunctionType(
+                fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+            )
+            return torch.compile(
+                types.MethodType(fresh, self),
+                fullgraph=True,
+                backend=backend,
+                dynamic=False if dynamic is False else None,
+            )
 
         self.grad_fn = wrap(self._grads)
         self.grad_acc_fn = wrap(self._grads_acc)
@@ -275,7 +288,7 @@ class Step:
         grads: dict[str, Tensor] | None = None
         losses: dict[str, Tensor] = {}
         for i, batch in enumerate(sub_batches):
-            if self.compiled and self.dynamic:
+            if self.compiled and self.dynamic is True:
                 _mark_dynamic(batch)
             index = self._index(first_index + i, device)
             args = (state.params, state.buffers, batch, state.rng, state.step, index)
@@ -313,7 +326,7 @@ def make_step(
     compile: bool = True,
     backend: str | Callable = "inductor",
     all_reduce: AllReduce | None = None,
-    dynamic: bool = True,
+    dynamic: bool | None = True,
 ) -> Step:
     """Build ``step(state, sub_batches, *, first_index=0) -> (state, metrics)``.
 
@@ -323,7 +336,11 @@ def make_step(
     ``all_reduce(flat) -> flat`` sums a 1-D tensor across ranks (one call per dtype, gradients
     and losses together); the sub-batch dropout key is ``fold_in(rng, step, first_index + i)``,
     so rank ``r`` passes ``first_index = r * n_local``.
-    ``compile=False`` runs the very same functions eagerly.
+    ``compile=False`` runs the very same functions eagerly. ``dynamic``: ``True`` marks every
+    batch dimension dynamic from the first call (one graph for all lengths, the same kernels
+    whatever shapes came first); ``False`` compiles each shape statically (pad to a few buckets;
+    torch recompiles at most 8 times per function by default); ``None`` leaves torch's
+    automatic dynamic shapes (history-dependent kernels: not bitwise-replayable).
 
     >>> from pureml import optim
     >>> def loss_fn(params, buffers, batch, key):

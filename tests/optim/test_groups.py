@@ -1,0 +1,110 @@
+"""Parameter groups: regex selection, frozen groups, per-group lr/schedule, errors."""
+
+import pytest
+import torch
+
+from pureml import optim
+
+NAMES = ["embedding.transformer.w", "embedding.proj.w", "ner.crf.transitions", "ner.linear.w"]
+
+
+def _params():
+    return {n: torch.full((2,), float(i + 1)) for i, n in enumerate(NAMES)}
+
+
+def test_first_matching_selector_wins_and_false_freezes():
+    opt = optim.param_groups(
+        {
+            r"^ner\.crf": {"name": "crf", "lr": 1e-2},
+            r"^ner\.": {"name": "ner", "lr": 1e-3},
+            r"transformer": False,
+        },
+        default={"lr": 1e-4},
+        names=NAMES,
+    )
+    groups = {n: getattr(opt.group_of(n), "name", None) for n in NAMES}
+    assert groups == {
+        "embedding.transformer.w": "transformer",
+        "embedding.proj.w": "default",
+        "ner.crf.transitions": "crf",
+        "ner.linear.w": "ner",
+    }
+    trainable, frozen = opt.partition(_params())
+    assert list(frozen) == ["embedding.transformer.w"]
+    state = opt.init(trainable)
+    assert sorted(state) == ["crf", "default", "ner"]
+    lrs = {k: float(v) for k, v in optim.learning_rates(state).items()}
+    assert lrs == {"crf": 1e-2, "ner": 1e-3, "default": 1e-4}
+
+
+def test_each_group_uses_its_own_lr_and_schedule():
+    opt = optim.param_groups(
+        {
+            r"^ner\.": {"name": "ner", "lr": 0.1},
+            r"^embedding": {
+                "name": "emb",
+                "lr": 1.0,
+                "schedule": {"name": "linear", "warmup_rate": 0.5},
+            },
+        },
+        default=False,
+        optimizer="sgd",
+        total_steps=4,
+    )
+    params = _params()
+    trainable, frozen = opt.partition(params)
+    assert frozen == {}
+    state = opt.init(trainable)
+    grads = {k: torch.ones_like(v) for k, v in trainable.items()}
+    seen = []
+    for _ in range(3):
+        updates, state = opt.update(grads, state, trainable)
+        seen.append((updates["ner.linear.w"][0].item(), updates["embedding.proj.w"][0].item()))
+    # ner: constant 0.1; emb: linear warm-up 0 -> 1 over 2 steps, then decay to 0 at step 4
+    assert seen == [
+        (pytest.approx(-0.1), 0.0),
+        (pytest.approx(-0.1), pytest.approx(-0.5)),
+        (pytest.approx(-0.1), pytest.approx(-1.0)),
+    ]
+
+
+def test_eds_default_groups_and_schedules():
+    opt = optim.eds_default(100, names=NAMES)
+    trainable, frozen = opt.partition(_params())
+    assert frozen == {}
+    state = opt.init(trainable)
+    grads = {k: torch.zeros_like(v) for k, v in trainable.items()}
+    history = []
+    for _ in range(20):
+        _, state = opt.update(grads, state, trainable)
+        history.append({k: float(v) for k, v in optim.learning_rates(state).items()})
+    assert history[0] == {"transformer": 0.0, "default": 3e-4}
+    assert history[5]["transformer"] == pytest.approx(5e-5 * 5 / 10)
+    assert history[10] == {"transformer": 5e-5, "default": 3e-4}
+    assert history[19]["default"] == pytest.approx(3e-4 * (1 - 9 / 90))
+    # a model without a transformer has just the default group
+    opt = optim.eds_default(100, names=["ner.w"])
+    assert sorted(opt.init({"ner.w": torch.zeros(1)})) == ["default"]
+
+
+def test_errors_name_the_culprit():
+    with pytest.raises(ValueError, match=r"\^nope"):
+        optim.param_groups({"^nope": {"lr": 1e-3}}, names=NAMES)
+    with pytest.raises(ValueError, match=r"\^ner"):
+        # every ner.* name is taken by the earlier selector
+        optim.param_groups({"ner": {"lr": 1e-3}, "^ner": {"lr": 1e-2}}, names=NAMES)
+    with pytest.raises(ValueError, match="'ner'.*-0.1|-0.1.*'ner'"):
+        optim.param_groups({"^ner": {"name": "ner", "lr": -0.1}})
+    with pytest.raises(ValueError, match="lamb"):
+        optim.param_groups({"^ner": {"lr": 1e-3}}, optimizer="lamb")
+    with pytest.raises(ValueError, match="warmdown"):
+        optim.param_groups({"^ner": {"lr": 1e-3, "schedule": "warmdown"}})
+    with pytest.raises(ValueError, match="needs total_steps"):
+        optim.param_groups({"^ner": {"lr": 1e-3, "schedule": "linear"}})
+    with pytest.raises(ValueError, match="learning rate"):
+        optim.adamw(-1e-3)
+    with pytest.raises(ValueError, match="not a regex"):
+        optim.param_groups({"(": {"lr": 1e-3}})
+    opt = optim.param_groups({"^ner": {"lr": 1e-3}})
+    with pytest.raises(ValueError, match="ner"):
+        opt.partition({"embedding.w": torch.zeros(1)})
