@@ -15,7 +15,6 @@ torch.Size([2, 4, 4])
 from __future__ import annotations
 
 import hashlib
-import re
 from functools import lru_cache
 from typing import Any
 
@@ -53,7 +52,35 @@ def _hashes(feature: str, value: str, n: int) -> tuple[int, ...]:
     return tuple(int.from_bytes(digest[4 * i : 4 * i + 4], "little") for i in range(n))
 
 
-_DIGITS = re.compile(r"\d")
+def pack_rows(lengths: list[int], capacity: int, gap: int) -> tuple[list[tuple[int, int]], int]:
+    """First-fit-decreasing packing of documents into rows of ``capacity`` positions.
+
+    Returns ``(row, offset)`` per document (input order) and the number of rows (at least 1);
+    documents in one row are separated by ``gap`` empty positions. Empty documents take no
+    room.
+
+    >>> pack_rows([6, 3, 2, 0], 8, gap=1)
+    ([(0, 0), (1, 0), (1, 4), (0, 0)], 2)
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    used: list[int] = []
+    places = [(0, 0)] * len(lengths)
+    for i in order:
+        n = lengths[i]
+        if n == 0:
+            continue
+        if n > capacity:
+            raise ValueError(f"document of {n} words does not fit rows of {capacity}")
+        for r, u in enumerate(used):
+            start = u + gap if u else 0
+            if start + n <= capacity:
+                places[i] = (r, start)
+                used[r] = start + n
+                break
+        else:
+            places[i] = (len(used), 0)
+            used.append(n)
+    return places, max(len(used), 1)
 
 
 @components.register("scratch_encoder")
@@ -102,6 +129,9 @@ class ScratchEncoder(Component):
         self.rows = list(rows)
         self.n_hashes = n_hashes
         self.p = dropout
+        # zero positions between packed documents: each CNN layer sees `window` words on each
+        # side, and padding is re-zeroed before every layer, so this gap isolates documents
+        self.gap = window if depth else 0
         offsets = [0]
         for r in self.rows[:-1]:
             offsets.append(offsets[-1] + r)
@@ -131,22 +161,30 @@ class ScratchEncoder(Component):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         lengths = [f["ids"].shape[0] for f in features]
         length = pad_length(max(lengths, default=0))
-        ids = torch.zeros(len(features), length, len(FEATURES), self.n_hashes, dtype=torch.int64)
-        for i, f in enumerate(features):
-            ids[i, : lengths[i]] = f["ids"]
+        places, n_rows = pack_rows(lengths, length, gap=self.gap)
+        ids = torch.zeros(n_rows, length, len(FEATURES), self.n_hashes, dtype=torch.int64)
+        segments = torch.zeros(n_rows, length, dtype=torch.int64)
+        unpack = torch.zeros(len(features), length, dtype=torch.int64)
+        for i, (f, (row, offset)) in enumerate(zip(features, places)):
+            n = lengths[i]
+            ids[row, offset : offset + n] = f["ids"]
+            segments[row, offset : offset + n] = i + 1
+            # 1 + flat packed position; 0 points at a zero vector (padding)
+            unpack[i, :n] = torch.arange(1, n + 1) + row * length + offset
         mask = torch.arange(length) < torch.tensor(lengths).unsqueeze(-1)
-        return {"ids": ids, "mask": mask}
+        return {"ids": ids, "segments": segments, "unpack": unpack, "mask": mask}
 
     def forward(self, batch: dict[str, Any], ctx: ForwardContext) -> dict[str, Any]:
-        ids, mask = batch["ids"], batch["mask"]
-        vecs = self.table(ids + self.offsets).sum(-2)  # [B, L, F, D]
+        ids, segments = batch["ids"], batch["segments"]
+        keep = segments > 0
+        vecs = self.table(ids + self.offsets).sum(-2)  # [rows, R, F, D]
         x = self.mix_norm(self.mix(vecs.flatten(-2)))
         x = ctx.dropout(x, self.p, self.name, "embed")
         if self.cnn is not None:
             # no dropout inside the CNN: in eager mode each counter-based mask costs ~60 integer
             # passes over the tensor, more than the layer itself on CPU
-            x = self.cnn(x, mask)
+            x = self.cnn(x, keep)
         for i, layer in enumerate(self.attn):
-            x = layer(x, mask, lambda h, what, i=i: ctx.dropout(h, self.p, self.name, what, i))
-        x = x * mask.unsqueeze(-1).to(x.dtype)
-        return {"embeddings": x, "mask": mask}
+            x = layer(x, segments, lambda h, what, i=i: ctx.dropout(h, self.p, self.name, what, i))
+        flat = torch.cat([x.new_zeros(1, x.shape[-1]), x.reshape(-1, x.shape[-1])])
+        return {"embeddings": flat[batch["unpack"]], "mask": batch["mask"]}

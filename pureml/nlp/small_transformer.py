@@ -4,9 +4,12 @@ Written out rather than ``torch.nn.TransformerEncoderLayer`` because dropout mus
 counter-based RNG (replayable, and cheap on CPU once fused) and fully padded rows (empty
 documents) must give zeros, not NaN.
 
+Rows may hold several packed documents: ``segments`` gives each position's document number
+(0 for padding) and attention stays within a document.
+
 >>> layer = SelfAttentionLayer(8, heads=2)
->>> layer(torch.randn(1, 3, 8), torch.tensor([[True, True, False]])).shape
-torch.Size([1, 3, 8])
+>>> layer(torch.randn(1, 4, 8), torch.tensor([[1, 1, 2, 0]])).shape
+torch.Size([1, 4, 8])
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ class SelfAttentionLayer(torch.nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor,
+        segments: torch.Tensor,
         dropout: Callable[[torch.Tensor, str], torch.Tensor] | None = None,
     ) -> torch.Tensor:
         drop = dropout or (lambda t, _: t)
@@ -43,9 +46,10 @@ class SelfAttentionLayer(torch.nn.Module):
         q, k, v = self.qkv(self.norm1(x)).view(bsz, length, 3, self.heads, -1).unbind(2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, d]
         scores = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5)
-        scores = scores.masked_fill(~mask[:, None, None, :], -1e4)
+        same = (segments.unsqueeze(-1) == segments.unsqueeze(-2)) & (segments > 0).unsqueeze(-1)
+        scores = scores.masked_fill(~same.unsqueeze(1), -1e4)
         probs = drop(scores.softmax(-1), "attn")
         h = (probs @ v).transpose(1, 2).reshape(bsz, length, width)
         x = x + drop(self.out(h), "out")
         x = x + drop(self.ff2(F.gelu(self.ff1(self.norm2(x)))), "ff")
-        return x * mask.unsqueeze(-1).to(x.dtype)
+        return x * (segments > 0).unsqueeze(-1).to(x.dtype)

@@ -229,3 +229,22 @@ def test_functional_step_two_sub_batches_equal_one_batch():
     assert abs(float(m1["loss/ner"]) - float(m2["loss/ner"])) < 1e-12
     for k in s1.params:
         assert torch.allclose(s1.params[k], s2.params[k], rtol=0, atol=1e-12), k
+
+
+def test_packed_encoder_equals_one_document_at_a_time():
+    """Docs share packed rows (CNN + attention) yet get exactly their stand-alone vectors."""
+    from pureml.nlp import ForwardContext
+
+    torch.manual_seed(0)
+    enc = ScratchEncoder(width=16, depth=3, window=2, transformer_layers=1, heads=2)
+    nlp = Pipeline({"embedding": enc})
+    docs = [Doc(d.text[:n]) for d, n in zip(make_corpus(5, seed=6), (400, 90, 30, 0, 60))]
+    batch = nlp.collate([nlp.preprocess(d) for d in docs])
+    assert batch["embedding"]["ids"].shape[0] < len(docs)  # several docs per row
+    together = enc(batch["embedding"], ForwardContext(nlp, batch))["embeddings"]
+    for row, i in enumerate(batch["index"].tolist()):
+        one = nlp.collate([nlp.preprocess(docs[i])])
+        alone = enc(one["embedding"], ForwardContext(nlp, one))["embeddings"][0]
+        n = len(docs[i].words)
+        assert torch.allclose(together[row, :n], alone[:n], atol=1e-5)
+        assert together[row, n:].abs().max() == 0
