@@ -1,0 +1,235 @@
+"""Rebuild a finished (or running) run from its folder: pipeline, step function, state, streams.
+
+Everything is built by the trainer's own code from the run's resolved recipe (``config.toml``),
+so a replay constructs the same parameters, the same compiled step (same backend) and the same
+stream chain as the run did; the state and stream positions come from
+``checkpoints/step-NNNNNN`` (or from the initial state when no checkpoint precedes the step).
+Nothing is written to the run folder.
+
+The trainer does its set-up inside ``Trainer.run``; :class:`ReplayTrainer` is the small adapter
+that calls the same private pieces in the same order, without the file writes (see the report
+of issue 6 for the public hooks that would replace it).
+
+>>> run = RebuiltRun("artifacts/quickstart")               # doctest: +SKIP
+>>> phase = run.start(before_step=41)                      # state after step 40 (checkpoint)
+>>> subs, streams, ids = phase.draw()                      # the batch of step 41
+>>> state, metrics = phase.step_fn(phase.state, subs)      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from ..core.state import TrainState, fingerprint, load_state
+from ..training import checkpoint as ckpt
+from ..training.records import read_records
+from ..training.trainer import Trainer
+
+
+class ReplayError(RuntimeError):
+    """The run folder cannot be replayed as asked (missing record, step out of range, ...)."""
+
+
+def params_fingerprint(state: TrainState) -> str:
+    """The ``params`` value of a step record (the trainer's: fingerprint of ``state.params``)."""
+    return fingerprint(state.params)[:32]
+
+
+class ReplayTrainer(Trainer):
+    """The trainer, used only for its building code; ``breakpoint_in_loss`` wraps the loss.
+
+    With ``breakpoint_in_loss`` set, the loss function calls :func:`breakpoint` before each
+    evaluation (once per sub-batch), inside the step function: only meaningful eagerly.
+    """
+
+    breakpoint_in_loss: bool = False
+
+    def _loss_fn(self) -> Callable[..., Any]:
+        loss_fn = super()._loss_fn()
+        if not self.breakpoint_in_loss:
+            return loss_fn
+
+        def loss_fn_with_breakpoint(params, buffers, batch, key):
+            # pureml replay --pdb: `s` steps into the pipeline's loss, `up` shows the step
+            breakpoint()
+            return loss_fn(params, buffers, batch, key)
+
+        return loss_fn_with_breakpoint
+
+
+@attrs.define
+class Phase:
+    """One phase of a rebuilt run, positioned before step ``next_step``."""
+
+    index: int
+    components: list[str]
+    step_fn: Any
+    state: TrainState
+    iterators: dict[str, Any]
+    next_phase_step: int
+    trainer: ReplayTrainer
+
+    @property
+    def next_step(self) -> int:
+        return self.index * self.trainer.max_steps + self.next_phase_step
+
+    @property
+    def done(self) -> bool:
+        return self.next_phase_step > self.trainer.max_steps
+
+    def draw(self) -> tuple[list[dict], dict[str, dict], list[str]]:
+        """The next batch, exactly as the trainer draws it: ``(sub_batches, streams, doc_ids)``."""
+        return self.trainer._draw(self.iterators)
+
+    def advance(self, state: TrainState) -> None:
+        self.state = state
+        self.next_phase_step += 1
+
+    def close(self) -> None:
+        for it in self.iterators.values():
+            if hasattr(it, "close"):
+                it.close()
+
+
+class RebuiltRun:
+    """A run folder, rebuilt in this process by the trainer's code (read-only).
+
+    Args:
+        run_dir: the run folder (``config.toml``, ``steps.jsonl``, ``checkpoints/``).
+        compile: ``None`` (as the run: its ``train.compile``), or False for an eager step.
+        overrides: recipe overrides (``key=value``), e.g. to point at moved data.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        compile: bool | None = None,
+        overrides: Sequence[str] = (),
+    ) -> None:
+        from ..training.build import build_training
+
+        self.run_dir = Path(run_dir)
+        config = self.run_dir / "config.toml"
+        if not config.is_file():
+            raise FileNotFoundError(f"{config}: not a run folder (no config.toml)")
+        kwargs = build_training(config, list(overrides))
+        kwargs.update(logger=False, save_model=False, num_workers=0)
+        self.recipe = kwargs.get("recipe")
+        self.trainer = ReplayTrainer(**kwargs, resume=False)
+        if compile is not None:
+            self.trainer.compile = compile
+        self._setup_done = False
+        self._records: dict[int, dict] | None = None
+
+    # -- what the run wrote -------------------------------------------------------------------
+
+    @property
+    def records(self) -> dict[int, dict]:
+        if self._records is None:
+            self._records = {r["step"]: r for r in read_records(self.run_dir)}
+        return self._records
+
+    @property
+    def backend(self) -> str:
+        t = self.trainer
+        return t.compile_backend if t.compile else "eager (not compiled)"
+
+    def checkpoint_before(self, step: int) -> Path | None:
+        """The newest valid checkpoint holding the state before ``step`` (at most ``step - 1``)."""
+        return ckpt.latest_checkpoint(self.run_dir, at_most=step - 1)
+
+    # -- building -----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """What ``Trainer.run`` does before its first phase, minus the files it writes."""
+        if self._setup_done:
+            return
+        t = self.trainer
+        t.device = t.world.device if not t.cpu else torch.device("cpu")
+        t._configure_torch()
+        t.plan = t._phase_plan()
+        t.total_steps = t.max_steps * len(t.plan)
+        t.nlp.loss_scales = {**getattr(t.nlp, "loss_scales", {}), **t.loss_scales}
+        t.val_docs = []
+        t._post_init()
+        t.nlp.to(t.device)
+        self._setup_done = True
+
+    def phase(self, index: int, checkpoint: Path | None = None) -> Phase:
+        """Phase ``index`` positioned at its start, or at ``checkpoint`` (of that phase)."""
+        self.setup()
+        t = self.trainer
+        comps, feeds = t.plan[index]
+        step_fn, state = t._phase_state(index, comps)
+        streams = {name: t._training_stream(index, name, td, pipes) for name, td, pipes in feeds}
+        first = 0
+        if checkpoint is not None:
+            meta = ckpt.read_meta(checkpoint)
+            state, _ = load_state(state, Path(checkpoint) / "state")
+            for name, stream in streams.items():
+                stream.load_state_dict(meta["streams"][name])
+            t._sync_module(state)
+            first = meta["phase_step"]
+        iterators = {name: iter(s) for name, s in streams.items()}
+        return Phase(index, list(comps), step_fn, state, iterators, first + 1, t)
+
+    def eager_step(self, index: int, *, breakpoint_in_loss: bool = False) -> Any:
+        """An uncompiled step function of phase ``index`` (same loss, optimizer and options)."""
+        self.setup()
+        t = self.trainer
+        saved = (t.compile, t.breakpoint_in_loss)
+        t.compile, t.breakpoint_in_loss = False, breakpoint_in_loss
+        try:
+            step_fn, _ = t._phase_state(index, t.plan[index][0])
+        finally:
+            t.compile, t.breakpoint_in_loss = saved
+        return step_fn
+
+    def start(self, before_step: int) -> Phase:
+        """The phase and state just before global step ``before_step`` is taken.
+
+        Starts from the newest checkpoint before that step, or from the initial state; later
+        phases start from the previous phase's final state, as in the trainer, so the steps in
+        between are run (and should be checked by the caller: see :func:`pureml.replay.replay`).
+        """
+        self.setup()
+        path = self.checkpoint_before(before_step)
+        if path is None:
+            return self.phase(0)
+        meta = ckpt.read_meta(path)
+        return self.phase(meta["phase"], path)
+
+    def next_phase(self, phase: Phase) -> Phase | None:
+        """The phase after a finished one (the pipeline synced to its final state), or None."""
+        phase.close()
+        t = self.trainer
+        t._sync_module(phase.state)
+        if phase.index + 1 >= len(t.plan):
+            return None
+        return self.phase(phase.index + 1)
+
+    # -- documents ----------------------------------------------------------------------------
+
+    def documents(self, ids_by_stream: Mapping[str, Sequence[str]]) -> dict[str, dict[str, Any]]:
+        """The original documents (with gold annotations) of each stream, by id."""
+        from ..stream import Stream
+
+        t = self.trainer
+        out: dict[str, dict[str, Any]] = {}
+        for name, td in zip(t.stream_names, t.train_data):
+            if name not in ids_by_stream:
+                continue
+            wanted = set(ids_by_stream[name])
+            data = td.data if isinstance(td.data, Stream) else Stream.from_items(td.data)
+            out[name] = {d.id: d for d in data if d.id in wanted}
+        return out
+
+
+__all__ = ["Phase", "RebuiltRun", "ReplayError", "ReplayTrainer", "params_fingerprint"]
