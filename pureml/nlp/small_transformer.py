@@ -48,7 +48,9 @@ class SelfAttentionLayer(torch.nn.Module):
         scores = q @ k.transpose(-1, -2) / (q.shape[-1] ** 0.5)
         same = (segments.unsqueeze(-1) == segments.unsqueeze(-2)) & (segments > 0).unsqueeze(-1)
         scores = scores.masked_fill(~same.unsqueeze(1), -1e4)
-        probs = drop(scores.softmax(-1), "attn")
+        # no dropout on the attention probabilities: [rows, heads, R, R] masks dominate an
+        # eager CPU step; the outputs of both sub-layers are dropped instead
+        probs = scores.softmax(-1)
         h = (probs @ v).transpose(1, 2).reshape(bsz, length, width)
         x = x + drop(self.out(h), "out")
         x = x + drop(self.ff2(F.gelu(self.ff1(self.norm2(x)))), "ff")
