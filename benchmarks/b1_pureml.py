@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(pureml_run.BENCH / ".work" / "runs" / "b1-pureml"))
     ap.add_argument("--recipe", default=str(RECIPE))
     ap.add_argument("--set", action="append", default=[], help="extra recipe override key=value")
+    ap.add_argument("--no-predict", action="store_true", help="skip the dev predictions")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -51,8 +52,10 @@ def main() -> None:
         pureml_run.skip(f"recipe {args.recipe} not found")
     import torch
 
-    torch.set_num_threads(args.threads)
-    torch.set_num_interop_threads(1)
+    if args.threads:  # 0: leave torch's default (GPU runs)
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(1)
+    from pureml.core.state import fingerprint
     from pureml.training import trainer as trainer_mod
     from pureml.training.build import build_training
     from pureml.training.config import RecipeError
@@ -62,8 +65,8 @@ def main() -> None:
         f"paths.ncbi={args.data}",
         f"train.max_steps={args.steps}",
         f"train.seed={args.seed}",
-        f"train.threads={args.threads}",
         f"train.output_dir={args.workdir}",
+        *([f"train.threads={args.threads}"] if args.threads else []),
         *args.set,
     ]
     try:
@@ -80,11 +83,6 @@ def main() -> None:
     if not timer.stamps:
         raise SystemExit("the step was never called: did the trainer stop using make_step?")
     times = timer.durations(t_end)
-
-    dev = ncbi.read_split("devel", args.data)
-    t_pred = time.perf_counter()
-    preds = pureml_run.predict(nlp, dev)
-    t_pred_end = time.perf_counter()
     import pureml
 
     result = {
@@ -93,12 +91,20 @@ def main() -> None:
         "step_words": timer.words,
         "setup_s": t_setup - t_start,
         "train_s": t_end - t_setup,
-        "predict_s": t_pred_end - t_pred,
-        "dev": ncbi.score(ncbi.gold_of(dev), preds),
+        "losses": timer.losses(),
+        "fingerprint": fingerprint({k: v for k, v in nlp.named_parameters()}),
         "compile": pureml_run.compile_stats(times),
         "threads": args.threads,
         "versions": {"torch": torch.__version__, "pureml": getattr(pureml, "__version__", "?")},
     }
+    if torch.cuda.is_available():
+        result["max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if not args.no_predict:
+        dev = ncbi.read_split("devel", args.data)
+        t_pred = time.perf_counter()
+        preds = pureml_run.predict(nlp, dev)
+        result["predict_s"] = time.perf_counter() - t_pred
+        result["dev"] = ncbi.score(ncbi.gold_of(dev), preds)
     Path(args.out).write_text(json.dumps(result))
 
 

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import sys
@@ -113,7 +114,9 @@ class CRF(nn.Module):
             nxt = best + emissions[:, t]
             keep = mask[:, t : t + 1]
             score = torch.where(keep, nxt, score)
-            back.append(torch.where(keep, idx, torch.arange(idx.shape[1]).expand_as(idx)))
+            back.append(
+                torch.where(keep, idx, torch.arange(idx.shape[1], device=idx.device).expand_as(idx))
+            )
         score = score + end
         paths = []
         lengths = mask.sum(1).tolist()
@@ -280,13 +283,15 @@ def tags_to_spans(tags: list[int], words: list[tuple[int, int]], labels: list[st
     return spans
 
 
-def predict(model: Tagger, items: list[dict], labels: list[str], cls_id: int, sep_id: int) -> dict:
+def predict(
+    model: Tagger, items: list[dict], labels: list[str], cls_id: int, sep_id: int, device="cpu"
+) -> dict:
     model.eval()
     out = {}
     with torch.no_grad():
         for i in range(0, len(items), 16):
             chunk = items[i : i + 16]
-            batch = collate(chunk, cls_id, sep_id)
+            batch = collate(chunk, cls_id, sep_id, device=device)
             paths = model.crf.decode(model.emissions(batch), batch["word_mask"])
             for it, path in zip(chunk, paths):
                 out[it["id"]] = sorted(set(tags_to_spans(path, it["words"], labels)))
@@ -294,67 +299,97 @@ def predict(model: Tagger, items: list[dict], labels: list[str], cls_id: int, se
     return out
 
 
-def main() -> None:
+def model_flops(batch: dict, config) -> float:
+    """Training FLOPs of the encoder on ``batch`` (forward + backward = 3x forward), counting
+    real tokens only: 6 x dense weights per token + 12 x layers x width x length^2 per window
+    for attention; embeddings, the CRF and pooling are left out (they are small)."""
+    d, layers, ff = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    lengths = batch["attention_mask"].sum(1).double()
+    dense = layers * (4 * d * d + 2 * d * ff)
+    return float(6 * dense * lengths.sum() + 12 * layers * d * (lengths**2).sum())
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", default=str(ncbi.DATA_DIR))
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--batch-words", type=int, default=2000)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true", help="autocast the encoder to bfloat16")
+    ap.add_argument("--fused", action="store_true", help="torch.optim.AdamW(fused=True)")
+    ap.add_argument("--no-predict", action="store_true", help="skip the dev predictions")
     ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     t_start = time.perf_counter()
-    torch.set_num_threads(args.threads)
-    torch.set_num_interop_threads(1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(1)
     torch.manual_seed(args.seed)
     import transformers
     from transformers import AutoModel, AutoTokenizer
 
+    device = torch.device(args.device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     train_docs = ncbi.read_split("train", args.data)
     labels = sorted({s[2] for d in train_docs for s in d["spans"]})
     items = [preprocess(d, tokenizer, labels) for d in train_docs]
-    model = Tagger(AutoModel.from_pretrained(args.model), len(labels))
+    model = Tagger(AutoModel.from_pretrained(args.model), len(labels)).to(device)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=3e-3, weight_decay=0.01, **({"fused": True} if args.fused else {})
+    )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_warmup_decay(args.steps))
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    )
 
-    stamps, words, losses = [], [], []
-    stream = batches(items, 2000, args.seed)
+    stamps, words, losses, flops = [], [], [], []
+    stream = batches(items, args.batch_words, args.seed)
     t_setup = time.perf_counter()
     for _ in range(args.steps):
         stamps.append(time.perf_counter())
         docs = next(stream)
-        batch = collate(docs, cls_id, sep_id)
-        loss = model(batch)
+        batch = collate(docs, cls_id, sep_id, device=device)
+        with autocast:
+            loss = model(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         words.append(float(batch["n_words"]))
-        losses.append(loss.item())
+        flops.append(model_flops(batch, model.encoder.config))
+        losses.append(loss.item())  # also waits for the GPU: step times are real
     t_end = time.perf_counter()
 
-    dev = ncbi.read_split("devel", args.data)
-    dev_items = [preprocess(d, tokenizer, labels) for d in dev]
-    t_pred = time.perf_counter()
-    preds = predict(model, dev_items, labels, cls_id, sep_id)
-    t_pred_end = time.perf_counter()
     result = {
         "contender": "eager",
         "step_times": [b - a for a, b in zip(stamps, stamps[1:] + [t_end])],
         "step_words": words,
+        "step_flops": flops,
         "losses": losses,
         "setup_s": t_setup - t_start,
         "train_s": t_end - t_setup,
-        "predict_s": t_pred_end - t_pred,
-        "dev": ncbi.score(ncbi.gold_of(dev), preds),
         "threads": args.threads,
+        "device": str(device),
+        "bf16": args.bf16,
+        "fused": args.fused,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
+    if device.type == "cuda":
+        result["max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if not args.no_predict:
+        dev = ncbi.read_split("devel", args.data)
+        dev_items = [preprocess(d, tokenizer, labels) for d in dev]
+        t_pred = time.perf_counter()
+        preds = predict(model, dev_items, labels, cls_id, sep_id, device)
+        result["predict_s"] = time.perf_counter() - t_pred
+        result["dev"] = ncbi.score(ncbi.gold_of(dev), preds)
     Path(args.out).write_text(json.dumps(result))
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -96,7 +97,15 @@ def run_contender(
     full_env.update(env or {})
     t0 = time.perf_counter()
     with open(log_path, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT)
+        # its own session: a driver that is stopped takes the contender's whole tree with it
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
         peak = [0]
         done = threading.Event()
 
@@ -107,16 +116,24 @@ def run_contender(
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         deadline = t0 + timeout
-        while True:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-            time.sleep(0.05)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        done.set()
+        finished = False
+        try:
+            while True:
+                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    finished = True
+                    break
+                if time.perf_counter() > deadline:
+                    log(f"timeout after {timeout:.0f} s: killing {cmd[1]}")
+                    os.killpg(proc.pid, signal.SIGKILL)
+                time.sleep(0.05)
+        finally:
+            done.set()
+            if not finished:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
     return {
         "rc": proc.returncode,
         "wall_s": time.perf_counter() - t0,
@@ -124,6 +141,11 @@ def run_contender(
         "peak_rss_mib": rusage.ru_maxrss / 1024,
         "peak_tree_rss_mib": max(peak[0], rusage.ru_maxrss) / 1024,
     }
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so ``run_contender``'s clean-up kills the running contender."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def tail(path: Path, n: int = 15) -> str:

@@ -47,6 +47,7 @@ class StepTimer:
     def __init__(self) -> None:
         self.stamps: list[float] = []
         self.words: list[float] = []
+        self._losses: list[Any] = []
         self._original = None
 
     def install(self) -> StepTimer:
@@ -61,12 +62,18 @@ class StepTimer:
                 self.stamps.append(time.perf_counter())
                 # the trainer gives every sub-batch the global totals: read the first one
                 self.words.append(float(sub_batches[0]["stats"]["words"]))
-                return step(state, sub_batches, *s_a, **s_kw)
+                state, metrics = step(state, sub_batches, *s_a, **s_kw)
+                self._losses.append(metrics.get("loss"))
+                return state, metrics
 
             return timed
 
         core_step.make_step = timed_make_step
         return self
+
+    def losses(self) -> list[float | None]:
+        """The loss of every step (read after training: no extra device sync while timing)."""
+        return [None if v is None else float(v) for v in self._losses]
 
     def durations(self, end: float) -> list[float]:
         return [b - a for a, b in zip(self.stamps, self.stamps[1:] + [end])]

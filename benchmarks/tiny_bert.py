@@ -14,6 +14,7 @@ Example (in the benchmark venv, which has transformers)::
 from __future__ import annotations
 
 import hashlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -33,9 +34,19 @@ SEED = 0
 
 
 def build(
-    out_dir: Path | str, data_dir: Path | str = ncbi.DATA_DIR, *, force: bool = False
+    out_dir: Path | str,
+    data_dir: Path | str = ncbi.DATA_DIR,
+    *,
+    force: bool = False,
+    config: dict | None = None,
+    vocab_size: int = VOCAB_SIZE,
+    model_vocab_size: int | None = None,
 ) -> Path:
-    """Write config, safetensors weights and tokenizer files to ``out_dir``; skip if present."""
+    """Write config, safetensors weights and tokenizer files to ``out_dir``; skip if present.
+
+    ``config`` overrides the encoder's shape (B3 builds a BERT-base-sized one the same way);
+    ``model_vocab_size`` pads the embedding table beyond the trained vocabulary.
+    """
     out = Path(out_dir)
     if (out / "fingerprint.txt").exists() and not force:
         return out
@@ -46,17 +57,20 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     texts = [d["text"] for d in ncbi.read_split("train", data_dir)]
     wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(texts, vocab_size=VOCAB_SIZE, min_frequency=2, show_progress=False)
+    wp.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, show_progress=False)
     wp.save_model(str(out))  # vocab.txt
     vocab = (out / "vocab.txt").read_text(encoding="utf-8").splitlines()
-    # transformers 5 takes the vocabulary itself (``vocab_file=`` is silently ignored there).
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
-    tok.model_max_length = CONFIG["max_position_embeddings"]
+    if "vocab_file" in inspect.signature(BertTokenizerFast.__init__).parameters:
+        tok = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    else:  # transformers 5 takes the vocabulary itself
+        tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    shape = {**CONFIG, **(config or {})}
+    tok.model_max_length = shape["max_position_embeddings"]
     tok.save_pretrained(out)
 
     torch.manual_seed(SEED)
-    config = BertConfig(vocab_size=len(tok), **CONFIG)
-    model = BertModel(config, add_pooling_layer=False)
+    bert_config = BertConfig(vocab_size=max(len(tok), model_vocab_size or 0), **shape)
+    model = BertModel(bert_config, add_pooling_layer=False)
     model.save_pretrained(out)
 
     h = hashlib.sha256()

@@ -77,6 +77,7 @@ def main() -> None:
     )
     ap.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
     args = ap.parse_args()
+    harness.exit_on_sigterm()
     if args.smoke:
         args.reps, args.steps, args.warmup, args.no_results = 1, 20, 3, True
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]

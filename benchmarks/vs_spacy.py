@@ -60,13 +60,20 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--contenders", default="spacy,pureml")
     ap.add_argument(
-        "--smoke", action="store_true", help="30 s each, eval every 50 steps, no RESULTS.md"
+        "--smoke",
+        action="store_true",
+        help="30 s each, eval every 50 steps, pureml not compiled (plumbing only), no RESULTS.md",
+    )
+    ap.add_argument(
+        "--pureml-set", action="append", default=[], help="recipe override for pureml, key=value"
     )
     ap.add_argument("--no-results", action="store_true")
     args = ap.parse_args()
+    harness.exit_on_sigterm()
     eval_frequency = 200
     if args.smoke:
         args.budget, args.reps, args.no_results, eval_frequency = 30.0, 1, True, 50
+        args.pureml_set.append("train.compile=false")
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]
 
     pythons = {}
@@ -94,6 +101,8 @@ def main() -> None:
             out.unlink(missing_ok=True)
             cmd = [str(pythons[name]), str(harness.BENCH / scripts[name]), "--budget", str(args.budget),
                    "--threads", str(args.threads), "--eval-frequency", str(eval_frequency), "--out", str(out)]  # fmt: skip
+            if name == "pureml":
+                cmd += [f"--set={kv}" for kv in args.pureml_set]
             env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
             harness.log(f"rep {rep + 1}/{args.reps}: {name} for {args.budget:.0f} s")
             proc = harness.run_contender(
@@ -191,6 +200,7 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict) -> dict:
     command = (
         f"python3 benchmarks/vs_spacy.py --budget={args.budget:.0f} --reps={args.reps} "
         f"--threads={args.threads} --contenders={args.contenders}"
+        + "".join(f" --pureml-set={kv}" for kv in args.pureml_set)
     )
     markdown = (
         "## B2 — pureml from scratch vs spaCy CPU NER\n\n"
