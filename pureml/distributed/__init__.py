@@ -4,10 +4,12 @@ from .collectives import (
     barrier,
     check_same_everywhere,
     gather_strings,
+    global_stats,
     make_all_reduce,
     sum_across_ranks,
 )
 from .process_group import DistInfo, DistributedSetupError, init_distributed, shutdown
+from .trace import RankTrace
 
 __all__ = [
     "DistInfo",
@@ -15,8 +17,10 @@ __all__ = [
     "barrier",
     "check_same_everywhere",
     "gather_strings",
+    "global_stats",
     "init_distributed",
     "make_all_reduce",
+    "RankTrace",
     "shutdown",
     "sum_across_ranks",
 ]

@@ -54,6 +54,31 @@ def sum_across_ranks(info: DistInfo, values: Mapping[str, float]) -> dict[str, f
     return dict(zip(names, t.tolist()))
 
 
+def global_stats(
+    info: DistInfo, totals: Mapping[str, torch.Tensor], n_local: int
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The step's stats summed over ranks, and this rank's first global sub-batch index.
+
+    One all-reduce carries both: the stats, and each rank's sub-batch count in its own slot
+    (a prefix sum of those gives ``first_index``, so the dropout key of every sub-batch is
+    the one a single process splitting the same global batch would use).
+
+    >>> global_stats(DistInfo(), {"words": torch.tensor(7.0)}, n_local=2)
+    ({'words': tensor(7.)}, 0)
+    """
+    if not info.is_distributed:
+        return dict(totals), 0
+    names = sorted(totals)
+    counts = [0.0] * info.world_size
+    counts[info.rank] = float(n_local)
+    t = torch.tensor([float(totals[n]) for n in names] + counts, dtype=torch.float64)
+    dist.all_reduce(t)
+    values = t.tolist()
+    summed = {n: torch.tensor(v, dtype=totals[n].dtype) for n, v in zip(names, values)}
+    first_index = int(sum(values[len(names) : len(names) + info.rank]))
+    return summed, first_index
+
+
 def barrier(info: DistInfo) -> None:
     if info.is_distributed:
         dist.barrier()

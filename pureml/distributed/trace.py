@@ -1,0 +1,63 @@
+"""Per-rank trace files, for tests and debugging of multi-process runs.
+
+Only rank 0 writes the run folder, so what the other ranks did is invisible there. With
+``PUREML_RANK_TRACE=DIR`` set, every rank writes ``DIR/rank<r>.pid`` (its process id, so a
+test can kill one worker) and ``DIR/rank<r>.jsonl`` (per step: the documents it trained on,
+its first global sub-batch index and sub-batch count). Files, never interleaved stdout.
+
+>>> RankTrace.from_env(DistInfo(), env={}).enabled
+False
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .process_group import DistInfo
+
+ENV_VAR = "PUREML_RANK_TRACE"
+
+
+class RankTrace:
+    """Writes this rank's pid file once, then one JSON line per step (no-op when disabled)."""
+
+    def __init__(self, folder: Path | None, rank: int) -> None:
+        self.folder = folder
+        self.rank = rank
+        self._file: Any = None
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"rank{rank}.pid").write_text(str(os.getpid()))
+            # kept open across steps (closed by close()); line-buffered so a killed rank leaves
+            # whole lines
+            self._file = open(folder / f"rank{rank}.jsonl", "a", buffering=1)  # noqa: SIM115
+
+    @classmethod
+    def from_env(cls, info: DistInfo, env: Mapping[str, str] | None = None) -> RankTrace:
+        folder = (os.environ if env is None else env).get(ENV_VAR)
+        return cls(Path(folder) if folder else None, info.rank)
+
+    @property
+    def enabled(self) -> bool:
+        return self._file is not None
+
+    def step(self, step: int, doc_ids: Sequence[str], first_index: int, sub_batches: int) -> None:
+        if self._file is None:
+            return
+        line = {
+            "step": step,
+            "rank": self.rank,
+            "first_index": first_index,
+            "sub_batches": sub_batches,
+            "doc_ids": list(doc_ids),
+        }
+        self._file.write(json.dumps(line) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
