@@ -473,9 +473,11 @@ class Trainer:
         if td.shuffle:
             stream = stream.shuffle(td.shuffle, seed=_stable_seed(self.seed, phase, name))
         stream = stream.loop().batch(td.batch_size)
-        stream = stream.split(td.sub_batch_size if td.sub_batch_size is not None else "1 splits")
+        # shard the global batch, then split this rank's part (training_stream's order): splitting
+        # first would leave rank 1 without a sub-batch under "1 splits"
         if self.world.is_distributed:
             stream = stream.shard(self.world.rank, self.world.world_size)
+        stream = stream.split(td.sub_batch_size if td.sub_batch_size is not None else "1 splits")
         if self.num_workers > 0:
             stream = stream.prefetch(max(2, self.num_workers))
         return stream
@@ -500,19 +502,19 @@ class Trainer:
         for sb in subs:
             for k, v in sb["stats"].items():
                 totals[k] = totals[k] + v if k in totals else v.clone()
-        totals = self.reduce_stats(totals)
+        totals, self.first_index = self.reduce_stats(totals, len(subs))
         device = self.device
         subs = [_to_device({**sb, "stats": dict(totals)}, device) for sb in subs]
         return subs, record, ids
 
-    def reduce_stats(self, totals: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Sum the step's stats across ranks, so losses are normalised by the global support."""
-        if not self.world.is_distributed:
-            return totals
-        from ..distributed import sum_across_ranks
+    def reduce_stats(
+        self, totals: dict[str, torch.Tensor], n_local: int = 0
+    ) -> tuple[dict[str, torch.Tensor], int]:
+        """Sum the step's stats across ranks, so losses are normalised by the global support;
+        also this rank's first global sub-batch index (the step's ``first_index``)."""
+        from ..distributed import global_stats
 
-        summed = sum_across_ranks(self.world, {k: float(v) for k, v in totals.items()})
-        return {k: torch.tensor(summed[k], dtype=totals[k].dtype) for k in totals}
+        return global_stats(self.world, totals, n_local)
 
     # -- the step -------------------------------------------------------------------------
 
@@ -687,6 +689,10 @@ class Trainer:
             for name, stream in streams.items():
                 stream.load_state_dict(saved[name])
             self._sync_module(state)
+        from ..distributed import RankTrace, check_same_everywhere
+
+        check_same_everywhere(self.world, "initial parameters", fingerprint(state))
+        trace = RankTrace.from_env(self.world)
         iterators = {name: iter(s) for name, s in streams.items()}
         offset = phase_idx * self.max_steps
         words_seen, t_start = 0, time.perf_counter()
@@ -695,7 +701,8 @@ class Trainer:
                 step = offset + phase_step
                 t0 = time.perf_counter()
                 subs, streams_rec, ids = self._draw(iterators)
-                state, metrics = step_fn(state, subs)
+                trace.step(step, ids, self.first_index, len(subs))
+                state, metrics = step_fn(state, subs, first_index=self.first_index)
                 metrics = {k: _scalar(v) for k, v in metrics.items()}
                 dt = time.perf_counter() - t0
                 n_words = int(_scalar(subs[0]["stats"].get("words", 0)))
@@ -757,6 +764,7 @@ class Trainer:
                     )
                     raise TrainingInterrupted(f"interrupted at step {step}")
         finally:
+            trace.close()
             for it in iterators.values():
                 if hasattr(it, "close"):
                     it.close()
