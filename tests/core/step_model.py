@@ -55,6 +55,9 @@ def make_batch(length: int, seed: int, n_docs: int = 4) -> dict[str, torch.Tenso
 LENGTHS = [5, 9, 5, 9, 7, 5, 9, 9, 5, 7] * 2
 
 
+STEP_KW = {"grad_max_norm": 1.0}
+
+
 def make_optimizer():
     return optim.adamw(optim.linear(0.0, 1e-2, 1e-3, 0.2, 20), weight_decay=0.01)
 
@@ -74,7 +77,7 @@ def main(out: str, warmup: str, mode: str) -> None:
     torch.use_deterministic_algorithms(True)
     dynamic = {"true": True, "false": False, "none": None}[mode]
     opt = make_optimizer()
-    step = make_step(loss_fn, opt, grad_max_norm=1.0, backend="inductor", dynamic=dynamic)
+    step = make_step(loss_fn, opt, backend="inductor", dynamic=dynamic, **STEP_KW)
     junk = init_state(init_params(1), {}, opt, seed=1)
     for length in [int(x) for x in warmup.split(",") if x]:
         junk, _ = step(junk, [make_batch(length, 0)])

@@ -17,7 +17,7 @@ from pureml.core.step import make_step
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
-from step_model import loss_fn, make_optimizer, train  # noqa: E402
+from step_model import STEP_KW, loss_fn, make_optimizer, train  # noqa: E402
 
 
 def _run(tmp_path: Path, warmup: str) -> dict[str, torch.Tensor]:
@@ -41,7 +41,7 @@ def test_compiled_step_matches_eager_and_is_bitwise_across_processes(tmp_path):
     for k in first:
         assert torch.equal(first[k], second[k]), k
 
-    eager_state, eager_masks = train(make_step(loss_fn, make_optimizer(), compile=False))
+    eager_state, eager_masks = train(make_step(loss_fn, make_optimizer(), compile=False, **STEP_KW))
     assert first["masks"].tolist() == eager_masks  # same dropout masks at every step
     for k, v in eager_state.params.items():
         rel = ((first[k] - v).abs().max() / v.abs().max()).item()
