@@ -4,6 +4,8 @@ Only rank 0 writes the run folder, so what the other ranks did is invisible ther
 ``PUREML_RANK_TRACE=DIR`` set, every rank writes ``DIR/rank<r>.pid`` (its process id, so a
 test can kill one worker) and ``DIR/rank<r>.jsonl`` (per step: the documents it trained on,
 its first global sub-batch index and sub-batch count). Files, never interleaved stdout.
+``PUREML_RANK_TRACE_SLEEP=SECONDS`` also pauses after each step, so a test can act (kill a
+rank) in the middle of a run that would otherwise finish in a blink.
 
 >>> RankTrace.from_env(DistInfo(), env={}).enabled
 False
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,14 +23,16 @@ from typing import Any
 from .process_group import DistInfo
 
 ENV_VAR = "PUREML_RANK_TRACE"
+SLEEP_VAR = "PUREML_RANK_TRACE_SLEEP"
 
 
 class RankTrace:
     """Writes this rank's pid file once, then one JSON line per step (no-op when disabled)."""
 
-    def __init__(self, folder: Path | None, rank: int) -> None:
+    def __init__(self, folder: Path | None, rank: int, sleep_s: float = 0.0) -> None:
         self.folder = folder
         self.rank = rank
+        self.sleep_s = sleep_s
         self._file: Any = None
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
@@ -38,8 +43,9 @@ class RankTrace:
 
     @classmethod
     def from_env(cls, info: DistInfo, env: Mapping[str, str] | None = None) -> RankTrace:
-        folder = (os.environ if env is None else env).get(ENV_VAR)
-        return cls(Path(folder) if folder else None, info.rank)
+        env = os.environ if env is None else env
+        folder = env.get(ENV_VAR)
+        return cls(Path(folder) if folder else None, info.rank, float(env.get(SLEEP_VAR, 0)))
 
     @property
     def enabled(self) -> bool:
@@ -56,6 +62,8 @@ class RankTrace:
             "doc_ids": list(doc_ids),
         }
         self._file.write(json.dumps(line) + "\n")
+        if self.sleep_s > 0:
+            time.sleep(self.sleep_s)
 
     def close(self) -> None:
         if self._file is not None:

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 import textwrap
@@ -41,16 +42,29 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
     script.write_text(
         textwrap.dedent(
             """
-            import torch
+            import json
             import sys
+            import torch
             OUT = sys.argv[1]
-            from pureml.distributed import init_distributed, make_all_reduce, shutdown
+            from pureml.distributed import (
+                check_same_everywhere, global_stats, init_distributed, make_all_reduce, shutdown
+            )
             info = init_distributed(cpu=True, timeout_s=60)
             reduce = make_all_reduce(info)
             f = torch.compile(lambda x: reduce(x * 2) + 1, fullgraph=True, backend="aot_eager")
             out = f(torch.arange(4.0) + info.rank)
             with open(f"{OUT}/rank{info.rank}.txt", "w") as f_out:
                 f_out.write(repr(out.tolist()))
+            # stats summed over ranks and each rank's first global sub-batch index, in one call
+            stats, first = global_stats(info, {"words": torch.tensor(10.0 + info.rank)}, 2 + info.rank)
+            check_same_everywhere(info, "same", "abc")
+            try:
+                check_same_everywhere(info, "initial parameters", f"fp{info.rank}")
+                error = "none"
+            except RuntimeError as e:
+                error = str(e)
+            with open(f"{OUT}/rank{info.rank}.json", "w") as f_out:
+                json.dump({"words": stats["words"].item(), "first": first, "error": error}, f_out)
             shutdown(info)
             """
         )
@@ -73,3 +87,8 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
     # each rank doubles its own arange(4) + rank; the sum is 2 * (2 * arange(4) + 1), plus 1
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "[3.0, 7.0, 11.0, 15.0]"
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        # rank 0 has 2 sub-batches, so rank 1's first is global index 2
+        assert got["words"] == 21.0 and got["first"] == [0, 2][rank]
+        # a differing fingerprint fails on every rank, naming each rank's value
+        assert got["error"] == "initial parameters differ across ranks (rank 0: fp0, rank 1: fp1)"
