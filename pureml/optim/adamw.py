@@ -77,6 +77,11 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
     return GradientTransformation(init, update)
 
 
+def _scalar_dtype(dtype: torch.dtype) -> torch.dtype:
+    # torch's "opmath" type: reduced-precision floats compute in float32
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _adam(
     learning_rate: float | Schedule,
     b1: float,
@@ -114,17 +119,23 @@ def _adam(
             g = torch._foreach_add(g, p, alpha=weight_decay)
         count = adam_s.count + 1
         t = count.to(torch.float64)
+        # Scalars are computed in float64 (as torch does in Python) and rounded once to the
+        # math dtype, like torch's scalar arguments: float64 scalars would drag whole kernels
+        # into float64 arithmetic once compiled.
+        sdt = _scalar_dtype(g[0].dtype)
+        step_size = (-lr / (1.0 - b1**t)).to(sdt)
+        bc2_sqrt = torch.sqrt(1.0 - b2**t).to(sdt)
         mu = torch._foreach_lerp([adam_s.mu[k] for k in names], g, 1.0 - b1)
         nu = torch._foreach_mul([adam_s.nu[k] for k in names], b2)
         torch._foreach_addcmul_(nu, g, g, 1.0 - b2)  # nu is a fresh list: inputs stay untouched
         denom = torch._foreach_sqrt(nu)
-        torch._foreach_div_(denom, torch.sqrt(1.0 - b2**t))
+        torch._foreach_div_(denom, bc2_sqrt)
         torch._foreach_add_(denom, eps)
         # torch's addcdiv computes ``value * m / denom`` in that order: keep it for the rounding.
-        upd = torch._foreach_mul(mu, -lr / (1.0 - b1**t))
+        upd = torch._foreach_mul(mu, step_size)
         torch._foreach_div_(upd, denom)
         if weight_decay and decoupled:
-            torch._foreach_add_(upd, torch._foreach_mul(p, -lr * weight_decay))
+            torch._foreach_add_(upd, torch._foreach_mul(p, (-lr * weight_decay).to(sdt)))
         new_adam = AdamState(count, dict(zip(names, mu)), dict(zip(names, nu)))
         return dict(zip(names, upd)), (new_adam, new_lr_s)
 

@@ -160,6 +160,10 @@ def scale_by_learning_rate(
     ) -> tuple[Params, ScaleByLrState]:
         lr = learning_rate(state.count).to(state.lr) if scheduled else state.lr
         step = -lr if flip_sign else lr
+        if grads:
+            # one rounding of the float64 rate to the math dtype, as torch does with lr
+            first = next(iter(grads.values())).dtype
+            step = step.to(torch.float64 if first == torch.float64 else torch.float32)
         new = torch._foreach_mul(list(grads.values()), step) if grads else []
         return dict(zip(grads, new)), ScaleByLrState(state.count + 1, lr)
 
