@@ -160,12 +160,16 @@ class RebuiltRun:
         t.val_docs = []
         t._post_init()
         t.nlp.to(t.device)
+        # phase 0 from scratch starts from these; replays in the same process move the module
+        self._initial = {k: v.detach().clone() for k, v in t.nlp.state_dict().items()}
         self._setup_done = True
 
     def phase(self, index: int, checkpoint: Path | None = None) -> Phase:
         """Phase ``index`` positioned at its start, or at ``checkpoint`` (of that phase)."""
         self.setup()
         t = self.trainer
+        if index == 0 and checkpoint is None:
+            t.nlp.load_state_dict(self._initial)
         comps, feeds = t.plan[index]
         step_fn, state = t._phase_state(index, comps)
         streams = {name: t._training_stream(index, name, td, pipes) for name, td, pipes in feeds}

@@ -1,0 +1,87 @@
+"""Replaying recorded steps: bitwise equal from every checkpoint, and mismatches are caught."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from pureml.replay import RebuiltRun, replay
+from pureml.replay.cli import main as replay_cli
+
+from .conftest import records
+
+
+def test_every_step_1_to_60_replays_bitwise_from_checkpoints_every_20(quick_run: Path) -> None:
+    assert [p.name for p in sorted((quick_run / "checkpoints").iterdir())] == [
+        "step-000020",
+        "step-000040",
+        "step-000060",
+    ]
+    run = RebuiltRun(quick_run)  # built once: three replays in one process
+    replayed, starts = [], []
+    for target in (20, 40):
+        report = replay(quick_run, target, run=run)
+        assert report.ok, report.first_mismatch
+        replayed += [c.step for c in report.steps]
+        starts.append(report.start)
+    # the last stretch through the command line, as a user runs it
+    result = CliRunner().invoke(replay_cli, ["replay", str(quick_run), "--step", "60"])
+    assert result.exit_code == 0, result.output
+    assert "from step-000040" in result.output
+    assert "all 20 steps (41..60) match the record bit for bit" in result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("step ")]
+    replayed += [int(ln.split()[1]) for ln in lines]
+    assert all("  ok  " in ln for ln in lines)
+    assert starts == ["the initial state", "checkpoint step-000020"]
+    assert replayed == list(range(1, 61))
+    # parameter fingerprints were part of the check (every 10 steps)
+    assert [r["step"] for r in records(quick_run) if "params" in r] == [10, 20, 30, 40, 50, 60]
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("model-last"))
+    return dst
+
+
+def test_a_changed_record_is_the_first_mismatch_and_exits_nonzero(quick_run, tmp_path) -> None:
+    run = _copy_run(quick_run, tmp_path / "run")
+    lines = (run / "steps.jsonl").read_text().splitlines()
+    rec = json.loads(lines[42])  # step 43
+    true_norm = rec["grad_norm"]
+    rec["grad_norm"] = float.fromhex(true_norm).__add__(1e-7).hex()
+    lines[42] = json.dumps(rec)
+    (run / "steps.jsonl").write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(replay_cli, ["replay", str(run), "--step", "45", "-q"])
+    assert result.exit_code == 1, result.output
+    assert "first mismatch at step 43:" in result.output
+    assert f"grad_norm: recorded {float.fromhex(rec['grad_norm']):.9g}" in result.output
+    assert true_norm in result.output  # the replayed value is the original one
+    assert "step 44" not in result.output  # stopped at the first mismatch
+
+
+def test_unrecorded_step_is_an_input_error(quick_run) -> None:
+    result = CliRunner().invoke(replay_cli, ["replay", str(quick_run), "--step", "61"])
+    assert result.exit_code == 2
+    assert "step 61 is not recorded" in result.output
+    assert "(recorded: 1..60)" in result.output
+
+
+def test_pdb_stops_inside_the_step_in_eager_mode(multi_run, monkeypatch) -> None:
+    calls = []
+
+    def hook(*args, **kwargs):
+        frame = sys._getframe(1)  # the loss wrapper, called by the step's gradient function
+        calls.append(sorted(frame.f_locals))
+
+    monkeypatch.setattr(sys, "breakpointhook", hook)
+    report = replay(multi_run, 5, pdb=True)
+    assert report.ok
+    assert report.eager is not None
+    # once per sub-batch of step 5 (the two streams' sub-batches), with the step's arguments
+    n_subs = sum(s["sub_batches"] for s in records(multi_run)[4]["streams"].values())
+    assert len(calls) == n_subs >= 2
+    assert {"params", "buffers", "batch", "key"} <= set(calls[0])
