@@ -312,6 +312,28 @@ converter.register_structure_hook_func(
 )
 
 
+def _structure_list(value: Any, hint: Any) -> list:
+    # cattrs would iterate a string into its characters: logger = "json" became ["j", "s", ...]
+    if not isinstance(value, list | tuple):
+        raise _Mismatch(f"expected {type_name(hint)}, got {value!r}")
+    (vt,) = typing.get_args(hint) or (Any,)
+    out, errors = [], []
+    for i, v in enumerate(value):
+        try:
+            out.append(converter.structure(v, vt))
+        except Exception as e:
+            e.add_note(cattrs.errors.IterableValidationNote(f"index {i}", i, vt))
+            errors.append(e)
+    if errors:
+        raise IterableValidationError("While structuring a list", errors, hint)
+    return out
+
+
+converter.register_structure_hook_func(
+    lambda t: typing.get_origin(t) is list, lambda v, t: _structure_list(v, t)
+)
+
+
 def _structure_dict(value: Any, hint: Any) -> dict:
     if not isinstance(value, dict):
         raise _Mismatch(f"expected a table, got {value!r}")
