@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import types
+import warnings
 from typing import Any
 
 from pureml.training.trainer import (
@@ -44,6 +45,13 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+
+# `python -m pureml.train`: pureml/__init__ imports this module on purpose (the callable
+# `pureml.train`), so runpy warns that it is already imported; on the CLI that noise would be an
+# extra stderr line before the one-line error.
+warnings.filterwarnings(
+    "ignore", message=r"'pureml\.train' found in sys\.modules", category=RuntimeWarning
+)
 
 if __name__ == "__main__":
     from pureml.cli import train_main
