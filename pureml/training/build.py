@@ -21,7 +21,7 @@ import torch
 from .. import registry
 from ..stream import Source, Stream
 from .config import Recipe, RecipeError, join_path
-from .recipe import SUPPLIED, check_factory_table, load_recipe
+from .recipe import SUPPLIED, _factory_params, check_factory_table, load_recipe
 
 
 def _register_defaults() -> None:
@@ -176,6 +176,11 @@ def build_optimizer(table: dict[str, Any] | None) -> Any:
             lr = kw.get("learning_rate", _default_of(factory, "learning_rate"))
             skw = {"max": lr, **sched_kwargs, "total_steps": total_steps}
             kw["learning_rate"] = _call(sched_factory, skw, "optimizer.schedule")
+        # grouped optimizers (eds_default) need the phase's length and parameter names
+        wanted = _factory_params(factory)
+        for key, value in (("total_steps", total_steps), ("names", list(names))):
+            if key in wanted:
+                kw[key] = value
         return _call(factory, kw, "optimizer")
 
     make(["x"], 10)  # fail now, before anything is written, on a bad value
