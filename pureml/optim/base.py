@@ -140,7 +140,7 @@ def scale_by_learning_rate(
     >>> t = scale_by_learning_rate(lambda count: 0.1 * count)
     >>> _, s = t.update({}, t.init({}))
     >>> _, s = t.update({}, s)
-    >>> int(s.count), float(s.lr)
+    >>> int(s.count), round(float(s.lr), 6)
     (2, 0.1)
     """
     scheduled = callable(learning_rate)
