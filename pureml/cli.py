@@ -28,12 +28,13 @@ EXIT_INTERRUPTED = 130
 
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "your input is wrong", not "pureml has a bug"."""
+    from .core.state import CheckpointError as StateError  # load_state's, not checkpoint.py's
     from .stream.errors import StreamError
     from .training.checkpoint import CheckpointError
     from .training.config import RecipeError
     from .training.trainer import RunDirError
 
-    return (RecipeError, RunDirError, StreamError, CheckpointError, FileNotFoundError)
+    return (RecipeError, RunDirError, StreamError, CheckpointError, StateError, FileNotFoundError)
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
