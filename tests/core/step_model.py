@@ -82,7 +82,10 @@ def main(out: str, warmup: str, mode: str) -> None:
     for length in [int(x) for x in warmup.split(",") if x]:
         junk, _ = step(junk, [make_batch(length, 0)])
     state, masks = train(step)
-    save_file({**state.params, "masks": torch.tensor(masks)}, out)
+    from torch._dynamo.utils import counters
+
+    graphs = torch.tensor(counters["stats"]["unique_graphs"])
+    save_file({**state.params, "masks": torch.tensor(masks), "graphs": graphs}, out)
 
 
 if __name__ == "__main__":
