@@ -11,6 +11,7 @@ exits 0.
 
     python benchmarks/determinism_gpu.py                      # 50 steps, width 256, depth 4
     python benchmarks/determinism_gpu.py --steps 50 --width 512 --keep /tmp/det
+    python benchmarks/determinism_gpu.py --backend none         # the eager step (no compile)
 """
 
 from __future__ import annotations
@@ -36,10 +37,20 @@ def _train(out: Path, deterministic: bool, args: argparse.Namespace) -> dict:
     env.pop("CUBLAS_WORKSPACE_CONFIG", None)
     if deterministic:  # before CUDA starts in the child, whatever the trainer does later
         env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    if args.recompile_limit:
+        # the step recompiles per batch shape today; a higher limit lets 50 steps finish
+        launch = (
+            "import sys, runpy, torch._dynamo as d; "
+            f"d.config.recompile_limit = {args.recompile_limit}; "
+            f"d.config.accumulated_recompile_limit = {4 * args.recompile_limit}; "
+            "sys.argv = ['pureml.train', *sys.argv[1:]]; "
+            "runpy.run_module('pureml.train', run_name='__main__', alter_sys=True)"
+        )
+        head = [sys.executable, "-c", launch]
+    else:
+        head = [sys.executable, "-m", "pureml.train"]
     cmd = [
-        sys.executable,
-        "-m",
-        "pureml.train",
+        *head,
         str(RECIPE),
         "--restart",
         "--set",
@@ -53,7 +64,9 @@ def _train(out: Path, deterministic: bool, args: argparse.Namespace) -> dict:
         "--set",
         f"train.deterministic={'true' if deterministic else 'false'}",
         "--set",
-        f"train.compile_backend={args.backend}",
+        f"train.compile={'false' if args.backend == 'none' else 'true'}",
+        "--set",
+        f"train.compile_backend={'inductor' if args.backend == 'none' else args.backend}",
         "--set",
         f"nlp.components.embedding.width={args.width}",
         "--set",
@@ -104,7 +117,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--backend", default="inductor")
+    p.add_argument("--backend", default="inductor", help="inductor, aot_eager, or none (eager)")
+    p.add_argument("--recompile-limit", type=int, default=0, help="raise dynamo's limit")
     p.add_argument("--off-runs", type=int, default=1, choices=(1, 2))
     p.add_argument("--keep", type=Path, default=None, help="keep the run folders here")
     args = p.parse_args()

@@ -56,12 +56,17 @@ def _group_names(step_fn: Any, names: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def step_gradients(step_fn: Any, state: TrainState, sub_batches: Sequence[Any]) -> dict:
-    """The summed gradients of the step (before clipping), from the step's own grad functions."""
+def step_gradients(
+    step_fn: Any, state: TrainState, sub_batches: Sequence[Any], first_index: int = 0
+) -> dict:
+    """The summed gradients of the step (before clipping), from the step's own grad functions.
+
+    In a single process these are the step's gradients; under data parallelism, this rank's
+    share (the step sums them across ranks afterwards)."""
     device = state.rng.device
     grads = None
     for i, batch in enumerate(sub_batches):
-        index = torch.tensor(i, dtype=torch.int64, device=device)
+        index = torch.tensor(first_index + i, dtype=torch.int64, device=device)
         args = (state.params, state.buffers, batch, state.rng, state.step, index)
         if grads is None:
             grads, _, _ = step_fn.grad_fn(*args)
@@ -152,7 +157,7 @@ def write_dump(
         if k == "loss" or k.startswith("loss/")
     }
     (out / "losses.json").write_text(json.dumps({"step": step, **losses}, indent=1))
-    grads = step_gradients(phase.step_fn, before, sub_batches)
+    grads = step_gradients(phase.step_fn, before, sub_batches, phase.first_index)
     norms = norms_report(phase.step_fn, before, after, grads, float(metrics["grad_norm"]))
     norms = {
         "step": step,

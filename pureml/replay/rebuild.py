@@ -87,6 +87,12 @@ class Phase:
         """The next batch, exactly as the trainer draws it: ``(sub_batches, streams, doc_ids)``."""
         return self.trainer._draw(self.iterators)
 
+    @property
+    def first_index(self) -> int:
+        """The global index of this process's first sub-batch in the batch last drawn (the
+        dropout keys depend on it; 0 in a single process)."""
+        return int(getattr(self.trainer, "first_index", 0))
+
     def advance(self, state: TrainState) -> None:
         self.state = state
         self.next_phase_step += 1

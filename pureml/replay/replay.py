@@ -222,7 +222,7 @@ def replay(
                 raise ReplayError(f"step {n} is not recorded: cannot check the way to step {step}")
             subs, streams, ids = phase.draw()
             before = phase.state
-            new_state, metrics = phase.step_fn(before, subs)
+            new_state, metrics = phase.step_fn(before, subs, first_index=phase.first_index)
             replayed = _replayed_record(record, n, phase, metrics, streams, ids, subs, new_state)
             check = StepCheck(n, _compare(record, replayed), record, replayed)
             checks.append(check)
@@ -232,7 +232,10 @@ def replay(
                 if eager:
                     eager_fn = run.eager_step(phase.index, breakpoint_in_loss=pdb)
                     comparison = compare_eager(
-                        n, before, (new_state, metrics), eager_fn(before, subs)
+                        n,
+                        before,
+                        (new_state, metrics),
+                        eager_fn(before, subs, first_index=phase.first_index),
                     )
                 if dump is not None:
                     from .dump import write_dump
