@@ -11,8 +11,8 @@ that calls the same private pieces in the same order, without the file writes (s
 of issue 6 for the public hooks that would replace it).
 
 >>> run = RebuiltRun("artifacts/quickstart")               # doctest: +SKIP
->>> phase = run.start(before_step=41)                      # state after step 40 (checkpoint)
->>> subs, streams, ids = phase.draw()                      # the batch of step 41
+>>> phase = run.start(before_step=41)         # doctest: +SKIP
+>>> subs, streams, ids = phase.draw()          # doctest: +SKIP
 >>> state, metrics = phase.step_fn(phase.state, subs)      # doctest: +SKIP
 """
 
@@ -126,9 +126,10 @@ class RebuiltRun:
         if not config.is_file():
             raise FileNotFoundError(f"{config}: not a run folder (no config.toml)")
         kwargs = build_training(config, list(overrides))
-        kwargs.update(logger=False, save_model=False, num_workers=0)
+        # nothing written, nothing resumed; prefetching does not change batches, so none
+        kwargs.update(logger=False, save_model=False, num_workers=0, resume=False)
         self.recipe = kwargs.get("recipe")
-        self.trainer = ReplayTrainer(**kwargs, resume=False)
+        self.trainer = ReplayTrainer(**kwargs)
         if compile is not None:
             self.trainer.compile = compile
         self._setup_done = False
