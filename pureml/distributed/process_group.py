@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Mapping
 
 import attrs
 import torch
@@ -52,13 +53,41 @@ def _int_env(name: str) -> int:
         raise DistributedSetupError(f"{name}={value!r} is not an integer") from None
 
 
-def init_distributed(*, cpu: bool = False, timeout_s: float = 120.0) -> DistInfo:
+TIMEOUT_VAR = "PUREML_COLLECTIVE_TIMEOUT_S"
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def collective_timeout_s(env: Mapping[str, str] | None = None) -> float:
+    """How long a collective waits for a peer: ``PUREML_COLLECTIVE_TIMEOUT_S`` or 30 minutes.
+
+    Not shorter by default: ranks compile their steps independently (each sees its own padded
+    shapes), and on a busy CPU one compile can take minutes while its peer waits in the
+    all-reduce (measured: 6.5 min on 2 loaded cores; 120 s timed out). A rank that dies does
+    not wait for this: its sockets close, the peers' collectives fail at once, and torchrun
+    stops the job in seconds. The timeout only bounds a rank that hangs while alive.
+
+    >>> collective_timeout_s({"PUREML_COLLECTIVE_TIMEOUT_S": "60"})
+    60.0
+    """
+    value = (os.environ if env is None else env).get(TIMEOUT_VAR)
+    if value is None:
+        return DEFAULT_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise DistributedSetupError(f"{TIMEOUT_VAR}={value!r} is not a number") from None
+    if seconds <= 0:
+        raise DistributedSetupError(f"{TIMEOUT_VAR}={value!r} must be positive")
+    return seconds
+
+
+def init_distributed(*, cpu: bool = False, timeout_s: float | None = None) -> DistInfo:
     """Join the process group described by torchrun's variables, or run alone if there are none.
 
     A half-set environment (some torchrun variables but not all) is an error rather than a
     silent single-process run: it usually means a launcher was misconfigured, and training alone
-    on one rank's shard would look fine while being wrong. ``timeout_s`` bounds how long a
-    collective waits for a peer, so a rank that dies makes the others fail instead of hang.
+    on one rank's shard would look fine while being wrong. ``timeout_s`` (default
+    :func:`collective_timeout_s`) bounds how long a collective waits for a live but stuck peer.
     """
     present = [v for v in _TORCHRUN_VARS if v in os.environ]
     use_cuda = torch.cuda.is_available() and not cpu
@@ -85,7 +114,9 @@ def init_distributed(*, cpu: bool = False, timeout_s: float = 120.0) -> DistInfo
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=datetime.timedelta(
+                seconds=collective_timeout_s() if timeout_s is None else timeout_s
+            ),
             device_id=device if use_cuda else None,
         )
     return DistInfo(rank, world_size, local_rank, backend, device)

@@ -6,6 +6,7 @@ import textwrap
 import pytest
 
 from pureml.distributed import DistributedSetupError, init_distributed
+from pureml.distributed.process_group import collective_timeout_s
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -35,6 +36,14 @@ def test_rank_outside_world_size(clean_env):
     clean_env.setenv("MASTER_PORT", "29999")
     with pytest.raises(DistributedSetupError, match="RANK=3 is outside WORLD_SIZE=2"):
         init_distributed(cpu=True)
+
+
+def test_collective_timeout_from_environment():
+    # long by default: a peer may be compiling its own shapes for minutes on a busy CPU
+    assert collective_timeout_s({}) == 1800.0
+    assert collective_timeout_s({"PUREML_COLLECTIVE_TIMEOUT_S": "90"}) == 90.0
+    with pytest.raises(DistributedSetupError, match="PUREML_COLLECTIVE_TIMEOUT_S='soon'"):
+        collective_timeout_s({"PUREML_COLLECTIVE_TIMEOUT_S": "soon"})
 
 
 def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
