@@ -123,7 +123,7 @@ class Indexed:
 
 def batches(pairs: Iterator[tuple[Any, Pos]], stage: Batch) -> Iterator[tuple[Any, Pos]]:
     batch: list[Any] = []
-    total, last = 0, None
+    total, last, first_epoch = 0, None, 0
     size = stage.size
     for item, pos in pairs:
         if isinstance(size, DatasetSize):
@@ -135,6 +135,14 @@ def batches(pairs: Iterator[tuple[Any, Pos]], stage: Batch) -> Iterator[tuple[An
             if batch and total + value > size.amount:
                 yield batch, last
                 batch, total = [], 0
+            if not batch and pos is not None:
+                first_epoch = pos[0]
+            elif not total and pos is not None and pos[0] > first_epoch + 1:
+                # a looped stream whose items all have 0 of the stat would grow this batch forever
+                raise StreamError(
+                    f"batch({size}): a whole epoch of items has no {size.stat!r} "
+                    "(empty documents?): no batch can ever fill"
+                )
             total += value
         batch.append(item)
         last = pos
