@@ -21,7 +21,7 @@ import torch
 from .. import registry
 from ..stream import Source, Stream
 from .config import Recipe, RecipeError, join_path
-from .recipe import SUPPLIED, _factory_params, check_factory_table, load_recipe
+from .recipe import SUPPLIED, check_factory_table, load_recipe
 
 
 def _register_defaults() -> None:
@@ -134,57 +134,131 @@ def build_reader(table: dict[str, Any], where: str) -> Any:
     return _call(factory, kwargs, where)
 
 
-def _check_size(value: Any, where: str, *, splits: bool = False, shuffle: bool = False) -> None:
-    from ..stream import parse_size
+BASE_STATS = ("docs", "words", "spans")
+
+
+def _check_size(
+    value: Any,
+    where: str,
+    components: Sequence[str],
+    *,
+    splits: bool = False,
+    shuffle: bool = False,
+) -> None:
+    """Parse a stat expression and check its stat is one the pipeline's items will report."""
+    from ..stream import StatSize, parse_size
 
     if shuffle and value in (False, True, "dataset", "fragment"):
         return
     try:
-        parse_size(value, allow_splits=splits)
+        size = parse_size(value, allow_splits=splits)
     except ValueError as e:
         raise RecipeError(where, str(e)) from None
+    if isinstance(size, StatSize):
+        stat = size.stat
+        if stat not in BASE_STATS and not any(stat.startswith(f"{c}_") for c in components):
+            known = ", ".join([*BASE_STATS, *(f"{c}_<stat>" for c in components)])
+            raise RecipeError(where, f"unknown stat {stat!r} in {value!r} (known: {known})")
+        if size.amount <= 0:
+            raise RecipeError(where, f"expected a positive size, got {value!r}")
+
+
+def _schedule_spec(table: Any, where: str) -> Any:
+    """A recipe schedule table (``{factory = "linear", ...}``) -> what ``param_groups`` takes."""
+    if table is None:
+        return None
+    check_factory_table(table, registry.schedules, where, supplied=("total_steps", "max", "value"))
+    spec = dict(table)
+    return {"name": spec.pop("factory"), **spec}
 
 
 def build_optimizer(table: dict[str, Any] | None) -> Any:
-    """An optimizer table -> a ``(param_names, total_steps) -> GradientTransformation`` factory.
+    """An optimizer table -> a ``(param_names, total_steps) -> optimizer`` factory.
 
-    ``[optimizer]`` names a registered optimizer and its keyword arguments; ``schedule`` is an
-    optional schedule table whose ``max`` defaults to the optimizer's ``learning_rate`` and whose
-    ``total_steps`` is the phase's ``max_steps``::
+    ``factory`` names a registered optimizer; the other keys are its arguments, plus an optional
+    ``schedule`` table (its ``max`` defaults to the learning rate, ``total_steps`` to the phase's
+    ``max_steps``) and ``groups``: ``{regex on parameter names: {lr, schedule, ...} | false}``
+    (first match wins; false freezes). Example::
 
         [optimizer]
         factory = "adamw"
         learning_rate = 3e-3
         schedule = { factory = "linear", warmup_rate = 0.1 }
+        [optimizer.groups."^embedding\\."]
+        lr = 1e-4
     """
     if table is None:
         return None
+    import re
+
+    from ..optim import param_groups
+
     table = dict(table)
-    schedule = table.pop("schedule", None)
+    schedule = _schedule_spec(table.pop("schedule", None), "optimizer.schedule")
+    groups_table = table.pop("groups", None) or {}
+    if not isinstance(groups_table, dict):
+        raise RecipeError("optimizer.groups", f"expected a table, got {groups_table!r}")
     factory, kwargs = check_factory_table(
         table, registry.optimizers, "optimizer", supplied=SUPPLIED["optimizer"]
     )
-    sched_factory, sched_kwargs = None, {}
-    if schedule is not None:
-        sched_factory, sched_kwargs = check_factory_table(
-            schedule, registry.schedules, "optimizer.schedule", supplied=("total_steps", "max")
+    groups: dict[str, Any] = {}
+    for selector, spec in groups_table.items():
+        where = join_path("optimizer.groups", selector)
+        try:
+            re.compile(selector)
+        except re.error as e:
+            raise RecipeError(where, f"not a regular expression: {e}") from None
+        if spec is False:
+            groups[selector] = False
+        elif isinstance(spec, dict):
+            spec = dict(spec)
+            if "schedule" in spec:
+                spec["schedule"] = _schedule_spec(spec["schedule"], f"{where}.schedule")
+            groups[selector] = spec
+        else:
+            raise RecipeError(where, f"expected a table of options or false, got {spec!r}")
+    takes_names = "names" in _factory_params_of(factory)
+    if takes_names and (groups or schedule):
+        raise RecipeError(
+            "optimizer", f"{table['factory']!r} builds its own groups: remove groups/schedule"
         )
 
-    def make(names: Sequence[str], total_steps: int) -> Any:
+    def make(names: Sequence[str] | None, total_steps: int) -> Any:
+        if takes_names:
+            return _call(
+                lambda **kw: factory(**kw, names=names, total_steps=total_steps),
+                kwargs,
+                "optimizer",
+            )
         kw = dict(kwargs)
-        if sched_factory is not None:
-            lr = kw.get("learning_rate", _default_of(factory, "learning_rate"))
-            skw = {"max": lr, **sched_kwargs, "total_steps": total_steps}
-            kw["learning_rate"] = _call(sched_factory, skw, "optimizer.schedule")
-        # grouped optimizers (eds_default) need the phase's length and parameter names
-        wanted = _factory_params(factory)
-        for key, value in (("total_steps", total_steps), ("names", list(names))):
-            if key in wanted:
-                kw[key] = value
-        return _call(factory, kw, "optimizer")
+        lr = kw.pop("learning_rate", kw.pop("lr", None))
+        default = {"lr": lr} if lr is not None else {}
+        if schedule is not None:
+            default["schedule"] = schedule
+        return _call(
+            lambda **kw: param_groups(
+                groups,
+                default,
+                names=names,
+                optimizer=table["factory"],
+                total_steps=total_steps,
+                **kw,
+            ),
+            kw,
+            "optimizer",
+        )
 
-    make(["x"], 10)  # fail now, before anything is written, on a bad value
+    make(None, 10)  # fail now, before anything is written, on a bad value
     return make
+
+
+def _factory_params_of(factory: Callable[..., Any]) -> set[str]:
+    import inspect
+
+    try:
+        return set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return set()
 
 
 def _default_of(factory: Callable[..., Any], name: str) -> Any:
@@ -221,10 +295,11 @@ def build_from_recipe(recipe: Recipe, resolved: dict, pipeline_cls: Any, td_cls:
     train_data = []
     for name, td in recipe.train_data.items():
         where = join_path("train_data", name)
-        _check_size(td.batch_size, f"{where}.batch_size")
+        comps = list(recipe.nlp.components)
+        _check_size(td.batch_size, f"{where}.batch_size", comps)
         if td.sub_batch_size is not None:
-            _check_size(td.sub_batch_size, f"{where}.sub_batch_size", splits=True)
-        _check_size(td.shuffle, f"{where}.shuffle", shuffle=True)
+            _check_size(td.sub_batch_size, f"{where}.sub_batch_size", comps, splits=True)
+        _check_size(td.shuffle, f"{where}.shuffle", comps, shuffle=True)
         stream = build_reader(td.data, f"{where}.data")
         train_data.append(
             td_cls(

@@ -409,10 +409,14 @@ def check_factories(recipe: Recipe) -> None:
     if recipe.optimizer is not None:
         table = dict(recipe.optimizer)
         schedule = table.pop("schedule", None)
+        table.pop("groups", None)  # regexes and their options: checked when built
         check_factory_table(table, registry.optimizers, "optimizer", supplied=SUPPLIED["optimizer"])
         if schedule is not None:
             check_factory_table(
-                schedule, registry.schedules, "optimizer.schedule", supplied=("total_steps", "max")
+                schedule,
+                registry.schedules,
+                "optimizer.schedule",
+                supplied=("total_steps", "max", "value"),
             )
     check_factory_table(recipe.scorer, registry.scorers, "scorer")
     for comp in recipe.train.loss_scales:

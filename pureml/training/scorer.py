@@ -153,46 +153,11 @@ def _needed(nlp: Any, name: str) -> list[str]:
     return [n for n in nlp.pipe_names if n in need]
 
 
-def _to_device(tree: Any, device: torch.device) -> Any:
-    if isinstance(tree, torch.Tensor):
-        return tree.to(device)
-    if isinstance(tree, dict):
-        return {k: _to_device(v, device) for k, v in tree.items()}
-    return tree
-
-
-def annotate(nlp: Any, docs: list[Doc], heads: Sequence[str], batch_size: int = 32) -> list[Doc]:
-    """Run only ``heads`` (and what they depend on) over ``docs``, in place; returns ``docs``.
-
-    Like ``nlp.pipe`` with the other components disabled: a span classifier scored alone must
-    not see spans an NER head would have written.
-    """
-    from ..nlp.component import ForwardContext
-
-    device = next(iter(nlp.parameters()), torch.empty(0)).device
-    was_training = nlp.training
-    nlp.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, len(docs), batch_size):
-                chunk = docs[start : start + batch_size]
-                ctx = ForwardContext(nlp, {}, None)
-                for head in heads:
-                    items = [nlp.preprocess(d, pipe_names=_needed(nlp, head)) for d in chunk]
-                    batch = _to_device(nlp.collate(items), device)
-                    ctx.batch = batch
-                    ctx.cache.pop(head, None)  # the shared embedding stays cached
-                    out = ctx.run(head)
-                    ordered = [chunk[i] for i in batch["index"].tolist()]
-                    nlp.get_pipe(head).postprocess(ordered, out)
-    finally:
-        nlp.train(was_training)
-    return docs
-
-
 def _run(nlp: Any, docs: list[Doc], enable: list[str], batch_size: int) -> list[Doc]:
+    """Run only the heads among ``enable`` (and what they depend on): unrelated components
+    stay disabled, so a span classifier scored alone sees no spans an NER head wrote."""
     heads = [n for n in enable if n in nlp.heads()]
-    return annotate(nlp, docs, heads, batch_size)
+    return list(nlp.pipe(docs, batch_size=batch_size, heads=heads))
 
 
 @scorers.register("default")

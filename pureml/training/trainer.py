@@ -143,25 +143,20 @@ def _jsonable(tree: Any) -> Any:
     return repr(tree)
 
 
-def _default_optimizer(names: Sequence[str], total_steps: int) -> Any:
-    from .. import optim
+def _default_optimizer(names: Sequence[str] | None, total_steps: int) -> Any:
+    from ..optim import eds_default
 
-    if hasattr(optim, "eds_default"):
-        return optim.eds_default(total_steps, names=list(names))
-    from ..optim.adamw import adamw
-    from ..optim.schedules import linear
-
-    return adamw(linear(start=3e-4, max=3e-4, end=0.0, warmup_rate=0.0, total_steps=total_steps))
+    return eds_default(total_steps, names=names)
 
 
-def _make_optimizer(optimizer: Any, names: Sequence[str], total_steps: int) -> Any:
+def _make_optimizer(optimizer: Any, names: Sequence[str] | None, total_steps: int) -> Any:
     """An optimizer object, or a ``(names, total_steps) -> optimizer`` factory, or None."""
     if optimizer is None:
         return _default_optimizer(names, total_steps)
     if hasattr(optimizer, "init") and hasattr(optimizer, "update"):
         return optimizer
     if callable(optimizer):
-        return optimizer(list(names), total_steps)
+        return optimizer(names, total_steps)
     raise TypeError(f"optimizer: expected a GradientTransformation or a factory, got {optimizer!r}")
 
 
@@ -540,7 +535,9 @@ class Trainer:
         named = dict(self.nlp.named_parameters())
         params = {k: v.detach().clone() for k, v in named.items() if k.startswith(prefixes)}
         frozen = {k: v.detach().clone() for k, v in named.items() if not k.startswith(prefixes)}
-        optimizer = _make_optimizer(self.optimizer, list(params), self.max_steps)
+        # with several phases a group selector may match another phase's parameters only
+        names = list(params) if len(self.plan) == 1 else None
+        optimizer = _make_optimizer(self.optimizer, names, self.max_steps)
         step = make_step(
             self._loss_fn(),
             optimizer,
@@ -691,8 +688,8 @@ class Trainer:
             self._sync_module(state)
         from ..distributed import RankTrace, check_same_everywhere
 
-        check_same_everywhere(self.world, "initial parameters", fingerprint(state))
         trace = RankTrace.from_env(self.world)
+        check_same_everywhere(self.world, "initial parameters", trace.start(fingerprint(state)))
         iterators = {name: iter(s) for name, s in streams.items()}
         offset = phase_idx * self.max_steps
         words_seen, t_start = 0, time.perf_counter()

@@ -1,0 +1,107 @@
+"""Bad recipes: one line on stderr naming the key path, exit 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from pureml.cli import main
+
+CASES = [
+    # (replace old -> new in the tiny recipe, extra args, expected start of the message)
+    ({"max_steps = 4": "max_stepz = 4"}, [], "train.max_stepz: unknown key (expected one of:"),
+    (
+        {"width = 16": 'width = "forty"'},
+        [],
+        "nlp.components.embedding.width: expected int, got 'forty'",
+    ),
+    (
+        {'factory = "ner_crf"': 'factory = "ner_crff"'},
+        [],
+        "nlp.components.ner.factory: unknown component factory 'ner_crff'",
+    ),
+    (
+        {"depth = 1": "depth = 1\nwindoww = 3"},
+        [],
+        "nlp.components.embedding.windoww: unknown key for component 'scratch_encoder'",
+    ),
+    (
+        {'batch_size = "300 words"': 'batch_size = "300 wordz"'},
+        [],
+        "train_data.notes.batch_size: unknown stat 'wordz'",
+    ),
+    (
+        {'batch_size = "300 words"': 'batch_size = "three words"'},
+        [],
+        "train_data.notes.batch_size: stat expression 'three words'",
+    ),
+    (
+        {'batch_size = "300 words"': 'batch_size = "300 words"\npipe_names = ["nerr"]'},
+        [],
+        "train_data.notes.pipe_names[0]: unknown component 'nerr'",
+    ),
+    (
+        {"max_steps = 4": "max_steps = -4"},
+        [],
+        "train.max_steps: expected a positive number, got -4",
+    ),
+    ({}, ["--set", "train.max_stepz=3"], "train.max_stepz: no such key to override"),
+    (
+        {},
+        ["--set", "nlp.components.ner.dropout=high"],
+        "nlp.components.ner.dropout: expected float, got 'high'",
+    ),
+    (
+        {'factory = "adamw"': 'factory = "adamz"'},
+        [],
+        "optimizer.factory: unknown optimizer factory 'adamz'",
+    ),
+    ({"[train]": "[train"}, [], "invalid TOML"),
+    ({'logger = ["json"]': 'logger = ["jsn"]'}, [], "train.logger[0]: unknown logger 'jsn'"),
+]
+
+
+@pytest.mark.parametrize("replace, args, message", CASES)
+def test_bad_recipe_is_one_line_and_writes_nothing(tiny_recipe, tmp_path, replace, args, message):
+    recipe = tiny_recipe(**replace)
+    result = CliRunner().invoke(main, ["train", str(recipe), *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_path(tiny_recipe, tmp_path):
+    recipe = tiny_recipe(
+        text=(
+            '[nlp.components.embedding]\nfactory = "scratch_encoder"\n'
+            '[nlp.components.ner]\nfactory = "ner_crf"\n'
+            '[train_data.main]\ndata = { factory = "standoff", path = "/nonexistent/train" }\n'
+            f'[train]\noutput_dir = "{tmp_path / "out"}"\n'
+        )
+    )
+    result = CliRunner().invoke(main, ["train", str(recipe)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: train_data.main.data.path: no such file or folder: '/nonexistent/train'"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_m_pureml_train_and_debug(tiny_recipe, tmp_path):
+    """The real entry point: one line without --debug, the traceback with it."""
+    recipe = tiny_recipe(**{"width = 16": 'width = "forty"'})
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "pureml.train", str(recipe)]
+    plain = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert plain.returncode == 2
+    assert plain.stderr == ("error: nlp.components.embedding.width: expected int, got 'forty'\n")
+    debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, env=env)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,149 @@
+"""Exact resume: a run killed anywhere and restarted with the same command ends bitwise equal.
+
+Each scenario runs the same recipe twice from scratch in separate processes: once without
+interruption, once interrupted (SIGKILL, or SIGINT then SIGKILL) at a random step after the
+first checkpoint and started again with the same command. The metrics and step records (every
+line, byte for byte) and the final weights must be equal, which also shows that two runs with
+the same recipe and seed are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from .tiny_recipes import ENV, MULTITASK, SINGLE, run, train_cmd, write_recipe
+
+SEED = int(os.environ.get("PUREML_TEST_SEED", time.time_ns() % 10_000))
+
+
+def lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def start_and_wait(recipe: Path, out: Path, step: int) -> subprocess.Popen:
+    """Start training and return once metrics.jsonl has ``step`` lines."""
+    proc = subprocess.Popen(
+        train_cmd(recipe), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    deadline = time.monotonic() + 300
+    while lines(out / "metrics.jsonl") < step:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early ({proc.returncode}): {proc.stderr.read()}")
+        assert time.monotonic() < deadline, "training too slow"
+        time.sleep(0.05)
+    return proc
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    for name in ("metrics.jsonl", "steps.jsonl", "metrics.csv"):
+        la, lb = (a / name).read_text().splitlines(), (b / name).read_text().splitlines()
+        assert len(la) == len(lb), name
+        for i, (x, y) in enumerate(zip(la, lb)):
+            assert x == y, f"{name} line {i + 1} differs:\n{x}\n{y}"
+    wa = load_file(str(a / "model-last" / "model.safetensors"))
+    wb = load_file(str(b / "model-last" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert wa[k].equal(wb[k]), k
+
+
+@pytest.fixture(scope="module")
+def single_reference(tmp_path_factory, corpus):
+    folder = tmp_path_factory.mktemp("single-ref")
+    recipe = write_recipe(SINGLE, folder, corpus, folder / "out")
+    run(recipe)
+    return folder / "out"
+
+
+def test_sigkill_then_same_command_resumes_bitwise(tmp_path, corpus, single_reference):
+    rng = random.Random(SEED)
+    kill_at = rng.randint(21, 56)
+    out = tmp_path / "out"
+    recipe = write_recipe(SINGLE, tmp_path, corpus, out)
+    proc = start_and_wait(recipe, out, kill_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert lines(out / "metrics.jsonl") < 60, "finished before the kill"
+    again = run(recipe)
+    assert (
+        "resuming from" in again.stderr
+        and "step-000020" in again.stderr
+        or "step-000040" in again.stderr
+    ), again.stderr
+    assert_same_run(single_reference, out), f"seed {SEED}, killed after step {kill_at}"
+    records = [json.loads(x) for x in (out / "steps.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 61))
+    assert all("params" in r for r in records if r["step"] % 10 == 0)
+
+
+def test_multitask_sigint_checkpoints_then_sigkill_resumes_bitwise(tmp_path_factory, corpus):
+    rng = random.Random(SEED + 1)
+    ref_folder = tmp_path_factory.mktemp("multi-ref")
+    ref = write_recipe(MULTITASK, ref_folder, corpus, ref_folder / "out")
+    run(ref)
+    folder = tmp_path_factory.mktemp("multi")
+    out = folder / "out"
+    recipe = write_recipe(MULTITASK, folder, corpus, out)
+    # Ctrl-C: a checkpoint at the current step, a clean exit
+    proc = start_and_wait(recipe, out, rng.randint(21, 30))
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130), err
+    assert "checkpoint written at step" in err, err
+    step = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir())
+    assert step == lines(out / "metrics.jsonl") and step % 20 != 0 or step == 40
+    # then a hard kill later on, and the same command again
+    proc = start_and_wait(recipe, out, rng.randint(step + 2, 57))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = run(recipe)
+    assert "resuming from" in again.stderr
+    assert_same_run(ref_folder / "out", out)
+    # both heads trained from both streams, and validation scored both tasks
+    record = json.loads((out / "steps.jsonl").read_text().splitlines()[-1])
+    assert set(record["streams"]) == {"ner", "status"} and set(record["losses"]) == {
+        "ner",
+        "status",
+    }
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"ner", "span_attributes"} <= set(last["validation"])
+
+
+def test_other_recipe_is_refused_and_restart_starts_over(single_reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(single_reference, out)
+    recipe_text = (single_reference / "config.toml").read_text()
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(recipe_text.replace(str(single_reference), str(out)))
+    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
+    refused = run(recipe, "--set", "train.seed=7", check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith(
+        f"error: {out} holds checkpoints of a different recipe (differs in train.seed)"
+    )
+    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    # the resolved config.toml is itself a recipe: the same command resumes (nothing left to do)
+    same = run(recipe)
+    assert "resuming from" in same.stderr and "step-000060" in same.stderr
+    restarted = run(recipe, "--restart", "--set", "train.seed=7", "--set", "train.max_steps=3")
+    assert "resuming" not in restarted.stderr
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+    ]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000003"]
