@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import torch
 
+from ..core.state import CheckpointError as CoreCheckpointError
 from ..core.state import TrainState, fingerprint, load_state
 from ..training import checkpoint as ckpt
 from ..training.records import read_records
@@ -183,7 +184,14 @@ class RebuiltRun:
         first = 0
         if checkpoint is not None:
             meta = ckpt.read_meta(checkpoint)
-            state, _ = load_state(state, Path(checkpoint) / "state")
+            try:
+                state, _ = load_state(state, Path(checkpoint) / "state")
+            except CoreCheckpointError as e:
+                saved = meta.get("versions", {})
+                raise ReplayError(
+                    f"{checkpoint}: its state does not fit the step this code builds ({e}); "
+                    f"was the code changed since the run? (written with {saved})"
+                ) from e
             for name, stream in streams.items():
                 stream.load_state_dict(meta["streams"][name])
             t._sync_module(state)
