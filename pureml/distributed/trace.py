@@ -2,8 +2,9 @@
 
 Only rank 0 writes the run folder, so what the other ranks did is invisible there. With
 ``PUREML_RANK_TRACE=DIR`` set, every rank writes ``DIR/rank<r>.pid`` (its process id, so a
-test can kill one worker) and ``DIR/rank<r>.jsonl`` (per step: the documents it trained on,
-its first global sub-batch index and sub-batch count). Files, never interleaved stdout.
+test can kill one worker) and ``DIR/rank<r>.jsonl`` (the fingerprint of the state it starts
+from, then per step: the documents it trained on, its first global sub-batch index and
+sub-batch count). Files, never interleaved stdout.
 ``PUREML_RANK_TRACE_SLEEP=SECONDS`` also pauses after each step, so a test can act (kill a
 rank) in the middle of a run that would otherwise finish in a blink.
 
@@ -50,6 +51,13 @@ class RankTrace:
     @property
     def enabled(self) -> bool:
         return self._file is not None
+
+    def start(self, state_fingerprint: str) -> str:
+        """Record the fingerprint of the state this rank starts (or resumes) from; returns it."""
+        if self._file is not None:
+            line = {"event": "start", "rank": self.rank, "fingerprint": state_fingerprint}
+            self._file.write(json.dumps(line) + "\n")
+        return state_fingerprint
 
     def step(self, step: int, doc_ids: Sequence[str], first_index: int, sub_batches: int) -> None:
         if self._file is None:
