@@ -56,6 +56,7 @@ def _overrides(args: argparse.Namespace, out: Path, threads: int) -> list[str]:
         f"train.compile={'false' if args.backend == 'none' else 'true'}",
         *([f"train.threads={threads}", "train.cpu=true"] if args.device == "cpu" else []),
         *([f"paths.ncbi={args.data}"] if args.data else []),
+        *([f"val_data.path={args.val_path}"] if args.val_path else []),
         *args.set,
     ]
     if args.backend == "none":
@@ -138,6 +139,12 @@ def main() -> None:
     ap.add_argument("--backend", default="inductor", help="inductor, aot_eager, eager or none")
     ap.add_argument("--set", action="append", default=[], help="extra recipe override k=v")
     ap.add_argument("--no-same-cores", action="store_true", help="skip 1 process x N threads")
+    ap.add_argument(
+        "--val-docs",
+        type=int,
+        default=4,
+        help="validate on the first N dev docs only (not timed; saves wall time); 0: recipe's",
+    )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     if args.device == "cuda" and torch.cuda.device_count() < args.nproc:
@@ -151,6 +158,13 @@ def main() -> None:
     results: dict[tuple[int, int], list[dict]] = {c: [] for c in configs}
     load = []
     with tempfile.TemporaryDirectory(prefix="pureml-dist-") as tmp:
+        args.val_path = None
+        if args.val_docs and args.data:
+            dev, args.val_path = Path(args.data) / "devel", Path(tmp) / "dev"
+            args.val_path.mkdir()
+            for txt in sorted(dev.glob("*.txt"))[: args.val_docs]:
+                for f in dev.glob(txt.stem + ".*"):
+                    shutil.copy(f, args.val_path)
         for r in range(args.repeats):
             for c in configs if r % 2 == 0 else list(reversed(configs)):
                 load.append(os.getloadavg()[0])
