@@ -200,9 +200,10 @@ def test_sigint_checkpoints_and_exits_cleanly(tmp_path, corpus, reference):
 def small_disk(folder: Path, size: str = "4m"):
     """A size-limited tmpfs at ``folder`` (root), else None: callers then use RLIMIT_FSIZE."""
     folder.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
-    )
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)]
+    if os.environ.get("PUREML_FAULTS_NO_TMPFS"):  # to exercise the fallback as root
+        command = ["false"]
+    proc = subprocess.run(command, capture_output=True)
     try:
         yield proc.returncode == 0
     finally:
