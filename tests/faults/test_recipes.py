@@ -137,13 +137,25 @@ CASES = [
         "train.grad_dev_policy: expected one of",
     ),
     (
-        "bad-regex-in-optimizer-group",
+        "bad-regex-in-eds-default-group",
         {
             'factory = "adamw"\nlearning_rate = 3e-3\n': 'factory = "eds_default"\ntransformer = "(["\n',
             'schedule = { factory = "linear", warmup_rate = 0.1 }\n': "",
         },
         [],
         "optimizer: parameter group selector '([' is not a regex",
+    ),
+    (
+        "bad-regex-in-optimizer-groups",
+        {"threads = 1": 'threads = 1\n[optimizer.groups."^ner\\\\.(["]\nlr = 1e-3'},
+        [],
+        'optimizer.groups."^ner\\\\.([": not a regular expression',
+    ),
+    (
+        "optimizer-group-not-a-table",
+        {"threads = 1": 'threads = 1\n[optimizer.groups]\n"^ner" = 3'},
+        [],
+        'optimizer.groups."^ner": expected a table of options or false, got 3',
     ),
     (
         "loss-scale-of-unknown-component",
