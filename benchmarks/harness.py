@@ -126,6 +126,7 @@ def run_contender(
                 if time.perf_counter() > deadline:
                     log(f"timeout after {timeout:.0f} s: killing {cmd[1]}")
                     os.killpg(proc.pid, signal.SIGKILL)
+                    deadline = float("inf")
                 time.sleep(0.05)
         finally:
             done.set()

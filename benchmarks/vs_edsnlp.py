@@ -74,6 +74,9 @@ def main() -> None:
     ap.add_argument("--contenders", default="edsnlp,pureml,eager")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds per contender run")
     ap.add_argument(
+        "--pureml-set", action="append", default=[], help="recipe override for pureml, key=value"
+    )
+    ap.add_argument(
         "--smoke", action="store_true", help="1 repetition of 20 steps; RESULTS.md untouched"
     )
     ap.add_argument("--no-results", action="store_true", help="do not write RESULTS.md")
@@ -81,6 +84,7 @@ def main() -> None:
     harness.exit_on_sigterm()
     if args.smoke:
         args.reps, args.steps, args.warmup, args.no_results = 1, 20, 3, True
+        args.pureml_set.append("train.compile=false")  # plumbing only: compiling takes minutes
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]
     unknown = set(names) - set(CONTENDERS)
     if unknown:
@@ -118,6 +122,8 @@ def main() -> None:
                 "--threads", str(args.threads),
                 "--out", str(out),
             ]  # fmt: skip
+            if name == "pureml":
+                cmd += [f"--set={kv}" for kv in args.pureml_set]
             harness.log(f"rep {rep + 1}/{args.reps}: {name}")
             env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
             proc = harness.run_contender(
@@ -246,7 +252,7 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
     command = "python3 benchmarks/vs_edsnlp.py " + " ".join(
         f"--{k}={v}" for k, v in (("reps", args.reps), ("steps", args.steps), ("warmup", args.warmup),
                                   ("threads", args.threads), ("contenders", args.contenders))
-    )  # fmt: skip
+    ) + "".join(f" --pureml-set={kv}" for kv in args.pureml_set)  # fmt: skip
     markdown = (
         "## B1 — pureml vs EDS-NLP vs eager PyTorch (CPU)\n\n"
         f"- date: {harness.now_utc()}\n- machine: {harness.machine()}\n"
