@@ -49,7 +49,8 @@ def sum_across_ranks(info: DistInfo, values: Mapping[str, float]) -> dict[str, f
     if not info.is_distributed:
         return dict(values)
     names = sorted(values)
-    t = torch.tensor([float(values[n]) for n in names], dtype=torch.float64)
+    # on the rank's device: NCCL reduces CUDA tensors only
+    t = torch.tensor([float(values[n]) for n in names], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     return dict(zip(names, t.tolist()))
 
@@ -71,7 +72,9 @@ def global_stats(
     names = sorted(totals)
     counts = [0.0] * info.world_size
     counts[info.rank] = float(n_local)
-    t = torch.tensor([float(totals[n]) for n in names] + counts, dtype=torch.float64)
+    values = [float(totals[n]) for n in names] + counts
+    # on the rank's device: NCCL reduces CUDA tensors only (one small copy per step)
+    t = torch.tensor(values, dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
     values = t.tolist()
     summed = {n: torch.tensor(v, dtype=totals[n].dtype) for n, v in zip(names, values)}
