@@ -160,11 +160,11 @@ def _make_optimizer(optimizer: Any, names: Sequence[str] | None, total_steps: in
     raise TypeError(f"optimizer: expected a GradientTransformation or a factory, got {optimizer!r}")
 
 
-def _world() -> Any:
+def _world(cpu: bool = False) -> Any:
     """This process's place in the job (torchrun's environment, or a single process)."""
     from ..distributed import init_distributed
 
-    return init_distributed()
+    return init_distributed(cpu=cpu)
 
 
 class _Interrupts:
@@ -285,7 +285,7 @@ class Trainer:
         self.recipe = dict(recipe) if recipe is not None else None
         self._recipe_hash = recipe_hash
         self.loggers: list[BaseLogger] = []
-        self.world = _world()
+        self.world = _world(cpu)  # cpu=True on a GPU machine: gloo, not NCCL
 
     # -- set-up -------------------------------------------------------------------------------
 
