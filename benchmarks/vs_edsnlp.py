@@ -198,6 +198,7 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
                 vals = [v for v in vals if v is not None]
                 if vals:
                     m[k] = statistics.median(vals)
+                    m[k + "_values"] = vals
         med[name] = m
 
     def ratio(a: str, b: str, key: str = "words_per_s") -> float | None:
@@ -235,7 +236,8 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
         extra = (
             f"\npureml compile: {p.get('compile_s', 'n/a')} s, graphs compiled "
             f"{p.get('unique_graphs', 'n/a')}, graph breaks {p.get('graph_breaks', 'n/a')}, "
-            f"recompiles {p.get('recompiles', 'n/a')}\n"
+            f"recompiles {p.get('recompiles', 'n/a')} (medians; compile s per run: "
+            f"{[round(v, 1) for v in p.get('compile_s_values', [])]})\n"
         )
     skipped_txt = "".join(f"\n- {k} skipped: {v}" for k, v in skipped.items())
 
@@ -259,7 +261,10 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
         f"- versions: {', '.join(f'{k} {v}' for k, v in versions.items() if v)}\n"
         f"- tiny BERT fingerprint: {fingerprint}\n- command: `{command}`\n"
         f"- {args.reps} repetitions, alternating; steady state after {args.warmup} warm-up steps; "
-        f"{args.threads} torch thread(s) per contender; words counted with pureml's tokenizer rule\n\n"
+        f"{args.threads} torch thread(s) per contender; words counted with pureml's tokenizer rule\n"
+        "- model differences by design: EDS-NLP keeps BERT's dropout and decodes its CRF in windows "
+        "of 40 words; the eager loop keeps BERT's dropout, whole-document CRF; pureml turns BERT's "
+        "dropout off and drops out the word vectors (0.1) with its counter-based RNG\n\n"
         + table
         + "\n\n"
         + ratio_table
