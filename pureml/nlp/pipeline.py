@@ -283,6 +283,15 @@ class Pipeline(torch.nn.Module):
         (a crash leaves either the old or the new model, never a mix)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # an earlier write killed midway left an incomplete temporary, or the previous model moved
+        # aside (complete): bring that back if it is all there is, then drop the leftovers
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        olds = sorted(path.parent.glob(f".{path.name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if olds and not path.exists():
+            os.rename(olds.pop(), path)
+        for stale in olds:
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         tmp.mkdir()
         try:
