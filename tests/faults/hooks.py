@@ -7,6 +7,10 @@
     write); before each fsync (tensors, state meta, trainer meta, manifest, the folder); before
     and after each rename; before each old checkpoint is pruned; before the parent's fsync.
     The k-th write counts from 1 in each process. ``n`` past the last event never fires.
+``PUREML_FAULT_MODEL=n``
+    Die at the n-th I/O event of the ``model-last`` write (``Pipeline.to_disk``): before the
+    weights are written / after, torn in half / before each fsync / before and after each rename
+    / before the old folder is removed.
 ``PUREML_FAULT_NAN_STEPS="5:nan,8:inf"``
     The batches of those steps (counted in this process) make the loss NaN or inf: the loss
     function multiplies its loss by a value the test put into the batch's stats.
@@ -34,6 +38,8 @@ def install() -> None:
     if "PUREML_FAULT_CKPT" in os.environ:
         k, n = (int(x) for x in os.environ["PUREML_FAULT_CKPT"].split(","))
         _install_checkpoint_crash(k, n)
+    if "PUREML_FAULT_MODEL" in os.environ:
+        _install_model_crash(int(os.environ["PUREML_FAULT_MODEL"]))
     if "PUREML_FAULT_NAN_STEPS" in os.environ:
         steps = {}
         for item in os.environ["PUREML_FAULT_NAN_STEPS"].split(","):
@@ -97,6 +103,54 @@ def _install_checkpoint_crash(k: int, n: int) -> None:
     os.replace = wrap(os.replace, after=True)
     import shutil
 
+    shutil.rmtree = wrap(shutil.rmtree)
+
+
+def _install_model_crash(n: int) -> None:
+    import shutil
+
+    from pureml.nlp import pipeline
+
+    state = {"events": 0, "active": False}
+
+    def event() -> None:
+        if state["active"]:
+            state["events"] += 1
+            if state["events"] == n:
+                _die()
+
+    def wrap(fn: Any, after: bool = False) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            event()
+            result = fn(*args, **kwargs)
+            if after:
+                event()
+            return result
+
+        return wrapped
+
+    save_file = pipeline.save_file
+
+    def torn_save_file(tensors: Any, filename: str, *args: Any, **kwargs: Any) -> None:
+        event()
+        save_file(tensors, filename, *args, **kwargs)
+        if state["active"] and state["events"] + 1 == n:
+            os.truncate(filename, Path(filename).stat().st_size // 2)
+        event()
+
+    to_disk = pipeline.Pipeline.to_disk
+
+    def counted_to_disk(self: Any, path: Any) -> None:
+        state["active"] = True
+        try:
+            to_disk(self, path)
+        finally:
+            state["active"] = False
+
+    pipeline.save_file = torn_save_file
+    pipeline._fsync_tree = wrap(pipeline._fsync_tree)
+    pipeline.Pipeline.to_disk = counted_to_disk
+    os.rename = wrap(os.rename, after=True)
     shutil.rmtree = wrap(shutil.rmtree)
 
 

@@ -167,6 +167,34 @@ def test_crash_at_10_points_of_a_checkpoint_write(tmp_path, corpus, reference):
     assert_same_run(reference, tmp_path / "out", f"PUREML_TEST_SEED={SEED}, writes {history}")
 
 
+# I/O events of a model-last rewrite (hooks.PUREML_FAULT_MODEL): weights before / torn, fsync,
+# rename old away (before, after), rename new in (before, after), remove old
+MODEL_EVENTS = 8
+
+
+def test_crash_while_rewriting_model_last(tmp_path, corpus, reference):
+    """A finished run started again re-saves model-last; dying at each point of that write leaves
+    the old model or (between the two renames) its ``.old`` copy; the next start restores it."""
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text((reference / "config.toml").read_text().replace(str(reference), str(out)))
+    model = snapshot(out / "model-last")
+    for n in range(1, MODEL_EVENTS + 1):
+        result = forkcli.train(recipe, cwd=tmp_path, env={"PUREML_FAULT_MODEL": str(n)})
+        assert result.code == 137, (n, result.code, result.stderr)
+        assert_resumed_from(result.stderr, MAX_STEPS)
+        if (out / "model-last").exists():
+            assert snapshot(out / "model-last") == model, f"event {n}: model-last changed"
+        else:  # between the renames: the old model is still whole beside it
+            (old,) = [p for p in out.iterdir() if p.name.startswith(".model-last.old-")]
+            assert snapshot(old) == model, f"event {n}"
+        again = forkcli.train(recipe, cwd=tmp_path)
+        assert again.code == 0, again.stderr
+        assert snapshot(out / "model-last") == model, f"event {n}: not restored"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporaries left"
+
+
 def test_sigint_checkpoints_and_exits_cleanly(tmp_path, corpus, reference):
     """Ctrl-C: a checkpoint at the current step, exit 0/130, no traceback. Ctrl-C twice: stop at
     once (130), the checkpoints left are intact. The same command then finishes the run."""
