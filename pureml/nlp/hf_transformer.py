@@ -123,7 +123,15 @@ class HfTransformer(Component):
         if self._saved is not None:  # weights come from the pipeline's safetensors
             self.model = tf.AutoModel.from_config(config)
         else:
-            self.model = tf.AutoModel.from_pretrained(source, config=config, local_files_only=True)
+            # never unpickle a model folder's weights (pytorch_model.bin can run code): safetensors only
+            if not any(source.glob("*.safetensors")):
+                raise FileNotFoundError(
+                    f"no safetensors weights in {source}: pureml does not load pickled weights "
+                    "(pytorch_model.bin); convert them with save_pretrained(safe_serialization=True)"
+                )
+            self.model = tf.AutoModel.from_pretrained(
+                source, config=config, local_files_only=True, use_safetensors=True
+            )
         self.tokenizer = tf.AutoTokenizer.from_pretrained(source, local_files_only=True)
         limit = getattr(config, "max_position_embeddings", None)
         if limit is not None and self.window + 2 > limit:
