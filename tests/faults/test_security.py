@@ -80,3 +80,37 @@ def test_pickle_in_a_checkpoint_is_refused(tmp_path, corpus, trained):
     assert result.code == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.splitlines()[-1].startswith("error: cannot read checkpoint tensors")
     assert not marker.exists()
+
+
+def test_pickle_as_hugging_face_weights_is_refused(tmp_path, corpus):
+    """An ``hf_transformer`` folder whose only weights are a pickled ``pytorch_model.bin``."""
+    model, marker = tmp_path / "bert", tmp_path / "PWNED"
+    model.mkdir()
+    config = {
+        "model_type": "bert",
+        "architectures": ["BertModel"],
+        "vocab_size": 50,
+        "hidden_size": 8,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 16,
+        "max_position_embeddings": 16,
+    }
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "pytorch_model.bin").write_bytes(payload_bytes(marker))
+    embedding = 'factory = "scratch_encoder"\nwidth = 16\ndepth = 1\nrows = [500, 100, 250, 100]'
+    recipe = write(
+        KILL,
+        tmp_path,
+        corpus,
+        **{embedding: f'factory = "hf_transformer"\nmodel = "{model}"\nwindow = 8\nstride = 4'},
+    )
+    result = forkcli.train(recipe, cwd=tmp_path)
+    assert result.code == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0] == (
+        f"error: no safetensors weights in {model}: pureml does not load pickled weights "
+        "(pytorch_model.bin); convert them with save_pretrained(safe_serialization=True)"
+    )
+    assert not marker.exists()
