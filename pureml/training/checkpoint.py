@@ -162,10 +162,16 @@ def read_meta(path: Path) -> dict[str, Any]:
     return json.loads((Path(path) / META).read_text())
 
 
-def latest_checkpoint(run_dir: Path, *, at_most: int | None = None) -> Path | None:
+def latest_checkpoint(
+    run_dir: Path,
+    *,
+    at_most: int | None = None,
+    on_skip: Callable[[str], None] | None = None,
+) -> Path | None:
     """The newest checkpoint that verifies (at or before step ``at_most``), or None.
 
-    Corrupted ones are skipped with a warning naming what was wrong.
+    Corrupted ones are skipped with a warning naming what was wrong (through ``on_skip`` if
+    given, else ``warnings.warn``).
     """
     candidates = [p for s, p in list_checkpoints(run_dir) if at_most is None or s <= at_most]
     for path in reversed(candidates):
@@ -174,8 +180,9 @@ def latest_checkpoint(run_dir: Path, *, at_most: int | None = None) -> Path | No
             read_meta(path)
             return path
         except (CheckpointError, OSError, ValueError) as e:
-            warnings.warn(
-                f"skipping corrupted checkpoint: {e}; falling back to an earlier one",
-                stacklevel=2,
-            )
+            text = f"skipping corrupted checkpoint: {e}; falling back to an earlier one"
+            if on_skip is not None:
+                on_skip(text)
+            else:
+                warnings.warn(text, stacklevel=2)
     return None

@@ -345,8 +345,11 @@ class Trainer:
         found = ckpt.list_checkpoints(self.output_dir)
         if not found:
             return None
-        path = ckpt.latest_checkpoint(self.output_dir)
+        path = ckpt.latest_checkpoint(
+            self.output_dir, on_skip=lambda text: self.message(f"warning: {text}")
+        )
         if path is None:
+            self.message("warning: no usable checkpoint left: starting over")
             return None
         meta = ckpt.read_meta(path)
         if meta.get("recipe_hash") != self.recipe_hash():

@@ -147,3 +147,24 @@ def test_other_recipe_is_refused_and_restart_starts_over(single_reference, tmp_p
         3,
     ]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000003"]
+
+
+def test_corrupted_checkpoint_is_skipped_for_the_previous_one(single_reference, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(single_reference, out)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        (single_reference / "config.toml").read_text().replace(str(single_reference), str(out))
+    )
+    state = out / "checkpoints" / "step-000060" / "state" / "state.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-5] ^= 0xFF
+    state.write_bytes(bytes(data))
+    shutil.rmtree(out / "model-last")
+    again = run(recipe)
+    assert "warning: skipping corrupted checkpoint" in again.stderr
+    assert "checksum mismatch in state/state.safetensors" in again.stderr
+    assert "resuming from" in again.stderr and "step-000040" in again.stderr
+    assert_same_run(single_reference, out)

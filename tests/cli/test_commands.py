@@ -1,0 +1,106 @@
+"""evaluate / plot / recipe-reference, and train() from Python (the callable module)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from pureml.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus):
+    from .conftest import TINY
+
+    folder = tmp_path_factory.mktemp("trained")
+    recipe = folder / "recipe.toml"
+    recipe.write_text(TINY.format(corpus=corpus, out=folder / "out"))
+    result = CliRunner().invoke(main, ["train", str(recipe)])
+    assert result.exit_code == 0, result.output
+    return folder / "out"
+
+
+def test_evaluate_json_has_ner_micro_and_per_label(trained, corpus):
+    result = CliRunner().invoke(
+        main, ["evaluate", str(trained / "model-last"), str(corpus / "dev"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)
+    assert set(scores["ner"]["micro"]) == {"p", "r", "f1"}
+    assert set(scores["ner"]["per_label"]) <= {"drug", "problem", "test"}
+    assert scores["speed"]["words_per_s"] > 0
+    text = CliRunner().invoke(main, ["evaluate", str(trained / "model-last"), str(corpus / "dev")])
+    assert text.exit_code == 0 and "micro" in text.stdout and "words/s" in text.stdout
+
+
+def test_evaluate_missing_model_is_one_line(tmp_path, corpus):
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "nope"), str(corpus / "dev")])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: no model at {tmp_path / 'nope'}\n"
+
+
+def test_run_folder_layout(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"config.toml", "metrics.jsonl", "steps.jsonl", "checkpoints", "model-last"} <= names
+    rows = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all("loss" in r for r in rows) and "validation" in rows[1] and "validation" in rows[3]
+    assert "speed" not in rows[1]["validation"]  # wall-clock figures live in timings.jsonl
+
+
+def test_plot(trained, tmp_path):
+    result = CliRunner().invoke(main, ["plot", str(trained), "-o", str(tmp_path / "c.png")])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert result.exit_code == 1
+        assert "pip install 'pureml[plot]'" in result.stderr
+    else:
+        assert result.exit_code == 0 and (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_recipe_reference_prints_markdown():
+    result = CliRunner().invoke(main, ["recipe-reference"])
+    assert result.exit_code == 0
+    assert "| `train.max_steps` | int | `1000` |" in result.stdout
+    assert "| `ner_crf` |" in result.stdout and "| `standoff` |" in result.stdout
+
+
+def test_train_from_python_is_the_callable_module(tmp_path, corpus):
+    import pureml.nlp as nlp_mod
+    from pureml import train
+    from pureml.stream import read_standoff
+    from pureml.train import TrainingData
+
+    calls = []
+
+    class Counting(nlp_mod.ScratchEncoder):
+        def forward(self, batch, ctx):
+            calls.append(1)
+            return super().forward(batch, ctx)
+
+    nlp = nlp_mod.Pipeline(
+        {
+            "embedding": Counting(width=16, depth=0, rows=[500, 100, 250, 100]),
+            "ner": nlp_mod.NerCrf(),
+            "status": nlp_mod.SpanClassifier(attributes=["status"]),
+        }
+    )
+    out = train(
+        nlp,
+        TrainingData(
+            read_standoff(corpus / "train"), batch_size="300 words", sub_batch_size="2 splits"
+        ),
+        max_steps=3,
+        output_dir=tmp_path,
+        compile=False,
+        logger=False,
+        save_model=False,
+    )
+    assert out is nlp
+    records = [json.loads(x) for x in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    # both heads, one embedding forward per sub-batch
+    assert all(set(r["losses"]) == {"ner", "status"} for r in records)
+    assert len(calls) == sum(r["streams"]["train_data_0"]["sub_batches"] for r in records)
