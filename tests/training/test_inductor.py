@@ -1,8 +1,14 @@
-"""The compiled (inductor) step resumes bitwise too: the one test here that compiles for real."""
+"""The compiled (inductor) step resumes bitwise too: the one test here that compiles for real.
+
+Its cost is inductor's first compile of the CRF graphs (measured on the 2-core machine: about
+4 minutes with a cold cache under load, 20 s per process with a warm one).
+"""
 
 from __future__ import annotations
 
 import shutil
+
+import pytest
 
 from .test_resume import assert_same_run
 from .tiny_recipes import SINGLE, run, write_recipe
@@ -20,6 +26,7 @@ INDUCTOR = (
 )
 
 
+@pytest.mark.slow
 def test_inductor_run_resumes_bitwise(tmp_path):
     assert INDUCTOR.count("inductor") == 1 and "n_train = 1," in INDUCTOR
     ref = tmp_path / "ref"
