@@ -137,6 +137,21 @@ def _all_reduce_tree(tensors: dict[str, Tensor], all_reduce: AllReduce) -> dict[
     return {k: out[k] for k in tensors}
 
 
+# Model code may still specialise a dimension marked dynamic (a CRF scan whose depth depends on
+# the length, rows packed from lengths): then each length bucket gets a graph of its own. torch's
+# default of 8 graphs per function turned a training run with a few more buckets into a hard
+# failure (FailOnRecompileLimitHit, fullgraph=True) after a dozen steps.
+RECOMPILE_LIMIT = 64
+
+
+def _raise_recompile_limits() -> None:
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
+    config.accumulated_recompile_limit = max(
+        config.accumulated_recompile_limit, 8 * RECOMPILE_LIMIT
+    )
+
+
 class Step:
     """The callable ``make_step`` returns. ``grad_fn``, ``grad_acc_fn`` and ``update_fn`` are the
     (compiled) inner functions, exposed for tests and benchmarks."""
@@ -171,6 +186,9 @@ class Step:
         self.compiled = compile
         self.dynamic = dynamic
         self._index_cache: dict[tuple[torch.device, int], Tensor] = {}
+
+        if compile:
+            _raise_recompile_limits()
 
         def wrap(method: Callable) -> Callable:
             if not compile:

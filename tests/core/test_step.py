@@ -197,3 +197,24 @@ def test_compile_false_is_the_same_function():
         assert m_e["loss/mask"] == m_t["loss/mask"]
     assert fingerprint(s_e) == fingerprint(s_t)
     assert _same(s_e, s_t)
+
+
+def test_a_loss_that_specialises_on_length_gets_a_graph_per_length_not_a_failure():
+    # a Python loop over the length (like a log-depth scan) specialises the dimension that the
+    # step marks dynamic; more than torch's default 8 lengths used to end in
+    # FailOnRecompileLimitHit with fullgraph=True
+    def scan_loss(params, buffers, batch, key):
+        x = batch["x"] * params["w"]
+        total = x[:, 0]
+        for i in range(1, x.shape[1]):
+            total = total + x[:, i]
+        return total.pow(2).mean(), {}
+
+    opt = optim.sgd(0.01)
+    counter = CompileCounter()
+    step = make_step(scan_loss, opt, backend=counter)
+    state = init_state({"w": torch.ones(())}, optimizer=opt)
+    for length in range(2, 14):
+        state, metrics = step(state, [{"x": torch.ones(3, length)}])
+        assert torch.isfinite(metrics["loss"])
+    assert counter.frame_count >= 12  # one grad graph per length, all compiled
