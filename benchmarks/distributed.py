@@ -218,7 +218,7 @@ def main() -> None:
     print(table)
     if not args.no_write:
         cmd = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-        date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         write_section(
             "## Data parallelism: 1 vs N processes (`benchmarks/distributed.py`)\n\n"
             f"- machine: {_machine()}\n- date: {date}\n- command: `{cmd}`\n\n"

@@ -175,7 +175,7 @@ def machine() -> str:
 
 
 def now_utc() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def write_section(key: str, body: str) -> None:

@@ -203,7 +203,7 @@ def main() -> None:
                 f"### {args.device}",
                 "",
                 f"- machine: {machine}",
-                f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+                f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
                 f"- command: `{command.strip()}`",
                 "",
                 "```",
@@ -346,7 +346,7 @@ def fusion(args: argparse.Namespace, device: torch.device) -> None:
             [
                 f"### whole step, split vs fused graphs ({args.device})",
                 "",
-                f"- date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine_name(device)}",
+                f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine_name(device)}",
                 f"- command: `{command.strip()}`",
                 "",
                 "```",

@@ -289,7 +289,7 @@ def main() -> None:
                 "## B4: streams (`benchmarks/stream.py`)",
                 "",
                 f"- machine: {machine()}",
-                f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+                f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
                 f"- command: `python benchmarks/stream.py --repeats {args.repeats}`",
                 "",
                 "```",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 import tomllib
+
+import pytest
 
 from pureml.registry import Registry
 from pureml.training.config import RecipeError, TrainConfig, structure, structure_recipe
