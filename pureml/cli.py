@@ -22,6 +22,8 @@ from typing import Any
 
 import click
 
+from .replay.cli import diff_command, replay_command
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
@@ -165,6 +167,9 @@ def recipe_reference_command() -> None:
 
     click.echo(recipe_reference())
 
+
+main.add_command(replay_command)
+main.add_command(diff_command)
 
 if __name__ == "__main__":
     main()

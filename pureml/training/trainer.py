@@ -285,6 +285,11 @@ class Trainer:
         self.recipe = dict(recipe) if recipe is not None else None
         self._recipe_hash = recipe_hash
         self.loggers: list[BaseLogger] = []
+        # before the process group (which may start CUDA): cuBLAS reads its workspace setting
+        # when its first handle is created
+        from ..replay.determinism import set_deterministic
+
+        set_deterministic(self.deterministic, warn_only=True)
         self.world = _world(cpu)  # cpu=True on a GPU machine: gloo, not NCCL
 
     # -- set-up -------------------------------------------------------------------------------
@@ -292,10 +297,6 @@ class Trainer:
     def _configure_torch(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)
-        if self.deterministic:
-            # bitwise resume and replay; free on CPU, an opt-in cost on GPU
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
 
     def _run_signature(self) -> dict[str, Any]:
         """What the recipe hash is computed from when train() is called from Python."""
