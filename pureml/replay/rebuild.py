@@ -27,19 +27,14 @@ import attrs
 import torch
 
 from ..core.state import CheckpointError as CoreCheckpointError
-from ..core.state import TrainState, fingerprint, load_state
+from ..core.state import TrainState, load_state
 from ..training import checkpoint as ckpt
-from ..training.records import read_records
+from ..training.records import params_fingerprint, read_records
 from ..training.trainer import Trainer
 
 
 class ReplayError(RuntimeError):
     """The run folder cannot be replayed as asked (missing record, step out of range, ...)."""
-
-
-def params_fingerprint(state: TrainState) -> str:
-    """The ``params`` value of a step record (the trainer's: fingerprint of ``state.params``)."""
-    return fingerprint(state.params)[:32]
 
 
 class ReplayTrainer(Trainer):

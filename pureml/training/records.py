@@ -78,6 +78,16 @@ def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     return batch_fingerprint((), [dict(tensors)])
 
 
+def params_fingerprint(state: Any) -> str:
+    """The ``params`` value of a step record: the fingerprint of ``state.params``, shortened.
+
+    Training writes it and replay compares against it, so both call this one function.
+    """
+    from ..core.state import fingerprint
+
+    return fingerprint(state.params)[:32]
+
+
 def step_record(
     *,
     step: int,

@@ -40,7 +40,7 @@ from ..registry import loggers as logger_registry
 from ..stream import Stream
 from . import checkpoint as ckpt
 from .loggers import BaseLogger, ProgressLogger
-from .records import StepRecorder, batch_fingerprint, step_record
+from .records import StepRecorder, batch_fingerprint, params_fingerprint, step_record
 from .scorer import Scorer
 
 FORMAT = "pureml.run/1"
@@ -195,10 +195,6 @@ def threading_main() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _params_fingerprint(state: TrainState) -> str:
-    return fingerprint(state.params)[:32]
 
 
 class Trainer:
@@ -710,7 +706,7 @@ class Trainer:
                 n_docs = int(_scalar(subs[0]["stats"].get("docs", 0)))
                 words_seen += n_words
                 params_fp = (
-                    _params_fingerprint(state)
+                    params_fingerprint(state)
                     if step % self.record_params_interval == 0 or phase_step == self.max_steps
                     else None
                 )
