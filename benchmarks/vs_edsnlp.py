@@ -47,6 +47,8 @@ CONTENDERS = {
     "edsnlp": "b1_edsnlp.py",
     "pureml": "b1_pureml.py",
     "eager": "eager_loop.py",
+    # the same recipe with train.compile=false: what pureml does without torch.compile
+    "pureml_eager": "b1_pureml.py",
 }
 SKIPPED = 3  # exit code of a contender that cannot run yet (says why on its last line)
 
@@ -122,8 +124,11 @@ def main() -> None:
                 "--threads", str(args.threads),
                 "--out", str(out),
             ]  # fmt: skip
-            if name == "pureml":
+            if name.startswith("pureml"):
                 cmd += [f"--set={kv}" for kv in args.pureml_set]
+                cmd += ["--workdir", str(harness.WORK / "runs" / f"b1-{name}")]
+            if name == "pureml_eager":
+                cmd += ["--set=train.compile=false"]
             harness.log(f"rep {rep + 1}/{args.reps}: {name}")
             env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
             proc = harness.run_contender(
@@ -137,6 +142,11 @@ def main() -> None:
                 # a contender that fails is reported, not fatal: the others' numbers still count
                 why = "timed out" if proc["rc"] in (-9, 137) else f"rc {proc['rc']}"
                 last = harness.tail(out.with_suffix(".log"), 2).replace("\n", " | ")[-300:]
+                last += "".join(  # dynamo says why it recompiled: keep the first reason given
+                    f" | {line.strip()[line.find('last reason') :][:200]}"
+                    for line in harness.tail(out.with_suffix(".log"), 400).splitlines()
+                    if "last reason" in line
+                )[:400]
                 skipped[name] = f"FAILED ({why}, log {out.with_suffix('.log')}): {last}"
                 harness.log(f"{name} {skipped[name]}")
                 continue
@@ -192,7 +202,7 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
         m["dev_f1_values"] = [round(r["dev"]["f1"], 4) for r in rs]
         m["words_per_s_values"] = [round(r["words_per_s"]) for r in rs]
         m["reps"] = len(rs)
-        if name == "pureml":
+        if name.startswith("pureml"):
             for k in ("compile_s", "unique_graphs", "graph_breaks", "recompiles"):
                 vals = [r.get("compile", {}).get(k) for r in rs]
                 vals = [v for v in vals if v is not None]
@@ -213,6 +223,8 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
         ]
 
     pairs = [("pureml", "edsnlp"), ("pureml", "eager"), ("eager", "edsnlp")]
+    if "pureml_eager" in med:
+        pairs += [("pureml_eager", "edsnlp"), ("pureml_eager", "eager")]
     ratios = {f"{a}/{b}": ratio(a, b) for a, b in pairs}
 
     header = ["contender", "median step (ms)", "words/s", "end-to-end words/s", "dev F1 (median)",
@@ -279,6 +291,7 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
         "words_per_s_ratio_vs_edsnlp": ratios["pureml/edsnlp"],
         "words_per_s_ratio_vs_eager": ratios["pureml/eager"],
         "eager_vs_edsnlp": ratios["eager/edsnlp"],
+        "ratios": ratios,
         "words_per_s": {n: round(m["words_per_s"]) for n, m in med.items()},
         "median_step_ms": {n: round(m["median_step_s"] * 1e3, 2) for n, m in med.items()},
         "dev_f1": {n: round(m["dev_f1"], 4) for n, m in med.items()},
