@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from pureml.nlp.doc import Doc, Span
 
-NCBI_TRAIN = "/work/shared/data/ncbi-disease/train"
+
+def _ncbi_train() -> str:
+    # CI lays shared/ beside the clone; a developer's checkout has it at /work/shared
+    beside = Path(__file__).resolve().parents[2].parent / "shared/data/ncbi-disease/train"
+    return str(beside if beside.is_dir() else Path("/work/shared/data/ncbi-disease/train"))
+
+
+NCBI_TRAIN = _ncbi_train()
 
 WORDS = ["breast", "cancer", "of", "the", "colon", "is", "a", "disease", "BRCA1", "gene"]
 
