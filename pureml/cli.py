@@ -159,11 +159,10 @@ def plot_command(run: Path, output: Path | None, debug: bool) -> None:
 @main.command("recipe-reference")
 def recipe_reference_command() -> None:
     """Print the recipe reference (every key, type and default; registered factories)."""
-    import pureml.nlp  # noqa: F401 - registers the components
-    import pureml.stream  # noqa: F401 - registers the readers
-
-    from .training import scorer  # noqa: F401 - registers the default scorer
+    from .training.build import register_defaults
     from .training.recipe import recipe_reference
+
+    register_defaults()  # the same factories a recipe can name, whatever was imported before
 
     click.echo(recipe_reference())
 

@@ -172,10 +172,10 @@ def diff_runs(run_a: str | Path, run_b: str | Path, *, documents: bool = True) -
 
 def _docs_by_id(run_dir: Path, stream: str, ids: Sequence[str]) -> dict[str, Any]:
     """The documents with ``ids`` of training stream ``stream``, read through the run's recipe."""
-    from ..training.build import _register_defaults, build_reader
+    from ..training.build import build_reader, register_defaults
     from ..training.recipe import load_recipe
 
-    _register_defaults()
+    register_defaults()
     recipe, _ = load_recipe(Path(run_dir) / "config.toml")
     docs = build_reader(recipe.train_data[stream].data, f"train_data.{stream}.data")
     wanted = set(ids)

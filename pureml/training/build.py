@@ -24,7 +24,7 @@ from .config import Recipe, RecipeError, join_path
 from .recipe import SUPPLIED, check_factory_table, load_recipe
 
 
-def _register_defaults() -> None:
+def register_defaults() -> None:
     """Import the modules whose factories recipes name (they register themselves)."""
     import pureml.nlp  # noqa: F401
     import pureml.stream as stream
@@ -272,7 +272,7 @@ def build_training(path: str | os.PathLike, overrides: Sequence[str] = ()) -> di
     from ..nlp import Pipeline
     from .trainer import TrainingData
 
-    _register_defaults()
+    register_defaults()
     recipe, resolved = load_recipe(path, overrides)
     return build_from_recipe(recipe, resolved, Pipeline, TrainingData)
 

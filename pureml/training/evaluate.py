@@ -38,9 +38,9 @@ def evaluate(
     ``{"ner": {"micro": {"p", "r", "f1"}, "per_label": {...}, "token": {...}}, "speed": {...}}``.
     """
     from ..nlp import load
-    from .build import _register_defaults
+    from .build import register_defaults
 
-    _register_defaults()
+    register_defaults()
     model, data = Path(model), Path(data)
     if not model.exists():
         raise FileNotFoundError(f"no model at {model}")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
-
-from click.testing import CliRunner
-
-from pureml.cli import main
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -51,5 +49,11 @@ def test_recipe_reference_section_is_generated():
     section = text.split("<!-- recipe-reference:start -->\n", 1)[1].split(
         "<!-- recipe-reference:end -->", 1
     )[0]
-    generated = CliRunner().invoke(main, ["recipe-reference"]).output
+    # a fresh process: factories other tests register must not leak into the reference
+    generated = subprocess.run(
+        [sys.executable, "-m", "pureml.cli", "recipe-reference"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert section == generated, "run: pureml recipe-reference and paste it into README.md"
