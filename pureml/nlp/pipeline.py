@@ -21,8 +21,6 @@ Hugging Face tokenizer). Saving writes a temporary folder and renames it into pl
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import shutil
 import uuid
@@ -41,6 +39,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..registry import components as registry
+from ..toml_writer import dump_toml
 from .component import Component, ForwardContext
 from .doc import Doc
 
@@ -302,7 +301,7 @@ class Pipeline(torch.nn.Module):
                     for n in self.pipe_names
                 },
             }
-            (tmp / CONFIG).write_text(_to_toml(config), encoding="utf-8")
+            (tmp / CONFIG).write_text(dump_toml(config), encoding="utf-8")
             tensors = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
             save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pureml"})
             for n in self.pipe_names:
@@ -392,47 +391,3 @@ def _fsync_tree(root: Path) -> None:
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-
-
-# -- a minimal TOML writer (tomllib only reads) -------------------------------------------------
-def _toml_key(k: str) -> str:
-    return k if k and all(c.isalnum() or c in "-_" for c in k) else json.dumps(k)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {type(v).__name__} value {v!r} to TOML")
-
-
-def _to_toml(config: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for section, table in config.items():
-        if section == "components":
-            for name, kw in table.items():
-                lines.append(f"[components.{_toml_key(name)}]")
-                lines += [
-                    f"{_toml_key(k)} = {_toml_value(v)}" for k, v in kw.items() if v is not None
-                ]
-                lines.append("")
-        else:
-            lines.append(f"[{_toml_key(section)}]")
-            lines += [
-                f"{_toml_key(k)} = {_toml_value(v)}" for k, v in table.items() if v is not None
-            ]
-            lines.append("")
-    return "\n".join(lines)

@@ -20,7 +20,8 @@ import torch
 
 from .. import registry
 from ..stream import Source, Stream
-from .config import Recipe, RecipeError, join_path
+from ..toml_writer import join_path
+from .config import Recipe, RecipeError
 from .recipe import SUPPLIED, check_factory_table, load_recipe
 
 

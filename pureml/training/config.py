@@ -33,6 +33,8 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.gen import make_dict_structure_fn
 
+from ..toml_writer import join_path
+
 GRAD_DEV_POLICIES = ("clip_mean", "clip_threshold", "skip")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 Table = dict[str, Any]
@@ -348,18 +350,6 @@ def _structure_dict(value: Any, hint: Any) -> dict:
     if errors:
         raise IterableValidationError("While structuring a table", errors, hint)
     return out
-
-
-def format_key(key: Any) -> str:
-    """A dotted-path component, quoted as TOML would if it is not a bare key."""
-    key = str(key)
-    if key and all(c.isalnum() or c in "_-" for c in key):
-        return key
-    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def join_path(prefix: str, key: Any) -> str:
-    return f"{prefix}.{format_key(key)}" if prefix else format_key(key)
 
 
 def _first_error(exc: BaseException, path: str, hint_cls: Any = None) -> RecipeError:

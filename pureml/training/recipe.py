@@ -23,7 +23,6 @@ import copy
 import hashlib
 import inspect
 import json
-import math
 import re
 import types
 import typing
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import attrs
+
+from ..toml_writer import dump_toml, join_path, toml_scalar
 
 try:
     import tomllib
@@ -43,7 +44,6 @@ from .config import (
     Recipe,
     RecipeError,
     Table,
-    join_path,
     structure,
     structure_recipe,
     type_name,
@@ -462,57 +462,6 @@ def recipe_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
     return out
 
 
-def _toml_scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_scalar(v) for v in value) + "]"
-    if isinstance(value, dict):
-        inner = ", ".join(f"{join_path('', k)} = {_toml_scalar(v)}" for k, v in value.items())
-        return "{ " + inner + " }" if inner else "{}"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML: {value!r}")
-
-
-def dump_toml(data: dict[str, Any]) -> str:
-    """Write a dict of tables as TOML (what ``tomllib.loads`` reads back equal).
-
-    >>> print(dump_toml({"train": {"max_steps": 5, "logger": ["json"]}}), end="")
-    [train]
-    max_steps = 5
-    logger = ["json"]
-    """
-    lines: list[str] = []
-
-    def table(node: dict[str, Any], prefix: str) -> None:
-        scalars = {k: v for k, v in node.items() if v is not None and not isinstance(v, dict)}
-        subtables = {k: v for k, v in node.items() if isinstance(v, dict)}
-        if prefix and (scalars or not subtables):
-            if lines:
-                lines.append("")
-            lines.append(f"[{prefix}]")
-        for k, v in scalars.items():
-            lines.append(f"{join_path('', k)} = {_toml_scalar(v)}")
-        for k, v in subtables.items():
-            table(v, join_path(prefix, k))
-
-    top_scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
-    for k, v in top_scalars.items():
-        if v is not None:
-            lines.append(f"{join_path('', k)} = {_toml_scalar(v)}")
-    table({k: v for k, v in data.items() if isinstance(v, dict)}, "")
-    return "\n".join(lines) + "\n"
-
-
 # --- reference documentation -------------------------------------------------------------------
 
 
@@ -525,7 +474,7 @@ def _default_text(field: attrs.Attribute) -> str:
         value = field.default
     if value is None:
         return "unset"
-    return f"`{_toml_scalar(value)}`"
+    return f"`{toml_scalar(value)}`"
 
 
 def _reference_rows(cls: type, prefix: str) -> list[str]:
@@ -561,7 +510,7 @@ def _factory_rows(reg: registry.Registry) -> list[str]:
             default = (
                 "required"
                 if p.default is inspect.Parameter.empty
-                else (f"`{_toml_scalar(p.default)}`" if _tomlable(p.default) else "unset")
+                else (f"`{toml_scalar(p.default)}`" if _tomlable(p.default) else "unset")
             )
             params.append(f"`{pname}` ({hint}, {default})")
         summary = (inspect.getdoc(factory) or "").split("\n", 1)[0]
@@ -571,7 +520,7 @@ def _factory_rows(reg: registry.Registry) -> list[str]:
 
 def _tomlable(value: Any) -> bool:
     try:
-        _toml_scalar(value)
+        toml_scalar(value)
         return value is not None
     except TypeError:
         return False

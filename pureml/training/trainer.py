@@ -633,7 +633,7 @@ class Trainer:
             if resume_from is None:
                 self._clear_run_dir()
             if self.recipe is not None:
-                from .recipe import dump_toml
+                from ..toml_writer import dump_toml
 
                 (self.output_dir / "config.toml").write_text(dump_toml(self.recipe))
         self.nlp.loss_scales = {**getattr(self.nlp, "loss_scales", {}), **self.loss_scales}
