@@ -253,13 +253,14 @@ class TensorBoardLogger(BaseLogger):
     def start(self, run_dir: Path, total_steps: int, state: dict[str, Any] | None) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:  # pragma: no cover - depends on the extra
+        except ImportError as e:
             raise ImportError(
                 "train.logger: 'tensorboard' needs the extra: pip install 'pureml[tensorboard]'"
             ) from e
+        # the first step after the checkpoint: TensorBoard hides what a killed run wrote from there
         purge = (state or {}).get("step")
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
-        self.step = purge or 0
+        self.step = (purge or 1) - 1  # the last step logged, as if this process had logged it
 
     def log(self, step, metrics, validation, timing) -> None:
         self.step = step

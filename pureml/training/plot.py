@@ -32,12 +32,25 @@ def plot_run(run: str | os.PathLike, output: str | os.PathLike | None = None) ->
     except ImportError:
         raise ImportError("pureml plot needs matplotlib: pip install 'pureml[plot]'") from None
     output = Path(output) if output is not None else Path(run) / "curves.png"
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class PlainLog(LogFormatterSciNotation):
+        """0.4 and 2 rather than 4x10^-1; labels the ticks the default would (fewer if crowded)."""
+
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    # one step axis for both panels, so a validation point sits under the loss at its step
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    fig.suptitle(Path(run).resolve().name)
     steps = [r["step"] for r in rows if "loss" in r]
     ax_loss.plot(steps, [r["loss"] for r in rows if "loss" in r], lw=1)
+    ax_loss.set_title("training loss")
     ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("training loss")
+    ax_loss.set_ylabel("loss (log scale)")
     ax_loss.set_yscale("log")
+    ax_loss.yaxis.set_major_formatter(PlainLog())
+    ax_loss.yaxis.set_minor_formatter(PlainLog(labelOnlyBase=False))
     curves: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
         for key, v in flatten(r.get("validation") or {}).items():
@@ -45,10 +58,15 @@ def plot_run(run: str | os.PathLike, output: str | os.PathLike | None = None) ->
                 curves.setdefault(key.removesuffix("/micro/f1"), []).append((r["step"], v))
     for name, pts in curves.items():
         ax_val.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax_val.set_title("validation")
     ax_val.set_xlabel("step")
-    ax_val.set_ylabel("validation F1 (micro)")
+    ax_val.set_ylabel("F1 (micro)")
     if curves:
         ax_val.legend()
+    else:
+        ax_val.text(0.5, 0.5, "no validation scores", ha="center", transform=ax_val.transAxes)
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)

@@ -21,9 +21,11 @@ def test_setup_commands_come_first_and_ci_runs_the_test_command():
         "pip install torch==2.13.0 -e . && python -m pureml.train recipes/quickstart.toml"
     )
     test_command = commands[1].strip()
-    assert test_command.startswith('pip install torch==2.13.0 -e ".[dev]" && python -m pytest')
+    # CI installs the extras too, so the TensorBoard logger and `pureml plot` are tested for real
+    install = 'torch==2.13.0 -e ".[dev,tensorboard,plot]"'
+    assert test_command.startswith(f"pip install {install} && python -m pytest")
     ci = (README.parent / ".ci" / "run").read_text()
-    assert 'pip install -q torch==2.13.0 -e ".[dev]"' in ci
+    assert f"pip install -q {install}" in ci
     assert "python -m pytest -q tests" in ci
 
 

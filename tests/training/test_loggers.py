@@ -1,0 +1,147 @@
+"""TensorBoard logger and ``pureml plot``: real event files and a real PNG from a tiny run.
+
+CI installs the ``tensorboard`` and ``plot`` extras; without them these tests are skipped, and
+the missing-extra messages are checked by hiding the modules in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pureml.cli import main
+from pureml.training.loggers import TensorBoardLogger, tensorboard_available
+
+from .tiny_recipes import SINGLE, run, write_recipe
+
+# 20 steps, validated and checkpointed at 10 and 20: two tiny runs cost a few seconds each
+RECIPE = (
+    SINGLE.replace('logger = ["json", "csv"]', 'logger = ["json", "tensorboard"]')
+    .replace("max_steps = 60", "max_steps = 20")
+    .replace("validation_interval = 20", "validation_interval = 10")
+    .replace("checkpoint_interval = 20", "checkpoint_interval = 10")
+)
+assert 'logger = ["json", "tensorboard"]' in RECIPE and "max_steps = 20" in RECIPE
+F1 = "validation/ner/micro/f1"
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def scalars(out: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar tag as EventAccumulator (what TensorBoard shows) reads it: (step, value)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})  # 0: keep all
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus) -> Path:
+    pytest.importorskip("tensorboard")
+    folder = tmp_path_factory.mktemp("tb")
+    run(write_recipe(RECIPE, folder, corpus, folder / "out"))
+    return folder / "out"
+
+
+def test_tensorboard_scalars_match_metrics_jsonl(trained):
+    rows = metrics(trained)
+    tb = scalars(trained)
+    assert [s for s, _ in tb["loss"]] == [r["step"] for r in rows] == list(range(1, 21))
+    for (step, value), row in zip(tb["loss"], rows):
+        assert value == pytest.approx(row["loss"], rel=1e-6, abs=1e-7), step  # stored as float32
+    validated = [
+        (r["step"], r["validation"]["ner"]["micro"]["f1"]) for r in rows if "validation" in r
+    ]
+    assert [s for s, _ in validated] == [10, 20]
+    assert [s for s, _ in tb[F1]] == [10, 20]
+    for (_, value), (_, f1) in zip(tb[F1], validated):
+        assert value == pytest.approx(f1, rel=1e-6, abs=1e-7)
+    assert {"grad_norm", "lr/default", "validation/ner/micro/p", "timing/step_s"} <= set(tb)
+
+
+def test_resume_does_not_duplicate_tensorboard_steps(trained, tmp_path, corpus):
+    out = tmp_path / "out"
+    shutil.copytree(trained, out)
+    # as if killed after step 20 was logged but before its checkpoint: resume from step 10
+    shutil.rmtree(out / "checkpoints" / "step-000020")
+    assert [s for s, _ in scalars(out)["loss"]][-1] == 20  # steps 11..20 are on disk already
+    again = run(write_recipe(RECIPE, tmp_path, corpus, out))
+    assert "step-000010" in again.stderr, again.stderr
+    assert len(list((out / "tensorboard").iterdir())) == 2  # one event file per process
+    tb = scalars(out)
+    for tag in ("loss", F1):
+        steps = [s for s, _ in tb[tag]]
+        assert steps == sorted(set(steps)), (tag, steps)  # strictly increasing, no duplicates
+    assert [s for s, _ in tb["loss"]] == list(range(1, 21))
+    assert [s for s, _ in tb[F1]] == [10, 20]
+    # the resumed run repeats the same steps (exact resume), so TensorBoard shows the same curve
+    for (step, value), row in zip(tb["loss"], metrics(out)):
+        assert value == pytest.approx(row["loss"], rel=1e-6, abs=1e-7), step
+
+
+def test_plot_cli_writes_a_png(trained):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+
+    result = CliRunner().invoke(main, ["plot", str(trained)])
+    assert result.exit_code == 0, result.output
+    png = trained / "curves.png"
+    assert result.stdout == f"{png}\n"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    height, width, _ = matplotlib.image.imread(png).shape
+    assert 300 <= height <= 2000 and 600 <= width <= 3000 and width > height
+
+
+def test_plot_without_metrics_is_one_line_naming_the_folder(tmp_path):
+    for folder in (tmp_path, tmp_path / "missing"):
+        result = CliRunner().invoke(main, ["plot", str(folder)])
+        assert result.exit_code == 2
+        assert result.stderr == f"error: no metrics.jsonl in {folder}: is it a run folder?\n"
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, monkeypatch):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # None: import raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    result = CliRunner().invoke(main, ["plot", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert "pip install 'pureml[plot]'" in result.stderr
+    assert not (tmp_path / "curves.png").exists()
+
+
+def test_tensorboard_logger_without_the_extra_names_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(ImportError, match=r"pip install 'pureml\[tensorboard\]'"):
+        TensorBoardLogger().start(tmp_path, 10, None)
+
+
+def test_recipe_with_tensorboard_logger_without_the_extra_names_it(tmp_path, corpus, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    assert not tensorboard_available()
+    recipe = write_recipe(RECIPE, tmp_path, corpus, tmp_path / "out")
+    result = CliRunner().invoke(main, ["train", str(recipe)])  # refused before any training
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "train.logger[1]" in result.stderr
+    assert "pip install 'pureml[tensorboard]'" in result.stderr
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+
+
+def test_tensorboard_state_right_after_resume_keeps_the_purge_step(tmp_path):
+    pytest.importorskip("tensorboard")
+    logger = TensorBoardLogger()
+    logger.start(tmp_path, 20, {"step": 11})  # resumed from the step-10 checkpoint
+    try:
+        assert logger.state() == {"step": 11}  # Ctrl-C before any new step: still purge from 11
+        logger.log(11, {"loss": 1.0}, None, {})
+        assert logger.state() == {"step": 12}
+    finally:
+        logger.close()
