@@ -2,16 +2,17 @@
 
 One call, in order:
 
-1. for each sub-batch ``i``: ``grad_and_value(loss_fn)`` with the dropout key
-   ``fold_in(state.rng, state.step, first_index + i)``; gradients summed over sub-batches;
+1. for each sub-batch ``i``: the loss with the dropout key ``fold_in(state.rng, state.step,
+   first_index + i)`` and its gradients (autograd through the compiled forward); gradients
+   summed over sub-batches;
 2. ``all_reduce`` hook (sum across ranks) on one flat bucket per dtype (grads and losses);
 3. global L2 norm (logged; before clipping), clip to ``grad_max_norm``;
 4. spike guard (:mod:`pureml.core.guard`); a non-finite norm always skips;
 5. optimizer update; a skipped step keeps params and optimizer state bitwise (branchless
    ``where``), so the schedule does not advance either; ``state.step += 1`` always.
 
-Two compiled functions do the work, over plain dicts: one per sub-batch (gradients, accumulated
-into the running sum in the same graph) and one update. Splitting them means the number of
+Two compiled functions do the work, over plain dicts: the loss of one sub-batch (its backward
+graph compiled alongside by AOTAutograd) and the update. Splitting them means the number of
 sub-batches can change from step to step without recompiling. Frozen attrs objects are built
 only outside them.
 
@@ -153,8 +154,9 @@ def _raise_recompile_limits() -> None:
 
 
 class Step:
-    """The callable ``make_step`` returns. ``grad_fn``, ``grad_acc_fn`` and ``update_fn`` are the
-    (compiled) inner functions, exposed for tests and benchmarks."""
+    """The callable ``make_step`` returns. ``forward_fn`` and ``update_fn`` are the (compiled)
+    inner functions; ``grad_fn`` and ``grad_acc_fn`` differentiate ``forward_fn``. All four are
+    exposed for tests, replay and benchmarks."""
 
     def __init__(
         self,
@@ -169,6 +171,7 @@ class Step:
         backend: str | Callable,
         all_reduce: AllReduce | None,
         dynamic: bool | None,
+        param_grad_norms: bool = False,
     ) -> None:
         if grad_dev_policy not in POLICIES:
             raise ValueError(f"unknown grad_dev_policy {grad_dev_policy!r} (known: {POLICIES})")
@@ -185,6 +188,7 @@ class Step:
         self.all_reduce = all_reduce
         self.compiled = compile
         self.dynamic = dynamic
+        self.param_grad_norms = param_grad_norms
         self._index_cache: dict[tuple[torch.device, int], Tensor] = {}
 
         if compile:
@@ -207,25 +211,32 @@ class Step:
                 dynamic=False if dynamic is False else None,
             )
 
-        self.grad_fn = wrap(self._grads)
-        self.grad_acc_fn = wrap(self._grads_acc)
+        self.forward_fn = wrap(self._forward)
         self.update_fn = wrap(self._update)
 
     # -- the pure inner functions (compiled) ---------------------------------------------------
 
-    def _grads(
+    def _forward(
+        self, params: dict, buffers: dict, batch: Any, rng: Tensor, step: Tensor, index: Tensor
+    ) -> tuple[Tensor, dict]:
+        key = fold_in(rng, step, index)
+        loss, aux = self.loss_fn(params, buffers, batch, key)
+        return loss, {k: v.detach() for k, v in aux.items()}
+
+    def grad_fn(
         self, params: dict, buffers: dict, batch: Any, rng: Tensor, step: Tensor, index: Tensor
     ) -> tuple[dict, Tensor, dict]:
-        key = fold_in(rng, step, index)
+        """Gradients of one sub-batch's loss w.r.t. ``params``, the loss, and the aux losses."""
+        # The compiled forward is differentiated by AOTAutograd (one forward and one backward
+        # graph). torch.func.grad traced inside torch.compile specialised every batch dimension
+        # (each F.linear guarded its input's sizes), so each batch shape compiled a new graph.
+        leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        with torch.enable_grad():
+            loss, aux = self.forward_fn(leaves, buffers, batch, rng, step, index)
+            grads = torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True)
+        return dict(zip(leaves, grads)), loss.detach(), aux
 
-        def f(p: dict) -> tuple[Tensor, tuple[Tensor, dict]]:
-            loss, aux = self.loss_fn(p, buffers, batch, key)
-            return loss, (loss.detach(), {k: v.detach() for k, v in aux.items()})
-
-        grads, (loss, aux) = torch.func.grad(f, has_aux=True)(params)
-        return grads, loss, aux
-
-    def _grads_acc(
+    def grad_acc_fn(
         self,
         acc: dict,
         params: dict,
@@ -235,7 +246,8 @@ class Step:
         step: Tensor,
         index: Tensor,
     ) -> tuple[dict, Tensor, dict]:
-        grads, loss, aux = self._grads(params, buffers, batch, rng, step, index)
+        """``grad_fn`` added to the running sum ``acc``."""
+        grads, loss, aux = self.grad_fn(params, buffers, batch, rng, step, index)
         names = list(acc)
         summed = torch._foreach_add([acc[k] for k in names], [grads[k] for k in names])
         return dict(zip(names, summed)), loss, aux
@@ -260,6 +272,8 @@ class Step:
             grads = {k: reduced[f"g.{k}"] for k in grads}
             losses = {k: reduced[f"l.{k}"] for k in losses}
         norm = global_norm(grads)
+        names = list(grads)
+        per_param = torch._foreach_norm([grads[k] for k in names]) if self.param_grad_norms else []
         if self.grad_max_norm is not None:
             clip = clip_coefficient(norm, self.grad_max_norm)
         else:
@@ -273,7 +287,6 @@ class Step:
             clipped_norm=norm * clip,
         )
         coef = (clip.to(torch.float64) * outcome.scale).to(norm.dtype)
-        names = list(grads)
         grads = dict(zip(names, torch._foreach_mul([grads[k] for k in names], coef)))
         updates, new_opt = self.optimizer.update(grads, opt_state, params)
         new_params = apply_updates(params, updates)
@@ -283,6 +296,7 @@ class Step:
         metrics = {"loss": losses["loss"]}
         metrics.update({f"loss/{k[4:]}": v for k, v in losses.items() if k.startswith("aux/")})
         metrics["grad_norm"] = norm
+        metrics.update({f"grad_norm/{k}": n for k, n in zip(names, per_param)})
         metrics.update({f"lr/{g}": lr for g, lr in learning_rates(new_opt).items()})
         metrics["spike"] = outcome.spike
         metrics["skipped"] = skip
@@ -345,6 +359,7 @@ def make_step(
     backend: str | Callable = "inductor",
     all_reduce: AllReduce | None = None,
     dynamic: bool | None = True,
+    param_grad_norms: bool = False,
 ) -> Step:
     """Build ``step(state, sub_batches, *, first_index=0) -> (state, metrics)``.
 
@@ -359,6 +374,8 @@ def make_step(
     whatever shapes came first); ``False`` compiles each shape statically (pad to a few buckets;
     torch recompiles at most 8 times per function by default); ``None`` leaves torch's
     automatic dynamic shapes (history-dependent kernels: not bitwise-replayable).
+    ``param_grad_norms=True`` adds ``grad_norm/<param>``: each parameter's gradient norm before
+    clipping (``log_weight_grads``).
 
     >>> from pureml import optim
     >>> def loss_fn(params, buffers, batch, key):
@@ -382,4 +399,5 @@ def make_step(
         backend=backend,
         all_reduce=all_reduce,
         dynamic=dynamic,
+        param_grad_norms=param_grad_norms,
     )

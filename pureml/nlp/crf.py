@@ -4,7 +4,8 @@ The log-partition is a product of L-1 transfer matrices in the (logsumexp, +) se
 sequential forward algorithm needs L dependent steps (slow eager, and compiling it unrolls the
 loop, so compile time grows with the length); here the product is reduced as a balanced tree:
 O(log L) dependent steps, each one batched over documents and positions. Padded positions
-contribute the semiring identity, so variable lengths need no special path.
+contribute the semiring identity, so variable lengths need no special path, and the tree is
+padded to a power of two so that one compiled graph serves every length of an octave.
 
 Tags: ``0`` is ``O``; label ``k`` (0-based) owns tags ``1 + 4k + (B, I, L, U)``.
 
@@ -150,6 +151,30 @@ def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return prod.clamp(min=1e-300).log().to(a.dtype) + m + n
 
 
+def _vec_mat(alpha: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
+    """(logsumexp, +) product of row vectors ``[B, T]`` with matrices ``[B, T, T]``."""
+    return torch.logsumexp(alpha.unsqueeze(-1) + mats, dim=-2)
+
+
+def _tree_product(mats: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
+    """Ordered (logsumexp, +) product of ``mats`` ``[B, K, T, T]`` along K, as ``[B, T, T]``.
+
+    K is padded with identities up to a power of two, so the depth of the tree depends only on
+    the power of two: under torch.compile a dynamic K guards on a range (``256 < K <= 512``),
+    not on K itself, and all lengths of one octave share one graph.
+    """
+    bsz, count, n = mats.shape[0], mats.shape[1], mats.shape[-1]
+    size = 1
+    while size < count:
+        size *= 2
+    mats = torch.cat([mats, eye.expand(bsz, size - count, n, n)], dim=1)
+    while size > 1:
+        size //= 2
+        pairs = mats.view(bsz, size, 2, n, n)
+        mats = _log_matmul(pairs[:, :, 0], pairs[:, :, 1])
+    return mats[:, 0]
+
+
 def log_partition(
     emissions: torch.Tensor,
     mask: torch.Tensor,
@@ -162,7 +187,7 @@ def log_partition(
     Sequences with no unmasked position get 0. Masked positions are skipped wherever they are.
     """
     bsz, length, n = emissions.shape
-    alpha0 = start + emissions[:, 0]  # [B, T]
+    alpha = start + emissions[:, 0]  # [B, T]
     if length > 1:
         # M_t[i, j] = trans[i, j] + emit[t, j]; padded positions become the identity (0 on the
         # diagonal, NEG elsewhere) so they pass the running score through unchanged.
@@ -170,14 +195,12 @@ def log_partition(
         eye = torch.full((n, n), NEG, dtype=emissions.dtype, device=emissions.device)
         eye = eye.fill_diagonal_(0.0)
         mats = torch.where(mask[:, 1:, None, None], mats, eye)
-        while mats.shape[1] > 1:
-            if mats.shape[1] % 2:
-                mats = torch.cat([mats, eye.expand(bsz, 1, n, n)], dim=1)
-            mats = _log_matmul(mats[:, 0::2], mats[:, 1::2])
-        total = torch.logsumexp(alpha0.unsqueeze(-1) + mats[:, 0], dim=-2)  # [B, T]
-    else:
-        total = alpha0
-    logz = torch.logsumexp(total + end, dim=-1)
+        # The last matrix stays out of the tree: length buckets are often powers of two, and a
+        # tree over L-1 matrices would then pad by exactly one, a size torch.compile specialises.
+        if length > 2:
+            alpha = _vec_mat(alpha, _tree_product(mats[:, :-1], eye))
+        alpha = _vec_mat(alpha, mats[:, -1])
+    logz = torch.logsumexp(alpha + end, dim=-1)
     return torch.where(mask[:, 0], logz, torch.zeros_like(logz))
 
 

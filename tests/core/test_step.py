@@ -162,11 +162,11 @@ def test_batch_lengths_and_sub_batch_counts_do_not_recompile():
     state = init_state(init_params(), {}, opt)
     for i, length in enumerate([5, 9, 7, 16, 5, 12]):
         state, _ = step(state, [make_batch(length, i)])
-    assert counter.frame_count == 2
-    # more sub-batches: one more graph (gradient accumulation), compiled once
+    assert counter.frame_count == 2  # the forward (its backward comes with it) and the update
+    # more sub-batches: the same forward graph per sub-batch, gradients summed outside it
     for n in (2, 3, 1, 2):
         state, _ = step(state, [make_batch(5 + j, j) for j in range(n)])
-    assert counter.frame_count == 3
+    assert counter.frame_count == 2
 
 
 def test_marking_dims_dynamic_makes_history_irrelevant():
@@ -218,3 +218,32 @@ def test_a_loss_that_specialises_on_length_gets_a_graph_per_length_not_a_failure
         state, metrics = step(state, [{"x": torch.ones(3, length)}])
         assert torch.isfinite(metrics["loss"])
     assert counter.frame_count >= 12  # one grad graph per length, all compiled
+
+
+@pytest.mark.parametrize("backend", [None, "aot_eager"])
+def test_param_grad_norms_are_each_gradient_norm_before_clipping(backend):
+    def plain_loss(params, buffers, batch, key):
+        h = torch.tanh(batch["x"] @ params["l1.w"].T + params["l1.b"])
+        out = h @ params["l2.w"].T + params["l2.b"]
+        return ((out - batch["y"]) ** 2).mean(), {}
+
+    params, batch = init_params(), make_batch(6, 3)
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    loss, _ = plain_loss(leaves, {}, batch, None)
+    expected = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()))))
+    opt = optim.sgd(0.1)
+    step = make_step(
+        plain_loss,
+        opt,
+        compile=backend is not None,
+        backend=backend or "inductor",
+        grad_max_norm=1e-3,  # clips hard: the logged norms must be the raw ones
+        param_grad_norms=True,
+    )
+    _, metrics = step(init_state(params, {}, opt), [batch])
+    assert {k for k in metrics if k.startswith("grad_norm/")} == {f"grad_norm/{k}" for k in params}
+    for k, g in expected.items():
+        assert metrics[f"grad_norm/{k}"].item() == pytest.approx(g.norm().item(), rel=1e-5)
+    plain = make_step(plain_loss, opt, compile=False)
+    _, metrics = plain(init_state(params, {}, opt), [batch])
+    assert not any(k.startswith("grad_norm/") for k in metrics)

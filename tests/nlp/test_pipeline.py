@@ -248,3 +248,44 @@ def test_packed_encoder_equals_one_document_at_a_time():
         n = len(docs[i].words)
         assert torch.allclose(together[row, :n], alone[:n], atol=1e-5)
         assert together[row, n:].abs().max() == 0
+
+
+def test_compiled_step_shares_one_graph_across_batch_shapes():
+    """Doc counts, packed rows and lengths of one octave reuse the first compiled graphs.
+
+    Lengths 40, 48 and 64 differ, but their CRF trees pad to the same power of two; each batch
+    has a different number of documents and of packed rows.
+    """
+    from torch._dynamo.testing import CompileCounter
+
+    from pureml import optim
+    from pureml.core.step import init_state, make_step
+
+    torch.manual_seed(0)
+    docs = make_corpus(60, seed=3)
+    nlp = Pipeline(
+        {
+            "embedding": ScratchEncoder(width=16, depth=1, rows=[50, 20, 20, 10]),
+            "ner": NerCrf(),
+        }
+    )
+    nlp.post_init(docs)
+    by_len = sorted(docs, key=lambda d: len(d.word_texts()))
+
+    def batch(lo: int, hi: int, n: int) -> dict:
+        pool = [d for d in by_len if lo < len(d.word_texts()) <= hi]
+        # the longest of the pool sets the padded length; the rest fill the batch
+        chosen = [pool[-1]] + by_len[: n - 1]
+        return nlp.collate([nlp.preprocess(d, supervision=True) for d in chosen])
+
+    batches = [batch(48, 64, 3), batch(32, 40, 5), batch(40, 48, 4), batch(48, 64, 7)]
+    shapes = {(b["ner"]["tags"].shape, b["embedding"]["ids"].shape[0]) for b in batches}
+    assert len(shapes) == 4, shapes
+    counter = CompileCounter()
+    opt = optim.adamw(1e-3)
+    step = make_step(nlp.loss_fn(), opt, backend=counter)
+    state = init_state(nlp, optimizer=opt, seed=0)
+    for b in batches:
+        state, metrics = step(state, [b])
+        assert torch.isfinite(metrics["loss"])
+    assert counter.frame_count == 2  # the forward (with its backward) and the update
