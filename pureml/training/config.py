@@ -135,7 +135,10 @@ class TrainConfig:
         metadata=_doc("registered loggers: progress, json, csv, tensorboard"),
     )
     log_weight_grads: bool = attrs.field(
-        default=False, metadata=_doc("log per-parameter weight norms at each logged step")
+        default=False,
+        metadata=_doc(
+            "log per-parameter gradient (before clipping) and weight norms at each logged step"
+        ),
     )
     log_interval: int = attrs.field(
         default=1, validator=_positive, metadata=_doc("write metrics every N steps")

@@ -548,6 +548,7 @@ class Trainer:
             compile=self.compile,
             backend=self.compile_backend,
             all_reduce=self._all_reduce(),
+            param_grad_norms=self.log_weight_grads,
         )
         state = init_state(
             params,
@@ -701,6 +702,10 @@ class Trainer:
                 trace.step(step, ids, self.first_index, len(subs))
                 state, metrics = step_fn(state, subs, first_index=self.first_index)
                 metrics = {k: _scalar(v) for k, v in metrics.items()}
+                # per-parameter gradient norms (log_weight_grads) go to the logged lines only
+                grad_norms = {
+                    k: metrics.pop(k) for k in list(metrics) if k.startswith("grad_norm/")
+                }
                 dt = time.perf_counter() - t0
                 n_words = int(_scalar(subs[0]["stats"].get("words", 0)))
                 n_docs = int(_scalar(subs[0]["stats"].get("docs", 0)))
@@ -738,6 +743,7 @@ class Trainer:
                         line.update(
                             {f"weight_norm/{k}": float(v.norm()) for k, v in state.params.items()}
                         )
+                        line.update(grad_norms)
                     timing = {
                         "step_s": dt,
                         "words_per_s": n_words / dt if dt > 0 else 0.0,

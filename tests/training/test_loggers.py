@@ -145,3 +145,25 @@ def test_tensorboard_state_right_after_resume_keeps_the_purge_step(tmp_path):
         assert logger.state() == {"step": 12}
     finally:
         logger.close()
+
+
+def test_log_weight_grads_logs_every_parameter_norm(tmp_path, corpus):
+    recipe = RECIPE.replace("max_steps = 20", "max_steps = 3").replace(
+        'logger = ["json", "tensorboard"]', 'logger = ["json"]\nlog_weight_grads = true'
+    )
+    assert "log_weight_grads = true" in recipe
+    out = tmp_path / "out"
+    run(write_recipe(recipe, tmp_path, corpus, out))
+    from pureml.nlp.pipeline import load
+
+    names = [k for k, _ in load(out / "model-last").named_parameters()]
+    rows = metrics(out)
+    assert len(rows) == 3
+    for row in rows:
+        grads = {k[len("grad_norm/") :]: v for k, v in row.items() if k.startswith("grad_norm/")}
+        weights = {k[len("weight_norm/") :] for k in row if k.startswith("weight_norm/")}
+        assert set(grads) == set(names) == weights
+        assert all(v >= 0 for v in grads.values()) and any(v > 0 for v in grads.values())
+        # the global norm is the norm of the per-parameter norms
+        total = sum(v * v for v in grads.values()) ** 0.5
+        assert total == pytest.approx(row["grad_norm"], rel=1e-4)
