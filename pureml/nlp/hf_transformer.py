@@ -79,6 +79,24 @@ def best_window(n_tokens: int, window: int, stride: int) -> list[tuple[int, int]
     return out
 
 
+def _best_window_tensors(n_tokens: int, starts: list[int], window: int) -> tuple:
+    """:func:`best_window` as two tensors (window index, position), computed in a few tensor
+    ops instead of a Python loop per token (the loop was half of the batch collation time).
+
+    >>> k, pos = _best_window_tensors(5, window_starts(5, 3, 2), 3)
+    >>> list(zip(k.tolist(), pos.tolist())) == best_window(5, 3, 2)
+    True
+    """
+    t = torch.arange(n_tokens).unsqueeze(1)
+    begin = torch.tensor(starts, dtype=torch.int64)
+    end = (begin + window).clamp(max=n_tokens)
+    margin = torch.minimum(t - begin, end - 1 - t)
+    margin = margin.masked_fill((t < begin) | (t >= end), -1)
+    # ties go to the later window, as in best_window: argmax of the reversed windows
+    k = len(starts) - 1 - margin.flip(1).argmax(1)
+    return k, t.squeeze(1) - begin[k]
+
+
 @components.register("hf_transformer")
 class HfTransformer(Component):
     """Word vectors ``[B, L, hidden]`` from a local Hugging Face encoder.
@@ -154,7 +172,7 @@ class HfTransformer(Component):
     # -- data -------------------------------------------------------------------------------
     def preprocess(self, doc, supervision: bool = False) -> dict[str, Any]:
         words = doc.word_texts()
-        pieces = self.tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+        pieces = self._pieces(words) if words else []
         unk = self.tokenizer.unk_token_id
         pieces = [p if p else [unk] for p in pieces]
         ids = [t for p in pieces for t in p]
@@ -165,38 +183,60 @@ class HfTransformer(Component):
             "stats": {"words": len(words), "tokens": len(ids)},
         }
 
+    def _pieces(self, words: list[str]) -> list[list[int]]:
+        """Sub-word ids of each word (empty for a word the tokenizer drops)."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a slow (Python) tokenizer: one sequence per word
+            return self.tokenizer(words, add_special_tokens=False)["input_ids"]
+        # One pre-tokenized sequence instead of a batch of one-word sequences: the same ids
+        # (checked on all of NCBI-disease train), 3x faster, and no thread pool per document.
+        enc = backend.encode(words, is_pretokenized=True, add_special_tokens=False)
+        pieces: list[list[int]] = [[] for _ in words]
+        for i, w in zip(enc.ids, enc.word_ids):
+            if w is not None:
+                pieces[w].append(i)
+        return pieces
+
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         tok = self.tokenizer
         length = pad_length(max((f["n_words"] for f in features), default=0))
         longest = max((len(f["ids"]) for f in features), default=0)
         width = min(self.window, pad_length(max(longest, 1))) + 2
-        rows: list[list[int]] = []
+        n_rows = sum(len(window_starts(len(f["ids"]), self.window, self.stride)) for f in features)
+        input_ids = torch.full((max(n_rows, 1), width), tok.pad_token_id, dtype=torch.int64)
+        attention = torch.zeros(max(n_rows, 1), width, dtype=torch.int64)
         src, dst = [], []
+        row = 0
         for i, f in enumerate(features):
             n = len(f["ids"])
+            if n == 0:
+                continue
+            ids = torch.tensor(f["ids"], dtype=torch.int64)
             starts = window_starts(n, self.window, self.stride)
-            first_row = len(rows)
-            for s in starts:
-                rows.append([tok.cls_token_id, *f["ids"][s : s + self.window], tok.sep_token_id])
-            for t, (k, pos) in enumerate(best_window(n, self.window, self.stride)):
-                src.append((first_row + k) * width + pos + 1)
-                dst.append(i * length + f["word_of"][t])
-        if not rows:  # a batch of empty documents still runs the model once
-            rows.append([tok.cls_token_id, tok.sep_token_id])
-        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.int64)
-        attention = torch.zeros(len(rows), width, dtype=torch.int64)
-        for r, row in enumerate(rows):
-            input_ids[r, : len(row)] = torch.tensor(row)
-            attention[r, : len(row)] = 1
-        dst_t = torch.tensor(dst, dtype=torch.int64)
+            for r, s in enumerate(starts, start=row):
+                piece = ids[s : s + self.window]
+                input_ids[r, 0] = tok.cls_token_id
+                input_ids[r, 1 : 1 + len(piece)] = piece
+                input_ids[r, 1 + len(piece)] = tok.sep_token_id
+                attention[r, : len(piece) + 2] = 1
+            k, pos = _best_window_tensors(n, starts, self.window)
+            src.append((row + k) * width + pos + 1)
+            dst.append(i * length + torch.tensor(f["word_of"], dtype=torch.int64))
+            row += len(starts)
+        if n_rows == 0:  # a batch of empty documents still runs the model once
+            input_ids[0, :2] = torch.tensor([tok.cls_token_id, tok.sep_token_id])
+            attention[0, :2] = 1
+        empty = torch.zeros(0, dtype=torch.int64)
+        src_t = torch.cat(src) if src else empty
+        dst_t = torch.cat(dst) if dst else empty
         count = torch.zeros(len(features) * length).index_add_(
-            0, dst_t, torch.ones(len(dst), dtype=torch.float32)
+            0, dst_t, torch.ones(len(dst_t), dtype=torch.float32)
         )
         mask = torch.arange(length) < torch.tensor([f["n_words"] for f in features]).unsqueeze(-1)
         return {
             "input_ids": input_ids,
             "attention_mask": attention,
-            "token_index": torch.tensor(src, dtype=torch.int64),
+            "token_index": src_t,
             "token_word": dst_t,
             "word_weight": 1.0 / count.clamp(min=1.0),
             "mask": mask,
