@@ -54,11 +54,18 @@ SKIPPED = 3  # exit code of a contender that cannot run yet (says why on its las
 
 
 def steady(result: dict, warmup: int) -> dict:
+    """Steady-state figures: after ``warmup`` steps, leaving out the steps in which pureml
+    compiled a graph (``compile_steps``: a new length octave after the warm-up; their time is in
+    the compile seconds and in the end-to-end figures)."""
     times, words = result["step_times"], result["step_words"]
     w = min(warmup, max(0, len(times) - 2))
+    compiled = set(result.get("compile_steps", []))
+    keep = [i for i in range(w, len(times)) if i not in compiled] or list(range(w, len(times)))
+    st, sw = [times[i] for i in keep], [words[i] for i in keep]
     return {
-        "median_step_s": statistics.median(times[w:]),
-        "words_per_s": sum(words[w:]) / sum(times[w:]),
+        "median_step_s": statistics.median(st),
+        "words_per_s": sum(sw) / sum(st),
+        "compile_steps_after_warmup": len(range(w, len(times))) - len(keep),
         "words_per_step": statistics.median(words),
         "e2e_words_per_s": sum(words) / sum(times),
         "first_step_s": times[0],
@@ -196,7 +203,8 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
         m = {
             k: statistics.median(r[k] for r in rs)
             for k in ("median_step_s", "words_per_s", "e2e_words_per_s", "words_per_step", "first_step_s",
-                      "peak_rss_mib", "peak_tree_rss_mib", "setup_s", "train_s", "wall_s")
+                      "peak_rss_mib", "peak_tree_rss_mib", "setup_s", "train_s", "wall_s",
+              "compile_steps_after_warmup")
         }  # fmt: skip
         m["dev_f1"] = statistics.median(r["dev"]["f1"] for r in rs)
         m["dev_f1_values"] = [round(r["dev"]["f1"], 4) for r in rs]
@@ -227,11 +235,13 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
         pairs += [("pureml_eager", "edsnlp"), ("pureml_eager", "eager")]
     ratios = {f"{a}/{b}": ratio(a, b) for a, b in pairs}
 
-    header = ["contender", "median step (ms)", "words/s", "end-to-end words/s", "dev F1 (median)",
-              "dev F1 (runs)", "peak RSS (MiB)", "peak tree RSS (MiB)", "first step (s)", "setup (s)"]  # fmt: skip
+    header = ["contender", "median step (ms)", "words/step (median)", "words/s", "end-to-end words/s",
+              "dev F1 (median)", "dev F1 (runs)", "peak RSS (MiB)", "peak tree RSS (MiB)",
+              "first step (s)", "setup (s)", "compile steps left out"]  # fmt: skip
     rows = [
-        [n, m["median_step_s"] * 1e3, m["words_per_s"], m["e2e_words_per_s"], round(m["dev_f1"], 4),
-         m["dev_f1_values"], m["peak_rss_mib"], m["peak_tree_rss_mib"], m["first_step_s"], m["setup_s"]]
+        [n, m["median_step_s"] * 1e3, m["words_per_step"], m["words_per_s"], m["e2e_words_per_s"],
+         round(m["dev_f1"], 4), m["dev_f1_values"], m["peak_rss_mib"], m["peak_tree_rss_mib"],
+         m["first_step_s"], m["setup_s"], m["compile_steps_after_warmup"]]
         for n, m in med.items()
     ]  # fmt: skip
     table = harness.md_table(header, rows)
@@ -274,6 +284,11 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
         f"- tiny BERT fingerprint: {fingerprint}\n- command: `{command}`\n"
         f"- {args.reps} repetitions, alternating; steady state after {args.warmup} warm-up steps; "
         f"{args.threads} torch thread(s) per contender; words counted with pureml's tokenizer rule\n"
+        "- words/s = words / seconds over the steady-state steps (the ratios compare these; "
+        "contenders batch slightly different words per step, so step-time ratios differ); steps "
+        "after the warm-up in which pureml compiled a graph (a new length octave) are left out of "
+        "the steady state (median count in the last column): their time is in the compile "
+        "seconds and in end-to-end words/s\n"
         "- model differences by design: EDS-NLP keeps BERT's dropout and decodes its CRF in windows "
         "of 40 words; the eager loop keeps BERT's dropout, whole-document CRF; pureml turns BERT's "
         "dropout off and drops out the word vectors (0.1) with its counter-based RNG\n\n"
