@@ -100,6 +100,7 @@ def main() -> None:
         ap.error(f"unknown contenders {sorted(unknown)}; choose from {sorted(CONTENDERS)}")
 
     python = harness.ensure_venv(VENV, REQUIREMENTS)
+    args.inductor_cache = inductor_cache_state()
     model_dir = harness.WORK / "tiny-bert"
     harness.run_contender(
         [str(python), str(harness.BENCH / "tiny_bert.py"), str(model_dir)],
@@ -177,6 +178,19 @@ def main() -> None:
     if not args.no_results:
         harness.write_section("b1", report["markdown"])
     print(json.dumps(report["headline"]))
+
+
+def inductor_cache_state() -> str:
+    """Whether inductor's on-disk cache held compiled code before this run: pureml's compile
+    seconds are several times lower with a warm cache (dynamo still traces every graph)."""
+    import getpass
+    import os
+    import tempfile
+
+    default = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"
+    path = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", default))
+    warm = path.is_dir() and any(path.iterdir())
+    return f"{'warm' if warm else 'cold'} ({path})"
 
 
 def check_word_unit() -> None:
@@ -259,7 +273,8 @@ def aggregate(runs: dict, args, versions: dict, skipped: dict, fingerprint: str)
             f"\npureml compile: {p.get('compile_s', 'n/a')} s, graphs compiled "
             f"{p.get('unique_graphs', 'n/a')}, graph breaks {p.get('graph_breaks', 'n/a')}, "
             f"recompiles {p.get('recompiles', 'n/a')} (medians; compile s per run: "
-            f"{[round(v, 1) for v in p.get('compile_s_values', [])]})\n"
+            f"{[round(v, 1) for v in p.get('compile_s_values', [])]}; inductor cache at the "
+            f"start: {getattr(args, 'inductor_cache', 'unknown')})\n"
         )
     skipped_txt = "".join(f"\n- {k} skipped: {v}" for k, v in skipped.items())
 
