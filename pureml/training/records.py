@@ -79,13 +79,19 @@ def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
 
 
 def params_fingerprint(state: Any) -> str:
-    """The ``params`` value of a step record: the fingerprint of ``state.params``, shortened.
+    """The ``params`` value of a step record: a hash of ``state.params``, shortened.
 
-    Training writes it and replay compares against it, so both call this one function.
+    Training writes it and replay compares against it, so both call this one function. On the
+    host, ``fingerprint`` (SHA-256 of the bytes: 0.4 s for 110M parameters, 6x faster than
+    ``digest`` there); on an accelerator, ``digest``, which reduces on the device: copying
+    BERT-base's parameters to the host and hashing them took ~1.1 s every 10 steps on an H100
+    (43% of B3's wall time). A run and its replay share a device type, as bitwise equality does.
     """
-    from ..core.state import fingerprint
+    from ..core.state import digest, fingerprint
 
-    return fingerprint(state.params)[:32]
+    params = state.params
+    on_host = all(t.device.type == "cpu" for t in params.values())
+    return (fingerprint(params) if on_host else digest(params))[:32]
 
 
 def step_record(

@@ -113,3 +113,35 @@ def test_corrupted_checkpoint_is_detected(tmp_path):
     path.write_bytes(bytes(data[: len(data) // 2]))
     with pytest.raises(CheckpointError, match="cannot read"):
         load_state(state, tmp_path / "ckpt")
+
+
+def test_digest_sees_every_word_and_position(monkeypatch):
+    from pureml.core import state as state_mod
+    from pureml.core.state import digest
+
+    g = torch.Generator().manual_seed(0)
+    tree = {
+        "w": torch.randn(37, 11, generator=g),
+        "h": torch.randn(5, generator=g).to(torch.bfloat16),  # 10 bytes: padded to 3 words
+        "i": torch.arange(7, dtype=torch.int8),
+    }
+    base = digest(tree)
+    assert digest({k: v.clone() for k, v in tree.items()}) == base
+    # one flipped bit anywhere, in any tensor, changes it
+    for name, t in tree.items():
+        raw = t.clone().reshape(-1).view(torch.uint8)
+        for pos in (0, raw.numel() // 2, raw.numel() - 1):
+            flipped = raw.clone()
+            flipped[pos] ^= 1 << (pos % 8)
+            changed = dict(tree, **{name: flipped.view(t.dtype).view(t.shape)})
+            assert digest(changed) != base, (name, pos)
+    # two elements swapped, or the same bytes under another name, shape or dtype
+    w = tree["w"].clone().reshape(-1)
+    w[[3, 200]] = w[[200, 3]]
+    assert digest(dict(tree, w=w.view(37, 11))) != base
+    assert digest(dict(tree, w=tree["w"].reshape(11, 37))) != base
+    assert digest({"v" if k == "w" else k: v for k, v in tree.items()}) != base
+    assert digest(dict(tree, w=tree["w"].view(torch.int32))) != base
+    # the chunking of the reduction does not change the value
+    monkeypatch.setattr(state_mod, "_DIGEST_CHUNK", 7)
+    assert digest(tree) == base
