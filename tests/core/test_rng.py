@@ -67,3 +67,18 @@ def test_compiled_draws_equal_eager_bitwise():
         key, s = make_key(3), torch.tensor(step)
         for a, b in zip(draw(key, s, x), compiled(key, s, x)):
             assert torch.equal(a, b)
+
+
+def test_eager_use_does_not_import_dynamo():
+    # torch._dynamo costs ~80 MiB of RSS per process; eager training never needs it
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch, pureml, pureml.train\n"
+        "from pureml.core.rng import dropout, fold_in, make_key\n"
+        "dropout(torch.ones(8), 0.5, fold_in(make_key(0), 'ner', 3))\n"
+        "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-1000:]
