@@ -24,6 +24,7 @@ plain dicts here; :mod:`pureml.training.recipe` checks their keys against the fa
 
 from __future__ import annotations
 
+import collections.abc
 import types
 import typing
 from typing import Any, Literal, Union
@@ -231,6 +232,9 @@ def type_name(hint: Any) -> str:
         return " | ".join(type_name(a) for a in typing.get_args(hint))
     if origin is Literal:
         return " | ".join(repr(a) for a in typing.get_args(hint))
+    if origin is collections.abc.Callable:
+        # a Python-only value (a schedule function): recipes give a table with a factory instead
+        return "callable"
     if origin is not None:
         args = ", ".join(type_name(a) for a in typing.get_args(hint))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"
