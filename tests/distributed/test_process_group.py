@@ -92,7 +92,8 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
         text=True,
         timeout=240,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the head holds the ranks' own messages (a gloo abort once, under load), the tail torchrun's
+    assert proc.returncode == 0, proc.stderr[:2000] + "\n...\n" + proc.stderr[-800:]
     # each rank doubles its own arange(4) + rank; the sum is 2 * (2 * arange(4) + 1), plus 1
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "[3.0, 7.0, 11.0, 15.0]"
