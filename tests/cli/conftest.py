@@ -1,48 +1,23 @@
-"""A tiny recipe (synthetic notes, small encoder, eager step) that trains in seconds."""
+"""The CLI tests' tiny recipe (``training.tiny_recipes``) that trains in seconds, and its corpus."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from training.tiny_recipes import tiny_template, write_recipe
 
-TINY = """
-[paths]
-corpus = "{corpus}"
-
-[nlp.components.embedding]
-factory = "scratch_encoder"
-width = 16
-depth = 1
-rows = [500, 100, 250, 100]
-
-[nlp.components.ner]
-factory = "ner_crf"
-embedding = "embedding"
-
-[train_data.notes]
-data = {{ factory = "quickstart_corpus", path = "${{paths.corpus}}", split = "train", n_train = 40, n_dev = 10 }}
-batch_size = "300 words"
-
-[val_data]
-factory = "quickstart_corpus"
-path = "${{paths.corpus}}"
-split = "dev"
-n_train = 40
-n_dev = 10
-
-[optimizer]
-factory = "adamw"
-learning_rate = 3e-3
-
-[train]
-max_steps = 4
-validation_interval = 2
-output_dir = "{out}"
-compile = false
-threads = 1
-logger = ["json"]
-"""
+# 4 steps of "300 words" batches (no sub-batches), validated every 2, a constant learning rate,
+# no checkpoint interval, JSON log only. test_train_errors.py edits this text.
+TINY = tiny_template(
+    batch_size="300 words",
+    sub_batch_size=None,
+    schedule=False,
+    max_steps=4,
+    validation_interval=2,
+    checkpoint_interval=None,
+    logger=["json"],
+)
 
 
 @pytest.fixture(scope="session")
@@ -56,16 +31,15 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_recipe(tmp_path, corpus):
-    """``tiny_recipe(**replace)`` writes the recipe (with text replacements) and returns its path;
-    the run folder is ``tmp_path / "out"``."""
+    """``tiny_recipe(**replace)`` writes ``TINY`` (with text replacements) and returns its path,
+    ``tiny_recipe(text=...)`` that text as it is; the run folder is ``tmp_path / "out"``."""
 
     def make(text: str | None = None, **replace: str) -> Path:
-        body = text if text is not None else TINY.format(corpus=corpus, out=tmp_path / "out")
-        for old, new in replace.items():
-            assert old in body, old
-            body = body.replace(old, new)
+        if text is None:
+            return write_recipe(TINY, tmp_path, corpus, tmp_path / "out", **replace)
+        assert not replace, "replacements are for TINY"
         path = tmp_path / "recipe.toml"
-        path.write_text(body)
+        path.write_text(text)
         return path
 
     return make

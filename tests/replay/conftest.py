@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from training.tiny_recipes import tiny_template, write_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
@@ -40,83 +41,29 @@ QUICK_OVERRIDES = [
     'train.logger=["json"]',
 ]
 
-MULTITASK = """
-[nlp.components.embedding]
-factory = "scratch_encoder"
-width = 16
-depth = 1
-rows = [500, 100, 250, 100]
+# NER and a span classifier, their two streams read straight from the corpus's train folder (so
+# that altered_run's edited copy is what is read), no validation data.
+MULTITASK = tiny_template(
+    multitask=True,
+    reader="standoff",
+    validate=False,
+    max_steps=8,
+    validation_interval=1000,
+    checkpoint_interval=4,
+    logger=["json"],
+)
 
-[nlp.components.ner]
-factory = "ner_crf"
-embedding = "embedding"
-
-[nlp.components.status]
-factory = "span_classifier"
-embedding = "embedding"
-attributes = ["status"]
-
-[train_data.ner]
-data = {{ factory = "standoff", path = "{corpus}/train" }}
-batch_size = "250 words"
-pipe_names = ["ner"]
-
-[train_data.status]
-data = {{ factory = "standoff", path = "{corpus}/train" }}
-batch_size = "24 spans"
-sub_batch_size = "12 spans"
-pipe_names = ["status"]
-
-[optimizer]
-factory = "adamw"
-learning_rate = 3e-3
-schedule = {{ factory = "linear", warmup_rate = 0.1 }}
-
-[train]
-max_steps = 8
-checkpoint_interval = 4
-validation_interval = 1000
-output_dir = "{out}"
-compile = false
-threads = 1
-logger = ["json"]
-"""
-
-# The same model, data and batches as tests/training/test_inductor.py: the same graphs, so
-# inductor's on-disk cache serves whichever of the two tests runs second.
-INDUCTOR = """
-[paths]
-corpus = "{corpus}"
-
-[nlp.components.embedding]
-factory = "scratch_encoder"
-width = 16
-depth = 1
-rows = [500, 100, 250, 100]
-
-[nlp.components.ner]
-factory = "ner_crf"
-embedding = "embedding"
-
-[train_data.notes]
-data = {{ factory = "quickstart_corpus", path = "${{paths.corpus}}", split = "train", n_train = 40, n_dev = 10 }}
-batch_size = 2
-
-[optimizer]
-factory = "adamw"
-learning_rate = 3e-3
-schedule = {{ factory = "linear", warmup_rate = 0.1 }}
-
-[train]
-max_steps = 4
-validation_interval = 1000
-checkpoint_interval = 2
-output_dir = "{out}"
-compile = true
-compile_backend = "inductor"
-threads = 1
-logger = ["json"]
-"""
+# NER only, compiled with inductor, batches of 2 notes, no validation data.
+INDUCTOR = tiny_template(
+    batch_size=2,
+    sub_batch_size=None,
+    validate=False,
+    max_steps=4,
+    validation_interval=1000,
+    checkpoint_interval=2,
+    compile_backend="inductor",
+    logger=["json"],
+)
 
 
 def train(recipe: Path, *overrides: str) -> None:
@@ -148,18 +95,11 @@ def quick_run(tmp_path_factory) -> Path:
     return out
 
 
-def _recipe(template: str, folder: Path, corpus: Path, out: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "recipe.toml"
-    path.write_text(template.format(corpus=corpus, out=out))
-    return path
-
-
 @pytest.fixture(scope="session")
 def multi_run(tmp_path_factory, corpus) -> Path:
     folder = tmp_path_factory.mktemp("multi")
     out = folder / "run"
-    train(_recipe(MULTITASK, folder, corpus, out))
+    train(write_recipe(MULTITASK, folder, corpus, out))
     return out
 
 
@@ -202,7 +142,7 @@ def altered_run(tmp_path_factory, corpus, multi_run) -> tuple[Path, str, int]:
     shutil.copytree(corpus, copy)
     alter_one_word(copy / "train" / f"{doc_id}.txt", copy / "train" / f"{doc_id}.ann")
     out = folder / "run"
-    train(_recipe(MULTITASK, folder, copy, out))
+    train(write_recipe(MULTITASK, folder, copy, out))
     return out, doc_id, step
 
 
@@ -210,5 +150,5 @@ def altered_run(tmp_path_factory, corpus, multi_run) -> tuple[Path, str, int]:
 def inductor_run(tmp_path_factory, corpus) -> Path:
     folder = tmp_path_factory.mktemp("inductor")
     out = folder / "run"
-    train(_recipe(INDUCTOR, folder, corpus, out))
+    train(write_recipe(INDUCTOR, folder, corpus, out))
     return out

@@ -17,14 +17,11 @@ from click.testing import CliRunner
 from pureml.cli import main
 from pureml.training.loggers import TensorBoardLogger, tensorboard_available
 
-from .tiny_recipes import SINGLE, run, write_recipe
+from .tiny_recipes import run, tiny_template, write_recipe
 
 # 20 steps, validated and checkpointed at 10 and 20: two tiny runs cost a few seconds each
-RECIPE = (
-    SINGLE.replace('logger = ["json", "csv"]', 'logger = ["json", "tensorboard"]')
-    .replace("max_steps = 60", "max_steps = 20")
-    .replace("validation_interval = 20", "validation_interval = 10")
-    .replace("checkpoint_interval = 20", "checkpoint_interval = 10")
+RECIPE = tiny_template(
+    max_steps=20, validation_interval=10, checkpoint_interval=10, logger=["json", "tensorboard"]
 )
 assert 'logger = ["json", "tensorboard"]' in RECIPE and "max_steps = 20" in RECIPE
 F1 = "validation/ner/micro/f1"
