@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,19 @@ EXIT_KILLED = 137
 
 def _die() -> None:
     os._exit(EXIT_KILLED)
+
+
+def _wrap(fn: Any, event: Callable[[], None], after: bool = False) -> Any:
+    """``fn`` with an I/O ``event`` before each call (and after it, if ``after``)."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        event()
+        result = fn(*args, **kwargs)
+        if after:
+            event()
+        return result
+
+    return wrapped
 
 
 def install() -> None:
@@ -67,16 +81,6 @@ def _install_checkpoint_crash(k: int, n: int) -> None:
             if state["events"] == n:
                 _die()
 
-    def wrap(fn: Any, after: bool = False) -> Any:
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            event()
-            result = fn(*args, **kwargs)
-            if after:
-                event()
-            return result
-
-        return wrapped
-
     save_file = safetensors.torch.save_file
 
     def torn_save_file(tensors: Any, filename: str, *args: Any, **kwargs: Any) -> None:
@@ -97,13 +101,13 @@ def _install_checkpoint_crash(k: int, n: int) -> None:
             state["active"] = False
 
     safetensors.torch.save_file = torn_save_file
-    checkpoint._fsync_path = wrap(checkpoint._fsync_path)
+    checkpoint._fsync_path = _wrap(checkpoint._fsync_path, event)
     checkpoint.save_checkpoint = counted_save
     # the trainer calls ckpt.save_checkpoint through the module, so the wrapper is seen
-    os.replace = wrap(os.replace, after=True)
+    os.replace = _wrap(os.replace, event, after=True)
     import shutil
 
-    shutil.rmtree = wrap(shutil.rmtree)
+    shutil.rmtree = _wrap(shutil.rmtree, event)
 
 
 def _install_model_crash(n: int) -> None:
@@ -118,16 +122,6 @@ def _install_model_crash(n: int) -> None:
             state["events"] += 1
             if state["events"] == n:
                 _die()
-
-    def wrap(fn: Any, after: bool = False) -> Any:
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            event()
-            result = fn(*args, **kwargs)
-            if after:
-                event()
-            return result
-
-        return wrapped
 
     save_file = pipeline.save_file
 
@@ -148,10 +142,10 @@ def _install_model_crash(n: int) -> None:
             state["active"] = False
 
     pipeline.save_file = torn_save_file
-    pipeline._fsync_tree = wrap(pipeline._fsync_tree)
+    pipeline._fsync_tree = _wrap(pipeline._fsync_tree, event)
     pipeline.Pipeline.to_disk = counted_to_disk
-    os.rename = wrap(os.rename, after=True)
-    shutil.rmtree = wrap(shutil.rmtree)
+    os.rename = _wrap(os.rename, event, after=True)
+    shutil.rmtree = _wrap(shutil.rmtree, event)
 
 
 def _install_bad_batches(steps: dict[int, float]) -> None:
