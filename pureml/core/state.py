@@ -213,10 +213,15 @@ def fingerprint(tensors: TrainState | Mapping[str, Tensor]) -> str:
     flat = state_to_flat(tensors)
     h = hashlib.sha256()
     for path in sorted(flat):
-        t = flat[path].detach()
-        h.update(f"{path}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        hash_tensor(h, path, flat[path])
     return h.hexdigest()
+
+
+def hash_tensor(h: Any, name: str, t: Tensor) -> None:
+    """Feed ``name``, dtype, shape and bytes of ``t`` to the hashlib object ``h``."""
+    t = t.detach()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 # Elements per chunk in ``digest``: bounds its int64 temporaries (128 MiB each).

@@ -33,6 +33,8 @@ from typing import Any
 
 import torch
 
+from ..core.state import hash_tensor
+
 STEPS_FILE = "steps.jsonl"
 
 
@@ -66,16 +68,8 @@ def batch_fingerprint(doc_ids: Iterable[str], sub_batches: Iterable[Any]) -> str
         h.update(b"\0")
     for i, batch in enumerate(sub_batches):
         for name, t in _tensor_leaves(batch, str(i)):
-            shape = t.shape
-            t = t.detach().cpu().contiguous().reshape(-1)
-            h.update(f"{name}|{t.dtype}|{tuple(shape)}|".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            hash_tensor(h, name, t)
     return h.hexdigest()[:32]
-
-
-def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
-    """Hash of named tensors (the parameters): names, dtypes, shapes and bytes."""
-    return batch_fingerprint((), [dict(tensors)])
 
 
 def params_fingerprint(state: Any) -> str:
