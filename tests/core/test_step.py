@@ -26,12 +26,16 @@ def _same(a, b):
     )
 
 
+def mlp(params, x):
+    """The step model's MLP without dropout."""
+    h = torch.tanh(x @ params["l1.w"].T + params["l1.b"])
+    return h @ params["l2.w"].T + params["l2.b"]
+
+
 def test_sub_batch_gradients_are_summed():
     # without dropout the sum of two sub-batches' losses is the loss of their concatenation
     def plain_loss(params, buffers, batch, key):
-        h = torch.tanh(batch["x"] @ params["l1.w"].T + params["l1.b"])
-        out = h @ params["l2.w"].T + params["l2.b"]
-        return ((out - batch["y"]) ** 2).sum() / batch["n"], {}
+        return ((mlp(params, batch["x"]) - batch["y"]) ** 2).sum() / batch["n"], {}
 
     opt = optim.sgd(0.1)
     a, b = make_batch(5, 1), make_batch(5, 2)
@@ -223,9 +227,7 @@ def test_a_loss_that_specialises_on_length_gets_a_graph_per_length_not_a_failure
 @pytest.mark.parametrize("backend", [None, "aot_eager"])
 def test_param_grad_norms_are_each_gradient_norm_before_clipping(backend):
     def plain_loss(params, buffers, batch, key):
-        h = torch.tanh(batch["x"] @ params["l1.w"].T + params["l1.b"])
-        out = h @ params["l2.w"].T + params["l2.b"]
-        return ((out - batch["y"]) ** 2).mean(), {}
+        return ((mlp(params, batch["x"]) - batch["y"]) ** 2).mean(), {}
 
     params, batch = init_params(), make_batch(6, 3)
     leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
