@@ -23,11 +23,9 @@ between ``<!-- distributed:start -->`` and ``<!-- distributed:end -->`` (unless 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -39,8 +37,10 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
-START, END = "<!-- distributed:start -->", "<!-- distributed:end -->"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import harness  # noqa: E402
+
 NCBI = "/work/shared/data/ncbi-disease"
 
 
@@ -100,30 +100,13 @@ def _run(args: argparse.Namespace, nproc: int, threads: int, work: Path) -> dict
 
 
 def _machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = harness.cpu_name() or platform.processor() or "cpu"
     gpu = (
         f", {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
         if torch.cuda.is_available()
         else ""
     )
     return f"{cpu}, {os.cpu_count()} cores{gpu}, Python {platform.python_version()}, torch {torch.__version__}"
-
-
-def write_section(body: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{START}\n{body.rstrip()}\n{END}"
-    if START in text and END in text:
-        text = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
 
 
 def main() -> None:
@@ -218,11 +201,12 @@ def main() -> None:
     print(table)
     if not args.no_write:
         cmd = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-        date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        write_section(
+        date = harness.now_utc()
+        harness.write_section(
+            "distributed",
             "## Data parallelism: 1 vs N processes (`benchmarks/distributed.py`)\n\n"
             f"- machine: {_machine()}\n- date: {date}\n- command: `{cmd}`\n\n"
-            f"```\n{table}\n```\n\n`{json.dumps(summary)}`"
+            f"```\n{table}\n```\n\n`{json.dumps(summary)}`",
         )
     print(json.dumps(summary))
 

@@ -161,16 +161,20 @@ def summary(xs: list[float]) -> dict:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "values": xs}
 
 
-def machine() -> str:
-    cpu = "?"
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo; "" where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return ""
+
+
+def machine() -> str:
+    cpu = cpu_name() or "?"
     return f"{platform.node() or 'host'}: {cpu}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
@@ -178,19 +182,19 @@ def now_utc() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def write_section(key: str, body: str) -> None:
-    """Replace what lies between ``<!-- key:start -->`` and ``<!-- key:end -->`` in RESULTS.md.
+def write_section(key: str, body: str, path: Path = RESULTS) -> None:
+    """Replace what lies between ``<!-- key:start -->`` and ``<!-- key:end -->`` in *path*.
 
     Other sections are left byte for byte; a missing file or marker pair is created.
     """
     start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
     block = f"{start}\n{body.rstrip()}\n{end}"
     if start in text and end in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
+    path.write_text(text)
 
 
 def md_table(header: list[str], rows: list[list]) -> str:

@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import hashlib
 import json
 import os
@@ -70,6 +69,9 @@ from torch.utils._pytree import tree_leaves
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import harness  # noqa: E402
 
 from pureml import optim  # noqa: E402
 
@@ -108,16 +110,6 @@ def bert_base_shapes(scale: float = 1.0) -> list[tuple[int, ...]]:
         shapes += [(h,), (h,)]  # layer norm
     shapes += [(h, h), (h,)]  # pooler
     return shapes
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def sync(device: torch.device) -> None:
@@ -621,7 +613,7 @@ def main() -> None:
                 f"### {args.device}",
                 "",
                 f"- machine: {machine}",
-                f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
+                f"- date: {harness.now_utc()}",
                 f"- command: `{command.strip()}`",
                 "",
                 "```",
@@ -777,7 +769,7 @@ def fusion(args: argparse.Namespace, device: torch.device) -> None:
             [
                 f"### whole step, split vs fused graphs ({args.device})",
                 "",
-                f"- date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine_name(device)}",
+                f"- date: {harness.now_utc()}, {machine_name(device)}",
                 f"- command: `{command.strip()}`",
                 "",
                 "```",
@@ -802,8 +794,9 @@ def fusion(args: argparse.Namespace, device: torch.device) -> None:
 def machine_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = harness.cpu_name() or platform.processor() or "unknown CPU"
     return (
-        f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}"
     )
 

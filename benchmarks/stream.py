@@ -23,7 +23,6 @@ of benchmarks/RESULTS.md between ``<!-- stream:start -->`` and ``<!-- stream:end
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -37,6 +36,9 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
 
 from pureml.nlp.doc import Doc  # noqa: E402
 from pureml.stream import read_standoff, training_stream  # noqa: E402
@@ -178,28 +180,8 @@ def resume_latency(path: str, kind: str = "words") -> tuple[float, float, dict[s
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = harness.cpu_name() or platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
-
-
-def write_results(section: str, path: Path) -> None:
-    start, end = "<!-- stream:start -->", "<!-- stream:end -->"
-    block = f"{start}\n{section.rstrip()}\n{end}"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        text = before + block + after
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
 
 
 def main() -> None:
@@ -289,7 +271,7 @@ def main() -> None:
                 "## B4: streams (`benchmarks/stream.py`)",
                 "",
                 f"- machine: {machine()}",
-                f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+                f"- date: {harness.now_utc()}",
                 f"- command: `python benchmarks/stream.py --repeats {args.repeats}`",
                 "",
                 "```",
@@ -299,7 +281,7 @@ def main() -> None:
                 f"`{json.dumps(headline)}`",
             ]
         )
-        write_results(section, Path(__file__).resolve().parent / "RESULTS.md")
+        harness.write_section("stream", section)
     print(json.dumps(headline))
 
 
