@@ -164,7 +164,7 @@ def main() -> None:
         return statistics.median(x[key] for x in results[c])
 
     base = med(configs[0], "words_per_s")
-    par = med(configs[1], "words_per_s")
+    par = med(configs[1 if len(configs) > 1 else 0], "words_per_s")  # --nproc 1: the same run
     efficiency = par / (args.nproc * base)
     unit = "GPU" if args.device == "cuda" else "CPU"
     lines = [
