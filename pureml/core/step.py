@@ -32,6 +32,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import types
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -144,6 +145,8 @@ def _all_reduce_tree(tensors: dict[str, Tensor], all_reduce: AllReduce) -> dict[
 # failure (FailOnRecompileLimitHit, fullgraph=True) after a dozen steps.
 RECOMPILE_LIMIT = 64
 
+_STEP_IDS = itertools.count()
+
 
 def _raise_recompile_limits() -> None:
     config = torch._dynamo.config
@@ -199,11 +202,16 @@ class Step:
                 return method
             # torch.compile caches graphs on the code object, with a limit of 8 per code object:
             # a private copy of the code per Step keeps many Steps in one process (phases, tests)
-            # from sharing, and exhausting, one cache.
+            # from sharing, and exhausting, one cache. Its own name too: dynamo's automatic
+            # dynamic shapes remember, per (file, line, name), which sizes and ints changed
+            # between calls; shared, another Step's parameter sizes or grad_max_norm made these
+            # symbolic here, so the kernels depended on what the process had run before.
             fn = method.__func__
+            name = f"{fn.__name__}_step{next(_STEP_IDS)}"
             fresh = types.FunctionType(
-                fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
-            )
+                fn.__code__.replace(co_name=name), fn.__globals__, name, fn.__defaults__,
+                fn.__closure__,
+            )  # fmt: skip
             return torch.compile(
                 types.MethodType(fresh, self),
                 fullgraph=True,

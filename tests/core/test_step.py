@@ -249,3 +249,24 @@ def test_param_grad_norms_are_each_gradient_norm_before_clipping(backend):
     plain = make_step(plain_loss, opt, compile=False)
     _, metrics = plain(init_state(params, {}, opt), [batch])
     assert not any(k.startswith("grad_norm/") for k in metrics)
+
+
+def test_steps_do_not_share_automatic_dynamic_state():
+    # dynamo remembers per (file, line, function name) which sizes and ints changed between
+    # calls; Steps sharing that memory made another Step's parameter sizes (or grad_max_norm)
+    # symbolic inputs of this one's graphs: kernels that depended on the process's history
+    def placeholders(size, max_norm):
+        names = []
+
+        def backend(gm, example_inputs):
+            names.append([n.name for n in gm.graph.find_nodes(op="placeholder")])
+            return gm.forward
+
+        opt = optim.sgd(0.1)
+        step = make_step(_scaled_loss, opt, backend=backend, grad_max_norm=max_norm)
+        state = init_state({"w": torch.zeros(size)}, {}, opt)
+        step(state, [{"g": torch.ones(size)}])
+        return names
+
+    first = placeholders(3, 1.0)
+    assert placeholders(5, 2.0) == first
