@@ -3,6 +3,7 @@
 Knows nothing of NLP: it trains any ``loss_fn(params, buffers, batch, key) -> (loss, aux)``.
 """
 
+from pureml.core.flat import FlatLayout
 from pureml.core.guard import GuardOutcome, guard_update, init_guard
 from pureml.core.rng import dropout, fold_in, make_key, random_bits, stable_hash, uniform
 from pureml.core.state import (
@@ -33,6 +34,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "CheckpointError",
+    "FlatLayout",
     "GuardOutcome",
     "Step",
     "TrainState",

@@ -22,6 +22,9 @@ decides which kernels run: a resumed or replayed process runs the same kernels w
 it saw first. (Dimensions of size 0 or 1 are still specialised by torch.compile, in the same way
 in every process.) ``dynamic=False`` compiles each shape statically: pad to a few buckets.
 
+``flat=True``: both compiled functions take one flat tensor per bucket of parameters
+(:mod:`pureml.core.flat`) instead of one per parameter; the state keeps views by name.
+
 Example::
 
     opt = optim.adamw(1e-3)
@@ -40,6 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pureml.core.flat import FlatLayout, ViewCache
 from pureml.core.guard import POLICIES, guard_update, init_guard
 from pureml.core.rng import fold_in
 from pureml.core.state import TrainState, tree_map
@@ -159,7 +163,12 @@ def _raise_recompile_limits() -> None:
 class Step:
     """The callable ``make_step`` returns. ``forward_fn`` and ``update_fn`` are the (compiled)
     inner functions; ``grad_fn`` and ``grad_acc_fn`` differentiate ``forward_fn``. All four are
-    exposed for tests, replay and benchmarks."""
+    exposed for tests, replay and benchmarks.
+
+    With ``flat=True``, ``forward_fn`` and ``update_fn`` take one flat tensor per bucket of
+    ``self.layout`` (:mod:`pureml.core.flat`) instead of one tensor per parameter (and so does
+    the optimizer state inside ``update_fn``); ``grad_fn`` and ``grad_acc_fn`` still take and
+    return tensors by parameter name."""
 
     def __init__(
         self,
@@ -175,6 +184,7 @@ class Step:
         all_reduce: AllReduce | None,
         dynamic: bool | None,
         param_grad_norms: bool = False,
+        flat: bool = False,
     ) -> None:
         if grad_dev_policy not in POLICIES:
             raise ValueError(f"unknown grad_dev_policy {grad_dev_policy!r} (known: {POLICIES})")
@@ -192,6 +202,12 @@ class Step:
         self.compiled = compile
         self.dynamic = dynamic
         self.param_grad_norms = param_grad_norms
+        self.flat = flat
+        # flat=True: the layout (built at the first call), the optimizer routing buckets to its
+        # groups, and the flat tensors behind the views in the last state handed out
+        self.layout: FlatLayout | None = None
+        self._bucket_optimizer = optimizer
+        self._views = ViewCache()
         self._index_cache: dict[tuple[torch.device, int], Tensor] = {}
 
         if compile:
@@ -228,13 +244,14 @@ class Step:
         self, params: dict, buffers: dict, batch: Any, rng: Tensor, step: Tensor, index: Tensor
     ) -> tuple[Tensor, dict]:
         key = fold_in(rng, step, index)
+        if self.flat:  # split inside the graph: the backward makes one flat gradient per bucket
+            params = self.layout.split(params)
         loss, aux = self.loss_fn(params, buffers, batch, key)
         return loss, {k: v.detach() for k, v in aux.items()}
 
-    def grad_fn(
+    def _grads(
         self, params: dict, buffers: dict, batch: Any, rng: Tensor, step: Tensor, index: Tensor
     ) -> tuple[dict, Tensor, dict]:
-        """Gradients of one sub-batch's loss w.r.t. ``params``, the loss, and the aux losses."""
         # The compiled forward is differentiated by AOTAutograd (one forward and one backward
         # graph). torch.func.grad traced inside torch.compile specialised every batch dimension
         # (each F.linear guarded its input's sizes), so each batch shape compiled a new graph.
@@ -243,6 +260,23 @@ class Step:
             loss, aux = self.forward_fn(leaves, buffers, batch, rng, step, index)
             grads = torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True)
         return dict(zip(leaves, grads)), loss.detach(), aux
+
+    def _grads_acc(self, acc: dict, *args: Any) -> tuple[dict, Tensor, dict]:
+        grads, loss, aux = self._grads(*args)
+        names = list(acc)
+        summed = torch._foreach_add([acc[k] for k in names], [grads[k] for k in names])
+        return dict(zip(names, summed)), loss, aux
+
+    def grad_fn(
+        self, params: dict, buffers: dict, batch: Any, rng: Tensor, step: Tensor, index: Tensor
+    ) -> tuple[dict, Tensor, dict]:
+        """Gradients of one sub-batch's loss w.r.t. ``params``, the loss, and the aux losses
+        (tensors by parameter name, also with ``flat=True``)."""
+        if not self.flat:
+            return self._grads(params, buffers, batch, rng, step, index)
+        flat = self._layout(params).flatten(params)
+        grads, loss, aux = self._grads(flat, buffers, batch, rng, step, index)
+        return self.layout.views(grads), loss, aux
 
     def grad_acc_fn(
         self,
@@ -255,10 +289,13 @@ class Step:
         index: Tensor,
     ) -> tuple[dict, Tensor, dict]:
         """``grad_fn`` added to the running sum ``acc``."""
-        grads, loss, aux = self.grad_fn(params, buffers, batch, rng, step, index)
-        names = list(acc)
-        summed = torch._foreach_add([acc[k] for k in names], [grads[k] for k in names])
-        return dict(zip(names, summed)), loss, aux
+        if not self.flat:
+            return self._grads_acc(acc, params, buffers, batch, rng, step, index)
+        layout = self._layout(params)
+        summed, loss, aux = self._grads_acc(
+            layout.flatten(acc), layout.flatten(params), buffers, batch, rng, step, index
+        )
+        return layout.views(summed), loss, aux
 
     def _update(
         self,
@@ -281,7 +318,10 @@ class Step:
             losses = {k: reduced[f"l.{k}"] for k in losses}
         norm = global_norm(grads)
         names = list(grads)
-        per_param = torch._foreach_norm([grads[k] for k in names]) if self.param_grad_norms else []
+        per_param: dict[str, Tensor] = {}
+        if self.param_grad_norms:
+            by_name = self.layout.split(grads) if self.flat else grads
+            per_param = dict(zip(by_name, torch._foreach_norm(list(by_name.values()))))
         if self.grad_max_norm is not None:
             clip = clip_coefficient(norm, self.grad_max_norm)
         else:
@@ -296,7 +336,7 @@ class Step:
         )
         coef = (clip.to(torch.float64) * outcome.scale).to(norm.dtype)
         grads = dict(zip(names, torch._foreach_mul([grads[k] for k in names], coef)))
-        updates, new_opt = self.optimizer.update(grads, opt_state, params)
+        updates, new_opt = self._bucket_optimizer.update(grads, opt_state, params)
         new_params = apply_updates(params, updates)
         skip = outcome.skip
         new_params = tree_select(skip, params, new_params)
@@ -304,13 +344,31 @@ class Step:
         metrics = {"loss": losses["loss"]}
         metrics.update({f"loss/{k[4:]}": v for k, v in losses.items() if k.startswith("aux/")})
         metrics["grad_norm"] = norm
-        metrics.update({f"grad_norm/{k}": n for k, n in zip(names, per_param)})
+        metrics.update({f"grad_norm/{k}": n for k, n in per_param.items()})
         metrics.update({f"lr/{g}": lr for g, lr in learning_rates(new_opt).items()})
         metrics["spike"] = outcome.spike
         metrics["skipped"] = skip
         return new_params, new_opt, new_guard, step + 1, metrics
 
     # -- the eager driver ------------------------------------------------------------------------
+
+    def _layout(self, params: Mapping[str, Tensor]) -> FlatLayout:
+        """The flat layout, built from the first params seen (``flat=True`` only)."""
+        if self.layout is None:
+            group_of = getattr(self.optimizer, "group_of", None)
+            self.layout = FlatLayout.build(
+                params, (lambda n: group_of(n).name) if group_of is not None else None
+            )
+            if hasattr(self.optimizer, "with_keys"):
+                self._bucket_optimizer = self.optimizer.with_keys(
+                    {b.key: b.names[0] for b in self.layout.buckets}
+                )
+        if len(params) != len(self.layout.names):
+            raise ValueError(
+                f"flat step: {len(params)} parameters, but the layout built at the first call "
+                f"has {len(self.layout.names)}"
+            )
+        return self.layout
 
     def _index(self, i: int, device: torch.device) -> Tensor:
         key = (device, i)
@@ -325,17 +383,22 @@ class Step:
         if len(sub_batches) == 0:
             raise ValueError("step needs at least one sub-batch")
         device = state.rng.device
+        params, opt = state.params, state.opt
+        if self.flat:  # the buffers behind the state's views (copied only if they are not views)
+            layout = self._layout(params)
+            params = layout.flatten(params, self._views)
+            opt = layout.pack(opt, self._views)
         grads: dict[str, Tensor] | None = None
         losses: dict[str, Tensor] = {}
         for i, batch in enumerate(sub_batches):
             if self.compiled and self.dynamic is True:
                 _mark_dynamic(batch)
             index = self._index(first_index + i, device)
-            args = (state.params, state.buffers, batch, state.rng, state.step, index)
+            args = (params, state.buffers, batch, state.rng, state.step, index)
             if grads is None:
-                grads, loss, aux = self.grad_fn(*args)
+                grads, loss, aux = self._grads(*args)
             else:
-                grads, loss, aux = self.grad_acc_fn(grads, *args)
+                grads, loss, aux = self._grads_acc(grads, *args)
             # Per-sub-batch losses are 0-d: summing them eagerly costs little and lets the
             # components differ between sub-batches.
             for k, v in (("loss", loss), *((f"aux/{k}", v) for k, v in aux.items())):
@@ -346,8 +409,12 @@ class Step:
                     # the compiled update recompile when the aliasing changes.
                     losses[k] = v.clone() if any(v is w for w in losses.values()) else v
         new_params, new_opt, new_guard, new_step, metrics = self.update_fn(
-            state.params, state.opt, state.guard, grads, losses, state.step
+            params, opt, state.guard, grads, losses, state.step
         )
+        if self.flat:  # the state keeps tensors by name: views of the new flat tensors
+            self._views.reset()
+            new_params = layout.views(new_params, self._views)
+            new_opt = layout.unpack(new_opt, self._views)
         hparams = {k: v for k, v in metrics.items() if k.startswith("lr/")}
         new_state = state.replace(
             step=new_step, params=new_params, opt=new_opt, guard=new_guard, hparams=hparams
@@ -368,6 +435,7 @@ def make_step(
     all_reduce: AllReduce | None = None,
     dynamic: bool | None = True,
     param_grad_norms: bool = False,
+    flat: bool = False,
 ) -> Step:
     """Build ``step(state, sub_batches, *, first_index=0) -> (state, metrics)``.
 
@@ -384,6 +452,13 @@ def make_step(
     automatic dynamic shapes (history-dependent kernels: not bitwise-replayable).
     ``param_grad_norms=True`` adds ``grad_norm/<param>``: each parameter's gradient norm before
     clipping (``log_weight_grads``).
+    ``flat=True`` stores the parameters and optimizer moments in one flat tensor per (optimizer
+    group, dtype, device) (:mod:`pureml.core.flat`): the compiled functions take a few tensors
+    instead of a few per parameter (much less host overhead on a GPU) and the backward produces
+    flat gradients directly. The state still holds tensors by name, as views of those flat
+    tensors (found again without copying at the next call). The global gradient norm is then
+    reduced over the flat tensors (a different rounding than over each tensor: with clipping,
+    results differ from ``flat=False`` by rounding; without, they are bitwise equal).
 
     >>> from pureml import optim
     >>> def loss_fn(params, buffers, batch, key):
@@ -408,4 +483,5 @@ def make_step(
         all_reduce=all_reduce,
         dynamic=dynamic,
         param_grad_norms=param_grad_norms,
+        flat=flat,
     )

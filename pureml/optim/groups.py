@@ -130,6 +130,19 @@ class GroupedOptimizer:
             )
         return self._labels[name]
 
+    def with_keys(self, keys: Mapping[str, str]) -> GroupedOptimizer:
+        """The same groups and transforms, with more keys routed like parameter names:
+        ``keys[key]`` is the parameter whose group ``key`` joins. A flat bucket of parameters
+        (:mod:`pureml.core.flat`) is updated by its parameters' group this way.
+
+        >>> opt = param_groups({"^a": {"lr": 0.1}}, names=["a.w", "b.w"])
+        >>> opt.with_keys({"flat/^a/float32/cpu": "a.w"}).group_of("flat/^a/float32/cpu").name
+        '^a'
+        """
+        new = GroupedOptimizer(list(self.groups), self.default)
+        new._labels.update({k: self.group_of(name) for k, name in keys.items()})
+        return new
+
     def check_names(self, names: Iterable[str]) -> None:
         """Raise ValueError naming any required selector that selects no parameter."""
         names = list(names)
