@@ -352,8 +352,11 @@ class Step:
 
     # -- the eager driver ------------------------------------------------------------------------
 
+    def layout_of(self, state: TrainState) -> FlatLayout:
+        """The flat layout of ``state``'s params (``flat=True``; built at the first call)."""
+        return self._layout(state.params)
+
     def _layout(self, params: Mapping[str, Tensor]) -> FlatLayout:
-        """The flat layout, built from the first params seen (``flat=True`` only)."""
         if self.layout is None:
             group_of = getattr(self.optimizer, "group_of", None)
             self.layout = FlatLayout.build(
@@ -383,11 +386,7 @@ class Step:
         if len(sub_batches) == 0:
             raise ValueError("step needs at least one sub-batch")
         device = state.rng.device
-        params, opt = state.params, state.opt
-        if self.flat:  # the buffers behind the state's views (copied only if they are not views)
-            layout = self._layout(params)
-            params = layout.flatten(params, self._views)
-            opt = layout.pack(opt, self._views)
+        params, opt = self._inputs(state)
         grads: dict[str, Tensor] | None = None
         losses: dict[str, Tensor] = {}
         for i, batch in enumerate(sub_batches):
@@ -408,13 +407,44 @@ class Step:
                     # A loss_fn may return one tensor under two names; aliased inputs would make
                     # the compiled update recompile when the aliasing changes.
                     losses[k] = v.clone() if any(v is w for w in losses.values()) else v
+        return self._apply(state, params, opt, grads, losses)
+
+    def _inputs(self, state: TrainState) -> tuple[dict[str, Tensor], Any]:
+        """The params and optimizer state as the compiled functions take them."""
+        if not self.flat:
+            return state.params, state.opt
+        # the flat tensors behind the state's views (copied only if they are not such views)
+        layout = self._layout(state.params)
+        return layout.flatten(state.params, self._views), layout.pack(state.opt, self._views)
+
+    def apply_gradients(
+        self, state: TrainState, grads: dict[str, Tensor], losses: dict[str, Tensor]
+    ) -> tuple[TrainState, dict[str, Tensor]]:
+        """The second half of a step: clip, guard and apply ``grads`` (summed over the
+        sub-batches; with ``flat=True`` one tensor per bucket, as the flat backward makes them:
+        ``self.layout.flatten(grads_by_name)``); ``losses`` holds ``"loss"`` and ``"aux/<name>"``.
+
+        >>> from pureml import optim
+        >>> opt = optim.sgd(0.5)
+        >>> step = make_step(lambda *a: None, opt, compile=False, flat=True)
+        >>> state = init_state({"w": torch.ones(2)}, optimizer=opt)
+        >>> grads = step.layout_of(state).flatten({"w": torch.ones(2)})
+        >>> new, metrics = step.apply_gradients(state, grads, {"loss": torch.tensor(0.0)})
+        >>> new.params["w"].tolist(), float(metrics["grad_norm"])
+        ([0.5, 0.5], 1.4142135381698608)
+        """
+        return self._apply(state, *self._inputs(state), grads, losses)
+
+    def _apply(
+        self, state: TrainState, params: dict, opt: Any, grads: dict, losses: dict
+    ) -> tuple[TrainState, dict[str, Tensor]]:
         new_params, new_opt, new_guard, new_step, metrics = self.update_fn(
             params, opt, state.guard, grads, losses, state.step
         )
         if self.flat:  # the state keeps tensors by name: views of the new flat tensors
             self._views.reset()
-            new_params = layout.views(new_params, self._views)
-            new_opt = layout.unpack(new_opt, self._views)
+            new_params = self.layout.views(new_params, self._views)
+            new_opt = self.layout.unpack(new_opt, self._views)
         hparams = {k: v for k, v in metrics.items() if k.startswith("lr/")}
         new_state = state.replace(
             step=new_step, params=new_params, opt=new_opt, guard=new_guard, hparams=hparams
