@@ -25,8 +25,13 @@ Contestants (``--variants``, keys in brackets; all by default):
   gradients are produced into a flat buffer too: ``flat compiled + grad cat`` adds the
   ``torch.cat(..., out=flat_grad)`` a training step would otherwise pay;
 - ``functional eager`` [eager]: the functional update without compiling (``_foreach`` ops);
-- ``step update compiled`` [full] (``--full``): the compiled update of ``make_step`` (global norm,
-  clip, spike guard, AdamW, skip-select), i.e. what one training step really pays after the grads;
+- ``library step update, flat`` [lib-flat]: the library's own update path,
+  ``make_step(..., flat=True).apply_gradients`` (global norm, clip, spike guard, AdamW,
+  skip-select over one flat tensor per bucket, then the state's views by name), with the
+  gradients flat as the flat backward produces them: what one training step really pays after
+  the grads;
+- ``library step update, per-tensor`` [full] (``--full``): the same with ``flat=False`` (one
+  tensor per parameter);
 - ``torch foreach`` / ``torch fused`` [foreach, fused]: ``torch.optim.AdamW(foreach=True)`` /
   ``(fused=True)``.
 
@@ -79,22 +84,25 @@ START, END = "<!-- optim_step:start -->", "<!-- optim_step:end -->"
 
 # key -> contestant names it adds, in the order they are built (compiled ones by priority)
 VARIANTS = {
+    "lib-flat": ["library step update, flat"],
     "compiled": ["functional compiled"],
     "donated": ["donated compiled"],
     "flat": ["flat compiled", "flat compiled + grad cat"],
     "donated-cg": ["donated compiled + cudagraphs"],
     "combo": ["functional compiled + combo"],
-    "full": ["step update compiled"],
+    "full": ["library step update, per-tensor"],
     "eager": ["functional eager"],
     "foreach": ["torch foreach"],
     "fused": ["torch fused"],
 }
-COMPILED = ("compiled", "donated", "flat", "donated-cg", "combo", "full")
+COMPILED = ("lib-flat", "compiled", "donated", "flat", "donated-cg", "combo", "full")
 NOTES = {
     "flat compiled": "grads already flat (produced into one buffer)",
     "flat compiled + grad cat": "+ torch.cat of the grads into the flat buffer",
     "donated compiled + cudagraphs": "all inputs static (mark_static_address)",
     "functional compiled + combo": "inductor combo_kernels=True",
+    "library step update, flat": "make_step(flat=True).apply_gradients: clip, guard, AdamW",
+    "library step update, per-tensor": "make_step(flat=False).apply_gradients",
 }
 
 
@@ -286,7 +294,9 @@ def main() -> None:
         default=",".join(k for k in VARIANTS if k != "full"),
         help=f"comma-separated keys among {','.join(VARIANTS)}",
     )
-    ap.add_argument("--full", action="store_true", help="also time make_step's whole update")
+    ap.add_argument(
+        "--full", action="store_true", help="also time make_step's update with flat=False"
+    )
     ap.add_argument(
         "--fusion",
         action="store_true",
@@ -345,7 +355,7 @@ def main() -> None:
     ):
         # leave ~20 s of the budget for loading the compiled code, timing and profiling
         deadline = t_start + (args.budget - 20 if args.budget else 600)
-        pre = Precompiler(args, [k for k in keys if k in COMPILED and k != "full"], deadline)
+        pre = Precompiler(args, [k for k in keys if k in COMPILED], deadline)
 
     shapes = bert_base_shapes(args.scale)
     names = [f"p{i}" for i in range(len(shapes))]
@@ -415,6 +425,29 @@ def main() -> None:
 
         return step, lambda: [params[n] for n in names]
 
+    def library_contestant(flat: bool):
+        """make_step's own update (``apply_gradients``): what a training step pays after the
+        gradients, the state's views by name included."""
+        from pureml.core.step import init_state, make_step
+
+        step_obj = make_step(
+            lambda *a: None,
+            fopt,
+            grad_max_norm=1e6,  # computed and applied, but 1.0: comparable with torch's AdamW
+            grad_dev_policy="skip",
+            backend=args.backend,
+            flat=flat,
+        )
+        carry = {"st": init_state({n: base[n].clone() for n in names}, {}, fopt)}
+        # flat: the gradients come out of the backward flat already (one tensor per bucket)
+        g = step_obj.layout_of(carry["st"]).flatten(grads) if flat else grads
+        losses = {"loss": torch.zeros((), device=device)}
+
+        def step():
+            carry["st"], _ = step_obj.apply_gradients(carry["st"], g, losses)
+
+        return step, lambda: [carry["st"].params[n] for n in names]
+
     def fits(name: str, key: str) -> bool:
         """Whether compiling ``name`` still fits the budget: with precompiling, only a variant
         whose own process compiled it (cache hits here), guessing from the slowest load so far."""
@@ -483,33 +516,13 @@ def main() -> None:
                 info[name] = first_call(step, device)
                 contestants[name], current[name] = step, params_of
                 print(f"{name}: first call {info[name]}", flush=True)
-        elif key == "full":
-            if not fits("step update compiled", key):
-                continue
-            from pureml.core.step import init_state, make_step
-
-            step_obj = make_step(
-                lambda *a: None,
-                fopt,
-                grad_max_norm=1.0,
-                grad_dev_policy="skip",
-                backend=args.backend,
-            )
-            st = init_state({n: base[n].clone() for n in names}, {}, fopt)
-            carry = {"st": st}
-            losses = {"loss": torch.zeros((), device=device)}
-
-            def full(carry=carry, step_obj=step_obj, losses=losses):
-                s = carry["st"]
-                p, o, gd, stp, _ = step_obj.update_fn(
-                    s.params, s.opt, s.guard, grads, losses, s.step
-                )
-                carry["st"] = s.replace(params=p, opt=o, guard=gd, step=stp)
-
-            name = "step update compiled"
-            info[name] = first_call(full, device)
-            contestants[name] = full
-            current[name] = lambda carry=carry: [carry["st"].params[n] for n in names]
+        elif key in ("full", "lib-flat"):
+            name = VARIANTS[key][0]
+            if fits(name, key):
+                step, params_of = library_contestant(flat=key == "lib-flat")
+                info[name] = first_call(step, device)
+                contestants[name], current[name] = step, params_of
+                print(f"{name}: first call {info[name]}", flush=True)
         else:
             name = VARIANTS[key][0]
             make = {
