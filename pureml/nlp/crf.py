@@ -137,18 +137,27 @@ def bioul_constraints(n_labels: int, dtype: torch.dtype = torch.float32):
     return trans, start, end
 
 
+def _log_of_product(prod: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``log`` of a float64 product of shifted exponentials, back in ``dtype``.
+
+    The products stay in float64 whatever ``dtype``: an entry is lost when it lies more than
+    the exponent range below its row and column maxima, 708 nats in float64 but only 87 in
+    float32, where log Z of confident emissions (std 40) came out 62 nats off. The clamp keeps
+    such (negligible) entries finite instead of -inf.
+    """
+    return prod.clamp(min=1e-300).log().to(dtype)
+
+
 def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """(logsumexp, +) matrix product over the last two dims.
 
     Computed as a real matrix product of exponentials shifted by row / column maxima: T^2
-    exponentials and a batched matmul instead of T^3 exponentials (10-30x faster on CPU). The
-    product runs in float64, so a term underflows only if it lies 700 nats below both maxima;
-    the clamp keeps such (negligible) entries finite instead of -inf.
+    exponentials and a batched matmul instead of T^3 exponentials (10-30x faster on CPU).
     """
     m = a.amax(-1, keepdim=True).detach()
     n = b.amax(-2, keepdim=True).detach()
     prod = torch.exp((a - m).double()) @ torch.exp((b - n).double())
-    return prod.clamp(min=1e-300).log().to(a.dtype) + m + n
+    return _log_of_product(prod, a.dtype) + m + n
 
 
 def _vec_mat(alpha: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
@@ -156,18 +165,55 @@ def _vec_mat(alpha: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(alpha.unsqueeze(-1) + mats, dim=-2)
 
 
-def _tree_product(mats: torch.Tensor, eye: torch.Tensor) -> torch.Tensor:
-    """Ordered (logsumexp, +) product of ``mats`` ``[B, K, T, T]`` along K, as ``[B, T, T]``.
+def _transfer(
+    transitions: torch.Tensor, emissions: torch.Tensor, mask: torch.Tensor, eye: torch.Tensor
+) -> torch.Tensor:
+    """``M_t[i, j] = trans[i, j] + emit[t, j]``, the identity at masked positions."""
+    mats = transitions + emissions.unsqueeze(-2)
+    return torch.where(mask[..., None, None], mats, eye)
 
-    K is padded with identities up to a power of two, so the depth of the tree depends only on
-    the power of two: under torch.compile a dynamic K guards on a range (``256 < K <= 512``),
-    not on K itself, and all lengths of one octave share one graph.
+
+def _first_level(
+    transitions: torch.Tensor, emissions: torch.Tensor, mask: torch.Tensor, eye: torch.Tensor
+) -> torch.Tensor:
+    """The pairwise products ``M_2s (x) M_2s+1`` of the transfer matrices of ``[B, 2K, T]``
+    emissions, without building the odd matrices.
+
+    Shifted by its column maxima ``colmax(trans) + emit[j]``, an odd matrix's exponential is
+    ``exp(trans - colmax(trans))``, the same for every position: the products are one matrix
+    product ``[B*K*T, T] @ [T, T]`` instead of B*K small ones, and half the exponentials go.
+    (A masked odd position is the identity, whose shifted exponential is the identity.)
     """
-    bsz, count, n = mats.shape[0], mats.shape[1], mats.shape[-1]
+    a = _transfer(transitions, emissions[:, 0::2], mask[:, 0::2], eye)
+    m = a.amax(-1, keepdim=True).detach()
+    left = torch.exp((a - m).double())
+    col = transitions.amax(-2, keepdim=True).detach()  # [1, T]
+    shared = torch.exp((transitions - col).double())
+    odd = mask[:, 1::2, None, None]
+    prod = torch.where(odd, left @ shared, left)
+    n = torch.where(odd, col + emissions[:, 1::2].unsqueeze(-2), 0.0)
+    return _log_of_product(prod, emissions.dtype) + m + n
+
+
+def _tree_product(
+    transitions: torch.Tensor, emissions: torch.Tensor, mask: torch.Tensor, eye: torch.Tensor
+) -> torch.Tensor:
+    """Ordered (logsumexp, +) product of the transfer matrices of ``[B, K, T]`` emissions.
+
+    K is padded with identities (masked positions) up to a power of two, so the depth of the
+    tree depends only on the power of two: under torch.compile a dynamic K guards on a range
+    (``256 < K <= 512``), not on K itself, and all lengths of one octave share one graph.
+    """
+    bsz, count, n = emissions.shape
     size = 1
     while size < count:
         size *= 2
-    mats = torch.cat([mats, eye.expand(bsz, size - count, n, n)], dim=1)
+    if size == 1:
+        return _transfer(transitions, emissions, mask, eye)[:, 0]
+    emissions = torch.cat([emissions, emissions.new_zeros(bsz, size - count, n)], dim=1)
+    mask = torch.cat([mask, mask.new_zeros(bsz, size - count)], dim=1)
+    mats = _first_level(transitions, emissions, mask, eye)
+    size //= 2
     while size > 1:
         size //= 2
         pairs = mats.view(bsz, size, 2, n, n)
@@ -189,17 +235,17 @@ def log_partition(
     bsz, length, n = emissions.shape
     alpha = start + emissions[:, 0]  # [B, T]
     if length > 1:
-        # M_t[i, j] = trans[i, j] + emit[t, j]; padded positions become the identity (0 on the
+        # Transfer matrices M_t (t >= 1); padded positions become the identity (0 on the
         # diagonal, NEG elsewhere) so they pass the running score through unchanged.
-        mats = transitions + emissions[:, 1:].unsqueeze(-2)  # [B, L-1, T, T]
         eye = torch.full((n, n), NEG, dtype=emissions.dtype, device=emissions.device)
         eye = eye.fill_diagonal_(0.0)
-        mats = torch.where(mask[:, 1:, None, None], mats, eye)
         # The last matrix stays out of the tree: length buckets are often powers of two, and a
         # tree over L-1 matrices would then pad by exactly one, a size torch.compile specialises.
         if length > 2:
-            alpha = _vec_mat(alpha, _tree_product(mats[:, :-1], eye))
-        alpha = _vec_mat(alpha, mats[:, -1])
+            tree = _tree_product(transitions, emissions[:, 1:-1], mask[:, 1:-1], eye)
+            alpha = _vec_mat(alpha, tree)
+        last = _transfer(transitions, emissions[:, -1], mask[:, -1], eye)
+        alpha = _vec_mat(alpha, last)
     logz = torch.logsumexp(alpha + end, dim=-1)
     return torch.where(mask[:, 0], logz, torch.zeros_like(logz))
 
