@@ -2,6 +2,7 @@
 
 import torch
 
+from pureml.core import rng
 from pureml.core.rng import dropout, fold_in, make_key, random_bits, uniform
 
 
@@ -82,3 +83,13 @@ def test_eager_use_does_not_import_dynamo():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-1000:]
+
+
+def test_mul32_is_multiplication_mod_2_pow_32():
+    # Python integers as the reference, at the edges of [0, 2**32) and at random points, for
+    # every constant the hash multiplies by (one below 2**31, one above).
+    g = torch.Generator().manual_seed(0)
+    xs = [0, 1, 2**31 - 1, 2**31, 2**32 - 1] + torch.randint(0, 2**32, (200,), generator=g).tolist()
+    x = torch.tensor(xs, dtype=torch.int64)
+    for c in (rng._C1, rng._C2):
+        assert rng._mul32(x, c).tolist() == [(v * c) % 2**32 for v in xs]
