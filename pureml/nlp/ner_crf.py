@@ -21,7 +21,7 @@ import torch
 
 from ..registry import components
 from . import crf
-from .component import Component, ForwardContext, pad_length
+from .component import Component, ForwardContext
 from .doc import Span
 
 
@@ -128,11 +128,13 @@ class NerCrf(Component):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         if not features or "tags" not in features[0]:
             return {}
-        length = pad_length(max((f["n_words"] for f in features), default=0))
-        tags = torch.zeros(len(features), length, dtype=torch.int64)
-        for i, f in enumerate(features):
-            tags[i, : f["n_words"]] = torch.tensor(f["tags"], dtype=torch.int64)
-        return {"tags": tags}
+        lengths = [f["n_words"] for f in features]
+        # The documents' words end to end: the loss runs one CRF over the batch's real words
+        # (crf.packed_log_likelihood) instead of rows padded to the longest document.
+        rows = torch.repeat_interleave(torch.arange(len(features)), torch.tensor(lengths))
+        cols = torch.cat([torch.arange(n) for n in lengths])
+        tags = torch.tensor([t for f in features for t in f["tags"]], dtype=torch.int64)
+        return {"rows": rows, "cols": cols, "tags": tags}
 
     # -- model ------------------------------------------------------------------------------
     def potentials(self):
@@ -146,15 +148,21 @@ class NerCrf(Component):
     def forward(self, batch: dict[str, Any], ctx: ForwardContext) -> dict[str, Any]:
         self._check_built()
         emb = ctx.run(self.embedding)
-        x = ctx.dropout(emb["embeddings"], self.p, self.name)
-        emissions = self.emit(x)
-        mask = emb["mask"]
         trans, start, end = self.potentials()
         if "tags" in batch:
-            ll = crf.log_likelihood(emissions, batch["tags"], mask, trans, start, end)
+            if batch["tags"].numel() == 0:  # only empty documents
+                return {"loss": trans.sum() * 0.0}
+            words = emb["embeddings"][batch["rows"], batch["cols"]]  # [N, D], real words only
+            emissions = self.emit(ctx.dropout(words, self.p, self.name))
+            ll = crf.packed_log_likelihood(
+                emissions, batch["tags"], batch["cols"] == 0, trans, start, end
+            )
             support = ctx.stats[self.stat("words")].clamp(min=1)
-            return {"loss": -ll.sum() / support, "emissions": emissions}
-        return {"tags": crf.viterbi(emissions, mask, trans, start, end), "emissions": emissions}
+            return {"loss": -ll / support, "emissions": emissions}
+        x = ctx.dropout(emb["embeddings"], self.p, self.name)
+        emissions = self.emit(x)
+        tags = crf.viterbi(emissions, emb["mask"], trans, start, end)
+        return {"tags": tags, "emissions": emissions}
 
     def postprocess(self, docs, outputs: dict[str, Any]):
         tags = outputs["tags"].tolist()

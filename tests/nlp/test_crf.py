@@ -151,3 +151,61 @@ def test_float32_log_partition_matches_float64_forward_algorithm(scale):
     (grad,) = torch.autograd.grad(logz.sum(), emissions)
     (ref_grad,) = torch.autograd.grad(ref.sum(), ref_em)
     assert torch.allclose(grad.double(), ref_grad, atol=1e-4)
+
+
+@pytest.mark.parametrize("constrained", [False, True])
+def test_packed_log_likelihood_is_the_sum_over_sequences(constrained):
+    # Sequences packed end to end (boundaries at odd and even positions, a 1-word sequence):
+    # the packed tree's value and gradients equal the per-row computation's sums.
+    g = torch.Generator().manual_seed(3)
+    n_labels = 2
+    n = crf.num_tags(n_labels)
+    lengths = [7, 1, 4, 12, 2, 5]
+    trans = torch.randn(n, n, generator=g, dtype=torch.float64)
+    start = torch.randn(n, generator=g, dtype=torch.float64)
+    end = torch.randn(n, generator=g, dtype=torch.float64)
+    if constrained:
+        ct, cs, ce = crf.bioul_constraints(n_labels, torch.float64)
+        trans, start, end = trans + ct, start + cs, end + ce
+    maxlen = max(lengths)
+    padded = torch.randn(len(lengths), maxlen, n, generator=g, dtype=torch.float64) * 3
+    padded.requires_grad_()
+    mask = torch.arange(maxlen) < torch.tensor(lengths).unsqueeze(-1)
+    tags = torch.tensor([crf.bioul_encode([(0, 1, 1)] if n_w else [], maxlen) for n_w in lengths])
+    rows = torch.cat([torch.full((n_w,), i) for i, n_w in enumerate(lengths)])
+    cols = torch.cat([torch.arange(n_w) for n_w in lengths])
+    packed = crf.packed_log_likelihood(
+        padded[rows, cols], tags[rows, cols], cols == 0, trans, start, end
+    )
+    per_row = crf.log_likelihood(padded, tags, mask, trans, start, end).sum()
+    assert abs(packed.item() - per_row.item()) <= 1e-9 * abs(per_row.item())
+    (g_packed,) = torch.autograd.grad(packed, padded)
+    (g_rows,) = torch.autograd.grad(per_row, padded)
+    assert torch.allclose(g_packed, g_rows, atol=1e-10)
+
+
+def test_packed_float32_batch_of_2000_words_matches_float64_recursion():
+    # A whole "2000 words" batch in one row: tree entries reach thousands of nats, which the
+    # float64 tree keeps exact to float32 output precision.
+    g = torch.Generator().manual_seed(4)
+    n = crf.num_tags(4)
+    ct, cs, ce = crf.bioul_constraints(4)
+    trans = ct + torch.randn(n, n, generator=g)
+    lengths = [300, 517, 211, 480, 490]
+    emissions = (torch.randn(sum(lengths), n, generator=g) * 5).requires_grad_()
+    first = torch.zeros(sum(lengths), dtype=torch.bool)
+    first[torch.tensor([0, *lengths[:-1]]).cumsum(0)] = True
+    logz = crf.log_partition(
+        emissions[None], torch.ones(1, len(first), dtype=torch.bool), trans, cs, ce, first[None]
+    )
+    rows = torch.nn.utils.rnn.pad_sequence(
+        list(emissions.detach().double().split(lengths)), batch_first=True
+    )
+    rows.requires_grad_()
+    mask = torch.arange(max(lengths)) < torch.tensor(lengths).unsqueeze(-1)
+    ref = _forward_algorithm(rows, mask, trans, cs, ce).sum()
+    assert logz.dtype == torch.float32
+    assert abs(logz.item() - ref.item()) <= 2e-7 * abs(ref.item())
+    (grad,) = torch.autograd.grad(logz.sum(), emissions)
+    (ref_grad,) = torch.autograd.grad(ref, rows)
+    assert torch.allclose(grad.double(), ref_grad[mask], atol=1e-5)

@@ -87,7 +87,11 @@ def test_collate_sorts_by_length_and_pads_to_buckets(trained, corpus):
     lengths = [items[i]["stats"]["words"] for i in batch["index"].tolist()]
     assert lengths == sorted(lengths, reverse=True)
     assert batch["embedding"]["ids"].shape[1] == pad_length(max(lengths))
-    assert batch["ner"]["tags"].shape[1] == pad_length(max(lengths))
+    # the CRF loss reads the words end to end: rows and columns of each real word, in order
+    ner = batch["ner"]
+    assert ner["tags"].shape == ner["rows"].shape == ner["cols"].shape == (sum(lengths),)
+    assert ner["rows"].bincount().tolist() == lengths
+    assert bool((ner["cols"] < torch.tensor(lengths)[ner["rows"]]).all())
     shapes = {
         nlp.collate([nlp.preprocess(d) for d in corpus[i : i + 3]])["embedding"]["ids"].shape[1]
         for i in range(0, len(corpus), 3)
@@ -251,10 +255,10 @@ def test_packed_encoder_equals_one_document_at_a_time():
 
 
 def test_compiled_step_shares_one_graph_across_batch_shapes():
-    """Doc counts, packed rows and lengths of one octave reuse the first compiled graphs.
+    """Doc counts, packed rows, lengths and word totals of one octave reuse the first graphs.
 
-    Lengths 40, 48 and 64 differ, but their CRF trees pad to the same power of two; each batch
-    has a different number of documents and of packed rows.
+    The CRF runs over the batch's words end to end: totals of 95, 99, 111 and 122 words differ,
+    but their trees pad to the same power of two; document counts and padded lengths differ too.
     """
     from torch._dynamo.testing import CompileCounter
 
@@ -278,9 +282,10 @@ def test_compiled_step_shares_one_graph_across_batch_shapes():
         chosen = [pool[-1]] + by_len[: n - 1]
         return nlp.collate([nlp.preprocess(d, supervision=True) for d in chosen])
 
-    batches = [batch(48, 64, 3), batch(32, 40, 5), batch(40, 48, 4), batch(48, 64, 7)]
-    shapes = {(b["ner"]["tags"].shape, b["embedding"]["ids"].shape[0]) for b in batches}
+    batches = [batch(48, 64, 3), batch(32, 40, 5), batch(40, 48, 4), batch(64, 91, 3)]
+    shapes = {(b["ner"]["tags"].shape, b["embedding"]["ids"].shape) for b in batches}
     assert len(shapes) == 4, shapes
+    assert sorted(len(b["ner"]["tags"]) for b in batches) == [95, 99, 111, 122]
     counter = CompileCounter()
     opt = optim.adamw(1e-3)
     step = make_step(nlp.loss_fn(), opt, backend=counter)
