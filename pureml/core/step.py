@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pureml.core.flat import FlatLayout, ViewCache
+from pureml.core.flat import CPU_BUCKET_BYTES, FlatLayout, ViewCache
 from pureml.core.guard import POLICIES, guard_update, init_guard
 from pureml.core.rng import fold_in
 from pureml.core.state import TrainState, tree_map
@@ -185,6 +185,7 @@ class Step:
         dynamic: bool | None,
         param_grad_norms: bool = False,
         flat: bool = False,
+        flat_max_bytes: int | None | str = "auto",
     ) -> None:
         if grad_dev_policy not in POLICIES:
             raise ValueError(f"unknown grad_dev_policy {grad_dev_policy!r} (known: {POLICIES})")
@@ -203,6 +204,7 @@ class Step:
         self.dynamic = dynamic
         self.param_grad_norms = param_grad_norms
         self.flat = flat
+        self.flat_max_bytes = flat_max_bytes
         # flat=True: the layout (built at the first call), the optimizer routing buckets to its
         # groups, and the flat tensors behind the views in the last state handed out
         self.layout: FlatLayout | None = None
@@ -359,8 +361,14 @@ class Step:
     def _layout(self, params: Mapping[str, Tensor]) -> FlatLayout:
         if self.layout is None:
             group_of = getattr(self.optimizer, "group_of", None)
+            max_bytes = self.flat_max_bytes
+            if max_bytes == "auto":
+                on_cpu = next(iter(params.values())).device.type == "cpu"
+                max_bytes = CPU_BUCKET_BYTES if on_cpu else None
             self.layout = FlatLayout.build(
-                params, (lambda n: group_of(n).name) if group_of is not None else None
+                params,
+                (lambda n: group_of(n).name) if group_of is not None else None,
+                max_bytes=max_bytes,
             )
             if hasattr(self.optimizer, "with_keys"):
                 self._bucket_optimizer = self.optimizer.with_keys(
@@ -466,6 +474,7 @@ def make_step(
     dynamic: bool | None = True,
     param_grad_norms: bool = False,
     flat: bool = False,
+    flat_max_bytes: int | None | str = "auto",
 ) -> Step:
     """Build ``step(state, sub_batches, *, first_index=0) -> (state, metrics)``.
 
@@ -489,6 +498,9 @@ def make_step(
     tensors (found again without copying at the next call). The global gradient norm is then
     reduced over the flat tensors (a different rounding than over each tensor: with clipping,
     results differ from ``flat=False`` by rounding; without, they are bitwise equal).
+    ``flat_max_bytes`` caps a bucket's size (``None``: no cap; ``"auto"``: 16 MiB on a CPU,
+    where glibc maps each larger block afresh, page faults included, at every step, and no cap
+    elsewhere).
 
     >>> from pureml import optim
     >>> def loss_fn(params, buffers, batch, key):
@@ -514,4 +526,5 @@ def make_step(
         dynamic=dynamic,
         param_grad_norms=param_grad_norms,
         flat=flat,
+        flat_max_bytes=flat_max_bytes,
     )

@@ -78,6 +78,18 @@ def test_layout_buckets_offsets_and_views():
         assert torch.equal(v, views[k])
 
 
+def test_layout_max_bytes_splits_a_bucket():
+    params = {"a": torch.zeros(10), "b": torch.zeros(40), "c": torch.zeros(3), "d": torch.zeros(2)}
+    layout = FlatLayout.build(params, max_bytes=128)  # 32 float32; 64-byte (16-element) slots
+    assert [(b.key, b.names) for b in layout.buckets] == [
+        ("flat/float32/cpu", ("a",)),
+        ("flat/float32/cpu#1", ("b",)),  # larger than the cap: a bucket of its own
+        ("flat/float32/cpu#2", ("c", "d")),
+    ]
+    views = layout.views(layout.flatten(params))
+    assert list(views) == list(params) and layout.flatten(views).keys() == set(layout.keys)
+
+
 def test_flatten_copies_when_a_view_was_replaced():
     params = {"w": torch.randn(4, 4), "b": torch.randn(4)}
     layout = FlatLayout.build(params)
@@ -251,3 +263,30 @@ def test_flat_inductor_matches_eager():
     b = train(compiled, opt, stop=3)
     for k in a.params:
         torch.testing.assert_close(b.params[k], a.params[k], rtol=1e-5, atol=1e-6)
+
+
+def test_flat_with_all_reduce_and_a_frozen_group():
+    opt = optim.param_groups(
+        {r"^l1\.w": False, r"^l2\.": {"name": "head", "lr": 1e-2}},
+        default={"lr": 3e-3},
+        weight_decay=0.05,
+    )
+    calls = []
+
+    def all_reduce(flat):  # one rank: the sum is the tensor itself
+        calls.append(flat.numel())
+        return flat.clone()
+
+    ref = train(make_step(loss_fn, opt, compile=False, grad_max_norm=None), opt, stop=3)
+    flat_step = make_step(
+        loss_fn, opt, compile=False, grad_max_norm=None, flat=True, all_reduce=all_reduce
+    )
+    flat = train(flat_step, opt, stop=3)
+    assert sorted(flat.buffers) == ["l1.w"] and list(flat.params) == ["l1.b", "l2.w", "l2.b"]
+    assert [b.key for b in flat_step.layout.buckets] == [
+        "flat/default/float32/cpu",
+        "flat/head/float32/cpu",
+    ]
+    # per step one collective per dtype: float32 (both buckets and the losses), int64 (an aux)
+    assert len(calls) == 2 * 3
+    assert_bitwise(ref, flat, ("params.", "opt.", "buffers."))
