@@ -358,6 +358,7 @@ def build_from_recipe(recipe: Recipe, resolved: dict, pipeline_cls: Any, td_cls:
         record_params_interval=t.record_params_interval,
         compile=t.compile,
         compile_backend=t.compile_backend,
+        flat_params=t.flat_params,
         deterministic=t.deterministic,
         threads=t.threads,
         recipe=resolved,

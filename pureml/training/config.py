@@ -155,6 +155,13 @@ class TrainConfig:
     compile_backend: str = attrs.field(
         default="inductor", metadata=_doc("torch.compile backend: inductor, aot_eager, eager")
     )
+    flat_params: bool = attrs.field(
+        default=False,
+        metadata=_doc(
+            "keep parameters and optimizer moments in flat buckets (make_step flat=True): "
+            "fewer graph inputs and one update kernel per bucket"
+        ),
+    )
     deterministic: bool = attrs.field(
         default=True, metadata=_doc("torch deterministic algorithms (bitwise resume and replay)")
     )

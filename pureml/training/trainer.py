@@ -231,6 +231,7 @@ class Trainer:
         record_params_interval: int | None = None,
         compile: bool = True,
         compile_backend: str = "inductor",
+        flat_params: bool = False,
         deterministic: bool = True,
         threads: int | None = None,
         resume: bool = True,
@@ -275,6 +276,7 @@ class Trainer:
         self.record_params_interval = record_params_interval or min(10, self.checkpoint_interval)
         self.compile = compile
         self.compile_backend = compile_backend
+        self.flat_params = flat_params
         self.deterministic = deterministic
         self.threads = threads
         self.resume = resume
@@ -325,7 +327,12 @@ class Trainer:
             ],
             "loss_scales": self.loss_scales,
             "optimizer": repr(self.optimizer) if self.optimizer is not None else None,
-            "compile": [self.compile, self.compile_backend],
+            # flat changes the rounding of the clipped norm: part of what a run computes
+            "compile": [
+                self.compile,
+                self.compile_backend,
+                *(["flat"] if self.flat_params else []),
+            ],
         }
 
     def recipe_hash(self) -> str:
@@ -549,6 +556,7 @@ class Trainer:
             backend=self.compile_backend,
             all_reduce=self._all_reduce(),
             param_grad_norms=self.log_weight_grads,
+            flat=self.flat_params,
         )
         state = init_state(
             params,
@@ -816,7 +824,7 @@ def train(
     Parameters follow SEED.md (EDS-NLP's ``train``). pureml adds, as keyword options:
     ``keep_checkpoints`` (3), ``log_interval`` (1), ``record_params_interval`` (min(10,
     checkpoint_interval)), ``compile`` (True), ``compile_backend`` ("inductor"),
-    ``deterministic`` (True), ``threads`` (None), ``resume`` (True; False starts over),
+    ``flat_params`` (False; ``make_step(flat=True)``), ``deterministic`` (True), ``threads`` (None), ``resume`` (True; False starts over),
     ``recipe`` (the resolved recipe dict, written to ``config.toml`` and hashed).
 
     ``optimizer`` is a ``GradientTransformation`` or a factory ``(param_names, total_steps) ->

@@ -168,3 +168,21 @@ def test_corrupted_checkpoint_is_skipped_for_the_previous_one(single_reference, 
     assert "checksum mismatch in state/state.safetensors" in again.stderr
     assert "resuming from" in again.stderr and "step-000040" in again.stderr
     assert_same_run(single_reference, out)
+
+
+def test_flat_params_run_resumes_bitwise(tmp_path_factory, corpus):
+    # train.flat_params: parameters and moments live in flat buckets (views by name); a
+    # checkpoint holds them by name, and the resumed run re-flattens them on its first step.
+    flat = SINGLE.replace("compile = false", "compile = false\nflat_params = true")
+    assert flat != SINGLE
+    ref_dir, out_dir = tmp_path_factory.mktemp("flat-ref"), tmp_path_factory.mktemp("flat")
+    run(write_recipe(flat, ref_dir, corpus, ref_dir / "out"))
+    assert "flat_params = true" in (ref_dir / "out" / "config.toml").read_text()
+    out = out_dir / "out"
+    recipe = write_recipe(flat, out_dir, corpus, out)
+    proc = start_and_wait(recipe, out, random.Random(SEED).randint(21, 56))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = run(recipe)
+    assert "resuming from" in again.stderr, again.stderr
+    assert_same_run(ref_dir / "out", out), f"seed {SEED}"
