@@ -53,6 +53,7 @@ from pureml.optim.base import (
     clip_coefficient,
     global_norm,
     learning_rates,
+    per_step_scalar,
     tree_select,
 )
 
@@ -336,11 +337,13 @@ class Step:
             policy=self.grad_dev_policy,
             clipped_norm=norm * clip,
         )
-        coef = (clip.to(torch.float64) * outcome.scale).to(norm.dtype)
+        # The guard's statistics (float64 EWM arithmetic) feed every parameter's update: each
+        # is computed once per step, not inlined into the parameter loops (per_step_scalar).
+        coef = per_step_scalar((clip.to(torch.float64) * outcome.scale).to(norm.dtype))
         grads = dict(zip(names, torch._foreach_mul([grads[k] for k in names], coef)))
         updates, new_opt = self._bucket_optimizer.update(grads, opt_state, params)
         new_params = apply_updates(params, updates)
-        skip = outcome.skip
+        skip = per_step_scalar(outcome.skip.to(torch.uint8)).bool()
         new_params = tree_select(skip, params, new_params)
         new_opt = tree_select(skip, opt_state, new_opt)
         metrics = {"loss": losses["loss"]}
