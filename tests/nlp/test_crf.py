@@ -22,6 +22,18 @@ def _brute(emissions, length, trans, start, end):
     return torch.logsumexp(vals, 0), best, scores
 
 
+def _random_potentials(g, n_labels, constrained):
+    """Random float64 transitions, start and end scores; BIOUL constraints added if asked."""
+    n = crf.num_tags(n_labels)
+    trans = torch.randn(n, n, generator=g, dtype=torch.float64)
+    start = torch.randn(n, generator=g, dtype=torch.float64)
+    end = torch.randn(n, generator=g, dtype=torch.float64)
+    if constrained:
+        ct, cs, ce = crf.bioul_constraints(n_labels, torch.float64)
+        trans, start, end = trans + ct, start + cs, end + ce
+    return trans, start, end
+
+
 @pytest.mark.parametrize("constrained", [False, True])
 def test_log_likelihood_and_viterbi_match_brute_force(constrained):
     g = torch.Generator().manual_seed(0)
@@ -30,12 +42,7 @@ def test_log_likelihood_and_viterbi_match_brute_force(constrained):
     lengths = [5, 1, 3, 0, 4]
     bsz, maxlen = len(lengths), 6  # padding beyond every length
     emissions = torch.randn(bsz, maxlen, n, generator=g, dtype=torch.float64) * 2
-    trans = torch.randn(n, n, generator=g, dtype=torch.float64)
-    start = torch.randn(n, generator=g, dtype=torch.float64)
-    end = torch.randn(n, generator=g, dtype=torch.float64)
-    if constrained:
-        ct, cs, ce = crf.bioul_constraints(n_labels, torch.float64)
-        trans, start, end = trans + ct, start + cs, end + ce
+    trans, start, end = _random_potentials(g, n_labels, constrained)
     mask = torch.arange(maxlen) < torch.tensor(lengths).unsqueeze(-1)
     tags = torch.randint(0, n, (bsz, maxlen), generator=g)
     if constrained:  # gold sequences are valid BIOUL
@@ -161,12 +168,7 @@ def test_packed_log_likelihood_is_the_sum_over_sequences(constrained):
     n_labels = 2
     n = crf.num_tags(n_labels)
     lengths = [7, 1, 4, 12, 2, 5]
-    trans = torch.randn(n, n, generator=g, dtype=torch.float64)
-    start = torch.randn(n, generator=g, dtype=torch.float64)
-    end = torch.randn(n, generator=g, dtype=torch.float64)
-    if constrained:
-        ct, cs, ce = crf.bioul_constraints(n_labels, torch.float64)
-        trans, start, end = trans + ct, start + cs, end + ce
+    trans, start, end = _random_potentials(g, n_labels, constrained)
     maxlen = max(lengths)
     padded = torch.randn(len(lengths), maxlen, n, generator=g, dtype=torch.float64) * 3
     padded.requires_grad_()
