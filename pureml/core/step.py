@@ -25,6 +25,12 @@ in every process.) ``dynamic=False`` compiles each shape statically: pad to a fe
 ``flat=True``: both compiled functions take one flat tensor per bucket of parameters
 (:mod:`pureml.core.flat`) instead of one per parameter; the state keeps views by name.
 
+``donate=True`` (JAX's buffer donation): the update writes the new params and optimizer state
+into the buffers of the state it was given, when that state is the one this step returned last
+(otherwise into copies made first). The old state is consumed: passing it to any step again
+raises. Same kernels' arithmetic, same bits; no second copy of params and moments alive at the
+update, and no new buffers to allocate (and page-fault in) at every step.
+
 Example::
 
     opt = optim.adamw(1e-3)
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 import types
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -152,6 +159,19 @@ RECOMPILE_LIMIT = 64
 
 _STEP_IDS = itertools.count()
 
+# States whose buffers a donating step has overwritten (by identity; they die with their last
+# reference). Every step refuses them, donating or not: their tensors hold a later state.
+_DONATED: weakref.WeakSet[TrainState] = weakref.WeakSet()
+
+
+def _refuse_donated(state: TrainState) -> None:
+    if state in _DONATED:
+        raise ValueError(
+            f"this TrainState (step {int(state.step)}) was donated to a step made with "
+            "donate=True, which wrote the next state into its tensors: use the state that step "
+            "returned"
+        )
+
 
 def _raise_recompile_limits() -> None:
     config = torch._dynamo.config
@@ -159,6 +179,23 @@ def _raise_recompile_limits() -> None:
     config.accumulated_recompile_limit = max(
         config.accumulated_recompile_limit, 8 * RECOMPILE_LIMIT
     )
+
+
+def _write_into(old: Tensor, new: Tensor) -> Tensor | None:
+    """Donation, inside the compiled update: ``new`` written into ``old`` (inductor turns the
+    computation and the copy into one in-place loop) and None returned; a 0-d ``new`` is
+    returned instead: torch.compile (2.13) silently drops an in-place write into a 0-d float64
+    CPU input (compiled, ``lr.add_(1)`` leaves ``lr`` as it was), and a scalar costs nothing to
+    return."""
+    if old.ndim == 0:
+        return new
+    if new is not old:
+        old.copy_(new)
+    return None
+
+
+def _written_or_returned(written: Tensor, returned: Tensor | None) -> Tensor:
+    return written if returned is None else returned
 
 
 class Step:
@@ -187,6 +224,7 @@ class Step:
         param_grad_norms: bool = False,
         flat: bool = False,
         flat_max_bytes: int | None | str = "auto",
+        donate: bool = False,
     ) -> None:
         if grad_dev_policy not in POLICIES:
             raise ValueError(f"unknown grad_dev_policy {grad_dev_policy!r} (known: {POLICIES})")
@@ -206,6 +244,9 @@ class Step:
         self.param_grad_norms = param_grad_norms
         self.flat = flat
         self.flat_max_bytes = flat_max_bytes
+        self.donate = donate
+        # donate=True: the state this step returned last (its buffers are the step's to reuse)
+        self._last_out: weakref.ref[TrainState] | None = None
         # flat=True: the layout (built at the first call), the optimizer routing buckets to its
         # groups, and the flat tensors behind the views in the last state handed out
         self.layout: FlatLayout | None = None
@@ -353,6 +394,8 @@ class Step:
         metrics.update({f"lr/{g}": lr for g, lr in learning_rates(new_opt).items()})
         metrics["spike"] = outcome.spike
         metrics["skipped"] = skip
+        if self.donate:
+            new_params, new_opt = tree_map(_write_into, (params, opt_state), (new_params, new_opt))
         return new_params, new_opt, new_guard, step + 1, metrics
 
     # -- the eager driver ------------------------------------------------------------------------
@@ -396,6 +439,7 @@ class Step:
         """Run one optimizer step over ``sub_batches`` (their gradients are summed)."""
         if len(sub_batches) == 0:
             raise ValueError("step needs at least one sub-batch")
+        _refuse_donated(state)
         device = state.rng.device
         params, opt = self._inputs(state)
         grads: dict[str, Tensor] | None = None
@@ -444,14 +488,26 @@ class Step:
         >>> new.params["w"].tolist(), float(metrics["grad_norm"])
         ([0.5, 0.5], 1.4142135381698608)
         """
+        _refuse_donated(state)
         return self._apply(state, *self._inputs(state), grads, losses)
 
     def _apply(
         self, state: TrainState, params: dict, opt: Any, grads: dict, losses: dict
     ) -> tuple[TrainState, dict[str, Tensor]]:
+        owned = False
+        if self.donate:
+            owned = self._last_out is not None and self._last_out() is state
+            if not owned:  # the caller's tensors (or views of them) are not ours to overwrite
+                params, opt = tree_map(torch.clone, (params, opt))
         new_params, new_opt, new_guard, new_step, metrics = self.update_fn(
             params, opt, state.guard, grads, losses, state.step
         )
+        if self.donate:
+            new_params, new_opt = tree_map(
+                _written_or_returned, (params, opt), (new_params, new_opt)
+            )
+            if owned:
+                _DONATED.add(state)
         if self.flat:  # the state keeps tensors by name: views of the new flat tensors
             self._views.reset()
             new_params = self.layout.views(new_params, self._views)
@@ -460,6 +516,8 @@ class Step:
         new_state = state.replace(
             step=new_step, params=new_params, opt=new_opt, guard=new_guard, hparams=hparams
         )
+        if self.donate:
+            self._last_out = weakref.ref(new_state)
         return new_state, metrics
 
 
@@ -478,6 +536,7 @@ def make_step(
     param_grad_norms: bool = False,
     flat: bool = False,
     flat_max_bytes: int | None | str = "auto",
+    donate: bool = False,
 ) -> Step:
     """Build ``step(state, sub_batches, *, first_index=0) -> (state, metrics)``.
 
@@ -504,6 +563,9 @@ def make_step(
     ``flat_max_bytes`` caps a bucket's size (``None``: no cap; ``"auto"``: 16 MiB on a CPU,
     where glibc maps each larger block afresh, page faults included, at every step, and no cap
     elsewhere).
+    ``donate=True`` updates the params and optimizer state in place (JAX's buffer donation): the
+    state passed in is consumed (any step refuses it afterwards) unless it is not the one this
+    step returned last, in which case its tensors are copied first and left untouched.
 
     >>> from pureml import optim
     >>> def loss_fn(params, buffers, batch, key):
@@ -530,4 +592,5 @@ def make_step(
         param_grad_norms=param_grad_norms,
         flat=flat,
         flat_max_bytes=flat_max_bytes,
+        donate=donate,
     )
