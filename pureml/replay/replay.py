@@ -222,7 +222,11 @@ def replay(
                 raise ReplayError(f"step {n} is not recorded: cannot check the way to step {step}")
             subs, streams, ids = phase.draw()
             before = phase.state
-            new_state, metrics = phase.step_fn(before, subs, first_index=phase.first_index)
+            # The trainer's step writes the next state into the one it is given (donate=True):
+            # at the step to examine, it gets a new TrainState object over the same tensors,
+            # which it copies before writing, so that ``before`` still holds this step's input.
+            given = before.replace() if n == step else before
+            new_state, metrics = phase.step_fn(given, subs, first_index=phase.first_index)
             replayed = _replayed_record(record, n, phase, metrics, streams, ids, subs, new_state)
             check = StepCheck(n, _compare(record, replayed), record, replayed)
             checks.append(check)

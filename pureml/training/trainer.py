@@ -557,6 +557,8 @@ class Trainer:
             all_reduce=self._all_reduce(),
             param_grad_norms=self.log_weight_grads,
             flat=self.flat_params,
+            # the loop never reuses a state it passed to the step: the update runs in place
+            donate=True,
         )
         state = init_state(
             params,
