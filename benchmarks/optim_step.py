@@ -30,10 +30,15 @@ Contestants (``--variants``, keys in brackets; all by default):
   skip-select over one flat tensor per bucket, then the state's views by name), with the
   gradients flat as the flat backward produces them: what one training step really pays after
   the grads;
+- ``library step update, flat, donated`` [lib-flat-donate]: the same with ``donate=True``: the
+  new params and moments written into the old buffers (what the trainer runs);
 - ``library step update, per-tensor`` [full] (``--full``): the same with ``flat=False`` (one
-  tensor per parameter);
+  tensor per parameter); ``library step update, per-tensor, donated`` [full-donate]: and with
+  ``donate=True`` (the trainer's default, ``train.flat_params = false``);
 - ``torch foreach`` / ``torch fused`` [foreach, fused]: ``torch.optim.AdamW(foreach=True)`` /
-  ``(fused=True)``.
+  ``(fused=True)``; ``torch fused + clip`` [fused-clip]: ``clip_grad_norm_`` (foreach, a
+  max norm that never clips, like the library contestants') before the fused step, what an
+  eager training loop with gradient clipping pays for its update.
 
 Compile time is most of the cost on a GPU (~40 s per 200-tensor variant on an H100): with
 ``--precompile`` (the default on CUDA) every compiled variant is first compiled in its own
@@ -84,6 +89,7 @@ START, END = "<!-- optim_step:start -->", "<!-- optim_step:end -->"
 
 # key -> contestant names it adds, in the order they are built (compiled ones by priority)
 VARIANTS = {
+    "lib-flat-donate": ["library step update, flat, donated"],
     "lib-flat": ["library step update, flat"],
     "compiled": ["functional compiled"],
     "donated": ["donated compiled"],
@@ -91,18 +97,33 @@ VARIANTS = {
     "donated-cg": ["donated compiled + cudagraphs"],
     "combo": ["functional compiled + combo"],
     "full": ["library step update, per-tensor"],
+    "full-donate": ["library step update, per-tensor, donated"],
     "eager": ["functional eager"],
     "foreach": ["torch foreach"],
     "fused": ["torch fused"],
+    "fused-clip": ["torch fused + clip"],
 }
-COMPILED = ("lib-flat", "compiled", "donated", "flat", "donated-cg", "combo", "full")
+COMPILED = (
+    "lib-flat-donate",
+    "lib-flat",
+    "compiled",
+    "donated",
+    "flat",
+    "donated-cg",
+    "combo",
+    "full",
+    "full-donate",
+)
 NOTES = {
     "flat compiled": "grads already flat (produced into one buffer)",
     "flat compiled + grad cat": "+ torch.cat of the grads into the flat buffer",
     "donated compiled + cudagraphs": "all inputs static (mark_static_address)",
     "functional compiled + combo": "inductor combo_kernels=True",
+    "library step update, flat, donated": "make_step(flat=True, donate=True): in place",
     "library step update, flat": "make_step(flat=True).apply_gradients: clip, guard, AdamW",
     "library step update, per-tensor": "make_step(flat=False).apply_gradients",
+    "library step update, per-tensor, donated": "make_step(flat=False, donate=True)",
+    "torch fused + clip": "clip_grad_norm_(foreach) then fused AdamW: an eager loop's update",
 }
 
 
@@ -370,12 +391,19 @@ def main() -> None:
     info: dict[str, dict] = {}
 
     # torch.optim contestants: parameters with .grad set once (the step does not clear it)
-    def torch_contestant(**flags):
+    def torch_contestant(clip: bool = False, **flags):
         ps = [torch.nn.Parameter(base[n].clone()) for n in names]
         for p, n in zip(ps, names):
             p.grad = grads[n].clone()
         opt = torch.optim.AdamW(ps, **hp, **flags)
-        return opt.step, lambda: [p.detach() for p in ps]
+        if not clip:
+            return opt.step, lambda: [p.detach() for p in ps]
+
+        def step():
+            torch.nn.utils.clip_grad_norm_(ps, 1e6, foreach=True)
+            opt.step()
+
+        return step, lambda: [p.detach() for p in ps]
 
     # functional contestants carry (params, state) from step to step
     fopt = optim.adamw(
@@ -425,7 +453,7 @@ def main() -> None:
 
         return step, lambda: [params[n] for n in names]
 
-    def library_contestant(flat: bool):
+    def library_contestant(flat: bool, donate: bool = False):
         """make_step's own update (``apply_gradients``): what a training step pays after the
         gradients, the state's views by name included."""
         from pureml.core.step import init_state, make_step
@@ -437,6 +465,7 @@ def main() -> None:
             grad_dev_policy="skip",
             backend=args.backend,
             flat=flat,
+            donate=donate,
         )
         carry = {"st": init_state({n: base[n].clone() for n in names}, {}, fopt)}
         # flat: the gradients come out of the backward flat already (one tensor per bucket)
@@ -516,10 +545,12 @@ def main() -> None:
                 info[name] = first_call(step, device)
                 contestants[name], current[name] = step, params_of
                 print(f"{name}: first call {info[name]}", flush=True)
-        elif key in ("full", "lib-flat"):
+        elif key in ("full", "full-donate", "lib-flat", "lib-flat-donate"):
             name = VARIANTS[key][0]
             if fits(name, key):
-                step, params_of = library_contestant(flat=key == "lib-flat")
+                step, params_of = library_contestant(
+                    flat=key.startswith("lib-flat"), donate=key.endswith("-donate")
+                )
                 info[name] = first_call(step, device)
                 contestants[name], current[name] = step, params_of
                 print(f"{name}: first call {info[name]}", flush=True)
@@ -529,6 +560,7 @@ def main() -> None:
                 "eager": lambda: functional_contestant(fupdate),
                 "foreach": lambda: torch_contestant(foreach=True),
                 "fused": lambda: torch_contestant(fused=True),
+                "fused-clip": lambda: torch_contestant(clip=True, fused=True),
             }[key]
             contestants[name], current[name] = make()
             info[name] = first_call(contestants[name], device)
