@@ -491,6 +491,25 @@ class Step:
         _refuse_donated(state)
         return self._apply(state, *self._inputs(state), grads, losses)
 
+    def adopt(self, state: TrainState) -> TrainState:
+        """With ``donate=True``: let the next call write into ``state``'s tensors without
+        copying them first, as if this step had returned it; for a state whose tensors nothing
+        else holds (fresh from ``init_state`` over copies, or loaded from a checkpoint), so that
+        not even the first step holds two copies of the params and moments. Returns ``state``.
+
+        >>> from pureml import optim
+        >>> step = make_step(lambda *a: None, optim.sgd(0.5), compile=False, donate=True)
+        >>> state = step.adopt(init_state({"w": torch.ones(2)}, optimizer=optim.sgd(0.5)))
+        >>> w = state.params["w"]
+        >>> new, _ = step.apply_gradients(state, {"w": torch.ones(2)}, {"loss": torch.tensor(0.0)})
+        >>> new.params["w"] is w, w.tolist()
+        (True, [0.5, 0.5])
+        """
+        _refuse_donated(state)
+        if self.donate:
+            self._last_out = weakref.ref(state)
+        return state
+
     def _apply(
         self, state: TrainState, params: dict, opt: Any, grads: dict, losses: dict
     ) -> tuple[TrainState, dict[str, Tensor]]:

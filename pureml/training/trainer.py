@@ -702,6 +702,7 @@ class Trainer:
         trace = RankTrace.from_env(self.world)
         check_same_everywhere(self.world, "initial parameters", trace.start(fingerprint(state)))
         iterators = {name: iter(s) for name, s in streams.items()}
+        state = step_fn.adopt(state)  # its tensors are this loop's alone: no copy at step 1
         offset = phase_idx * self.max_steps
         words_seen, t_start = 0, time.perf_counter()
         try:

@@ -83,3 +83,18 @@ def test_donated_inductor_step_matches_out_of_place():
     ref, _ = run(make_step(loss_fn, opt, **kw), opt, steps=NAN_STEP + 2)
     got, _ = run(make_step(loss_fn, opt, donate=True, **kw), opt, steps=NAN_STEP + 2)
     assert_bitwise(ref, got)
+
+
+def test_an_adopted_state_is_written_from_the_first_step():
+    opt = grouped_adamw()
+    step = make_step(loss_fn, opt, compile=False, donate=True)
+    s0 = init_state(init_params(), {}, opt, seed=7)
+    ref, _ = make_step(loss_fn, opt, compile=False)(s0, batches(0))
+    w = s0.params["l1.w"]
+    s1, _ = step(step.adopt(s0), batches(0))
+    assert s1.params["l1.w"] is w  # no copy: the adopted tensors now hold step 1
+    assert_bitwise(ref, s1)
+    with pytest.raises(ValueError, match="donated"):
+        step(s0, batches(1))
+    with pytest.raises(ValueError, match="donated"):
+        step.adopt(s0)
