@@ -130,6 +130,7 @@ def count_graphs_per_step() -> list[int]:
             added.append(counters["stats"].get("unique_graphs", 0) - before)
             return out
 
+        counted.adopt = step.adopt  # the trainer hands the step its own initial state
         return counted
 
     core_step.make_step = counted_make_step

@@ -66,6 +66,7 @@ class StepTimer:
                 self._losses.append(metrics.get("loss"))
                 return state, metrics
 
+            timed.adopt = step.adopt  # the trainer hands the step its own initial state
             return timed
 
         core_step.make_step = timed_make_step
