@@ -104,15 +104,20 @@ def compile_stats(times: list[float]) -> dict:
     return out
 
 
-def predict(nlp: Any, docs: list[dict], batch_size: int = 32) -> dict:
-    """``{doc_id: [(start, end, label)]}`` from the pipeline's ``ents`` on raw dev texts."""
+def predict(nlp: Any, docs: list[dict], batch_size: int | str | None = None) -> dict:
+    """``{doc_id: [(start, end, label)]}`` from the pipeline's ``ents`` on raw dev texts.
+
+    ``batch_size``: None batches as ``nlp.pipe`` does by default (a word budget), as a user
+    calling ``nlp.pipe(texts)`` would; EDS-NLP's contender uses its own default too.
+    """
     import torch
 
     was = nlp.training
     nlp.eval()
     try:
         with torch.no_grad():
-            out = nlp.pipe([d["text"] for d in docs], batch_size=batch_size)
+            texts = [d["text"] for d in docs]
+            out = nlp.pipe(texts) if batch_size is None else nlp.pipe(texts, batch_size=batch_size)
             preds = {
                 d["id"]: sorted({(s.start, s.end, s.label) for s in doc.spans.get("ents", [])})
                 for d, doc in zip(docs, out)

@@ -46,6 +46,9 @@ from .doc import Doc
 CONFIG = "config.toml"
 WEIGHTS = "model.safetensors"
 _RESERVED = {"stats", "index", "id"}
+# what ``Pipeline.pipe`` (and the scorer) batch by default: a word budget bounds the memory of
+# one inference batch (a fixed number of documents does not: documents differ in length)
+INFERENCE_BATCH_SIZE = "2000 words"
 
 
 class Pipeline(torch.nn.Module):
@@ -235,28 +238,35 @@ class Pipeline(torch.nn.Module):
     def pipe(
         self,
         texts: Iterable[str | Doc],
-        batch_size: int = 32,
+        batch_size: int | str = INFERENCE_BATCH_SIZE,
         heads: Iterable[str] | None = None,
     ) -> Iterator[Doc]:
-        """Annotate texts or docs in batches of ``batch_size``, yielding docs in input order.
+        """Annotate texts or docs in batches, yielding docs in input order.
 
-        Heads (default: all, see ``heads()``) run one after another on the same batch (a span
-        classifier can classify the spans the NER just wrote); a shared embedding is computed
-        once per batch. Batches go to the device of the pipeline's parameters.
+        ``batch_size`` is a budget like the training batches': ``"2000 words"`` (the default)
+        adds documents, in input order, while their words fit, so the memory a batch takes is
+        bounded whatever the documents' lengths (a longer document gets a batch of its own);
+        an int, or ``"32 docs"``, is a number of documents. Heads (default: all, see
+        ``heads()``) run one after another on the same batch (a span classifier can classify
+        the spans the NER just wrote); a shared embedding is computed once per batch. Batches
+        go to the device of the pipeline's parameters.
+
+        Predictions do not depend on how the documents are batched (up to float rounding).
         """
+        # pureml.stream imports pureml.nlp (Doc): imported here, not at the top of the module
+        from ..stream.batching import greedy_batches, parse_size, stat_value
+
         heads = list(heads) if heads is not None else self.heads()
-        if batch_size < 1:
+        if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # a bad expression or stat raises StreamError (a ValueError) here, not at the first batch
+        size = parse_size(batch_size, allow_dataset=False)
+        stat_value(Doc(""), size.stat, batch_size)
         was_training = self.training
         self.eval()
         try:
-            chunk: list[Doc] = []
-            for t in texts:
-                chunk.append(t if isinstance(t, Doc) else Doc(t))
-                if len(chunk) == batch_size:
-                    yield from self._annotate(chunk, heads)
-                    chunk = []
-            if chunk:
+            docs = (t if isinstance(t, Doc) else Doc(t) for t in texts)
+            for chunk in greedy_batches(docs, size):
                 yield from self._annotate(chunk, heads)
         finally:
             self.train(was_training)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pureml.nlp import Doc, NerCrf, Pipeline, ScratchEncoder, Span, load, pad_length
+from pureml.nlp.pipeline import INFERENCE_BATCH_SIZE
 from pureml.nlp.synthetic import make_corpus
 from pureml.registry import components
 
@@ -107,6 +108,69 @@ def test_pipe_equals_one_call_per_text(trained):
     single = [_ents(nlp(t)) for t in texts]
     assert piped == single
     assert sum(map(len, piped)) > 1000
+
+
+def _batch_words(monkeypatch) -> list[list[int]]:
+    """Words of each document of each inference batch, recorded as ``pipe`` runs them."""
+    sizes: list[list[int]] = []
+    original = Pipeline._annotate
+
+    def spy(self, docs, heads):
+        sizes.append([len(d.words) for d in docs])
+        return original(self, docs, heads)
+
+    monkeypatch.setattr(Pipeline, "_annotate", spy)
+    return sizes
+
+
+def _assert_greedy(sizes: list[list[int]], budget: int) -> None:
+    for i, b in enumerate(sizes):
+        assert sum(b) <= budget or len(b) == 1, b  # within the budget, or one longer document
+        if i + 1 < len(sizes):
+            assert sum(b) + sizes[i + 1][0] > budget  # the next document did not fit
+
+
+def test_pipe_batches_by_a_word_budget(trained, monkeypatch):
+    nlp, _ = trained
+    texts = [d.text for d in make_corpus(120, seed=11)]  # 15 to 88 words each
+    texts.insert(40, " ".join(["Started metformin 500 mg daily."] * 80))  # longer than 300 words
+    lengths = [len(Doc(t).words) for t in texts]
+    assert lengths[40] > 300
+    sizes = _batch_words(monkeypatch)
+    piped = [_ents(d) for d in nlp.pipe(texts, batch_size="300 words")]
+    assert [n for b in sizes for n in b] == lengths  # every document once, in input order
+    assert len(sizes) > 10 and [lengths[40]] in sizes  # a batch of its own
+    _assert_greedy(sizes, 300)
+    # the same predictions as one document per batch, and as the default batching
+    sizes.clear()
+    assert [_ents(d) for d in nlp.pipe(texts, batch_size=1)] == piped
+    assert sizes == [[n] for n in lengths]
+    sizes.clear()
+    assert [_ents(d) for d in nlp.pipe(texts)] == piped
+    # the default is a word budget (not a number of documents): 2000 words here
+    assert INFERENCE_BATCH_SIZE == "2000 words"
+    assert [n for b in sizes for n in b] == lengths and len(sizes) > 1
+    _assert_greedy(sizes, 2000)
+    assert max(len(b) for b in sizes) > 32  # short documents: more of them per batch
+    sizes.clear()
+    assert [_ents(d) for d in nlp.pipe(texts, batch_size="7 docs")] == piped
+    assert [len(b) for b in sizes] == [7] * (len(texts) // 7) + [len(texts) % 7]
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "message"),
+    [
+        (0, "batch_size must be >= 1"),
+        ("0 words", "must be positive"),
+        ("2000 wrods", "did you mean 'words'"),
+        ("dataset", "not allowed"),
+        (2.5, "expected an int or a string"),
+    ],
+)
+def test_pipe_rejects_bad_batch_sizes(trained, batch_size, message):
+    nlp, _ = trained
+    with pytest.raises(ValueError, match=message):
+        list(nlp.pipe(["Patient denies fever."], batch_size=batch_size))
 
 
 def test_save_load_identical_predictions(trained, tmp_path):

@@ -77,3 +77,32 @@ def test_span_attributes_per_value():
     assert s["per_value"]["affirmed"]["p"] == pytest.approx(2 / 3)
     assert s["per_value"]["affirmed"]["r"] == 1.0
     assert s["per_value"]["negated"]["r"] == 0.0
+
+
+def test_scorer_batches_by_words_with_the_same_scores(monkeypatch):
+    import torch
+
+    from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+    from pureml.nlp.synthetic import make_corpus
+    from pureml.training.scorer import Scorer
+
+    torch.manual_seed(0)
+    docs = make_corpus(80, seed=3)  # 4,005 words, 12 to 91 per document
+    nlp = Pipeline({"embedding": ScratchEncoder(width=16, depth=1), "ner": NerCrf()})
+    nlp.post_init(docs)
+    batches: list[list[int]] = []
+    original = Pipeline._annotate
+
+    def spy(self, batch_docs, heads):
+        batches.append([len(d.words) for d in batch_docs])
+        return original(self, batch_docs, heads)
+
+    monkeypatch.setattr(Pipeline, "_annotate", spy)
+    scores = Scorer(speed=False, batch_size="2000 words")(nlp, docs)
+    assert scores["ner"]["micro"]["p"] > 0  # random weights still predict some entities
+    # batches of at most 2000 words: 3 batches
+    assert len(batches) == 3 and all(sum(b) <= 2000 for b in batches)
+    assert sum(map(len, batches)) == len(docs)
+    # batching never changes the scores
+    assert Scorer(speed=False, batch_size=1)(nlp, docs) == scores
+    assert Scorer(speed=False, batch_size="300 words")(nlp, docs) == scores
