@@ -469,7 +469,10 @@ class Trainer:
         nlp = self.nlp
 
         def preprocess(doc: Doc) -> dict[str, Any]:
-            return nlp.preprocess(doc, supervision=True, pipe_names=pipes)
+            # a copy: the source keeps its parsed docs for the whole run, and the word offsets
+            # preprocessing computes (~100 bytes a word) would stay on them; the features are
+            # what is kept (map(cache=True) below)
+            return nlp.preprocess(doc.copy(), supervision=True, pipe_names=pipes)
 
         stream = _as_stream(td.data).map(preprocess, cache=True)
         if td.shuffle:
