@@ -51,6 +51,25 @@ _RESERVED = {"stats", "index", "id"}
 INFERENCE_BATCH_SIZE = "2000 words"
 
 
+def check_inference_batch_size(batch_size: int | str) -> Any:
+    """The parsed budget of ``Pipeline.pipe``'s ``batch_size`` (``"2000 words"``, ``"32 docs"``
+    or an int); a bad one raises ``ValueError`` naming it.
+
+    >>> check_inference_batch_size("2000 wrds")
+    Traceback (most recent call last):
+    ...
+    pureml.stream.errors.StreamError: ...
+    """
+    # pureml.stream imports pureml.nlp (Doc): imported here, not at the top of the module
+    from ..stream.batching import parse_size, stat_value
+
+    if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    size = parse_size(batch_size, allow_dataset=False)
+    stat_value(Doc(""), size.stat, batch_size)  # an unknown stat fails now, not at a batch
+    return size
+
+
 class Pipeline(torch.nn.Module):
     """Ordered named components; see the module docstring.
 
@@ -253,15 +272,10 @@ class Pipeline(torch.nn.Module):
 
         Predictions do not depend on how the documents are batched (up to float rounding).
         """
-        # pureml.stream imports pureml.nlp (Doc): imported here, not at the top of the module
-        from ..stream.batching import greedy_batches, parse_size, stat_value
+        from ..stream.batching import greedy_batches
 
         heads = list(heads) if heads is not None else self.heads()
-        if isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        # a bad expression or stat raises StreamError (a ValueError) here, not at the first batch
-        size = parse_size(batch_size, allow_dataset=False)
-        stat_value(Doc(""), size.stat, batch_size)
+        size = check_inference_batch_size(batch_size)
         was_training = self.training
         self.eval()
         try:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from ..nlp.doc import Doc, Span
+from ..nlp.pipeline import INFERENCE_BATCH_SIZE, check_inference_batch_size
 from ..registry import scorers
 
 
@@ -153,7 +154,7 @@ def _needed(nlp: Any, name: str) -> list[str]:
     return [n for n in nlp.pipe_names if n in need]
 
 
-def _run(nlp: Any, docs: list[Doc], enable: list[str], batch_size: int) -> list[Doc]:
+def _run(nlp: Any, docs: list[Doc], enable: list[str], batch_size: int | str) -> list[Doc]:
     """Run only the heads among ``enable`` (and what they depend on): unrelated components
     stay disabled, so a span classifier scored alone sees no spans an NER head wrote."""
     heads = [n for n in enable if n in nlp.heads()]
@@ -167,13 +168,21 @@ class Scorer:
     Args:
         speed: time the full pipeline over the documents.
         autocast: run inference under autocast when training in mixed precision.
-        batch_size: documents per inference batch.
+        batch_size: inference batches, as ``Pipeline.pipe`` takes them: a word budget
+            (``"2000 words"``, the default: bounded memory whatever the documents' lengths) or
+            a number of documents (an int or ``"32 docs"``).
 
     >>> Scorer(speed=False).batch_size
-    32
+    '2000 words'
     """
 
-    def __init__(self, speed: bool = True, autocast: bool = True, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        speed: bool = True,
+        autocast: bool = True,
+        batch_size: int | str = INFERENCE_BATCH_SIZE,
+    ) -> None:
+        check_inference_batch_size(batch_size)  # a bad budget fails here, not at validation
         self.speed = speed
         self.autocast = autocast
         self.batch_size = batch_size

@@ -98,7 +98,7 @@ def test_scorer_batches_by_words_with_the_same_scores(monkeypatch):
         return original(self, batch_docs, heads)
 
     monkeypatch.setattr(Pipeline, "_annotate", spy)
-    scores = Scorer(speed=False, batch_size="2000 words")(nlp, docs)
+    scores = Scorer(speed=False)(nlp, docs)  # "2000 words" per batch by default
     assert scores["ner"]["micro"]["p"] > 0  # random weights still predict some entities
     # batches of at most 2000 words: 3 batches
     assert len(batches) == 3 and all(sum(b) <= 2000 for b in batches)
