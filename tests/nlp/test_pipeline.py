@@ -110,19 +110,6 @@ def test_pipe_equals_one_call_per_text(trained):
     assert sum(map(len, piped)) > 1000
 
 
-def _batch_words(monkeypatch) -> list[list[int]]:
-    """Words of each document of each inference batch, recorded as ``pipe`` runs them."""
-    sizes: list[list[int]] = []
-    original = Pipeline._annotate
-
-    def spy(self, docs, heads):
-        sizes.append([len(d.words) for d in docs])
-        return original(self, docs, heads)
-
-    monkeypatch.setattr(Pipeline, "_annotate", spy)
-    return sizes
-
-
 def _assert_greedy(sizes: list[list[int]], budget: int) -> None:
     for i, b in enumerate(sizes):
         assert sum(b) <= budget or len(b) == 1, b  # within the budget, or one longer document
@@ -130,13 +117,13 @@ def _assert_greedy(sizes: list[list[int]], budget: int) -> None:
             assert sum(b) + sizes[i + 1][0] > budget  # the next document did not fit
 
 
-def test_pipe_batches_by_a_word_budget(trained, monkeypatch):
+def test_pipe_batches_by_a_word_budget(trained, inference_batches):
     nlp, _ = trained
     texts = [d.text for d in make_corpus(120, seed=11)]  # 15 to 88 words each
     texts.insert(40, " ".join(["Started metformin 500 mg daily."] * 80))  # longer than 300 words
     lengths = [len(Doc(t).words) for t in texts]
     assert lengths[40] > 300
-    sizes = _batch_words(monkeypatch)
+    sizes = inference_batches
     piped = [_ents(d) for d in nlp.pipe(texts, batch_size="300 words")]
     assert [n for b in sizes for n in b] == lengths  # every document once, in input order
     assert len(sizes) > 10 and [lengths[40]] in sizes  # a batch of its own

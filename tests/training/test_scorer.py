@@ -79,7 +79,7 @@ def test_span_attributes_per_value():
     assert s["per_value"]["negated"]["r"] == 0.0
 
 
-def test_scorer_batches_by_words_with_the_same_scores(monkeypatch):
+def test_scorer_batches_by_words_with_the_same_scores(inference_batches):
     import torch
 
     from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
@@ -90,14 +90,7 @@ def test_scorer_batches_by_words_with_the_same_scores(monkeypatch):
     docs = make_corpus(80, seed=3)  # 4,005 words, 12 to 91 per document
     nlp = Pipeline({"embedding": ScratchEncoder(width=16, depth=1), "ner": NerCrf()})
     nlp.post_init(docs)
-    batches: list[list[int]] = []
-    original = Pipeline._annotate
-
-    def spy(self, batch_docs, heads):
-        batches.append([len(d.words) for d in batch_docs])
-        return original(self, batch_docs, heads)
-
-    monkeypatch.setattr(Pipeline, "_annotate", spy)
+    batches = inference_batches
     scores = Scorer(speed=False)(nlp, docs)  # "2000 words" per batch by default
     assert scores["ner"]["micro"]["p"] > 0  # random weights still predict some entities
     # batches of at most 2000 words: 3 batches
