@@ -21,8 +21,12 @@ def make_all_reduce(info: DistInfo) -> Callable[[torch.Tensor], torch.Tensor] | 
     if not info.is_distributed:
         return None
 
+    # The group by name, not the ProcessGroup object: a compiled step would keep the object
+    # in its guards, so destroy_process_group could not free the group (see init_distributed).
+    group_name = dist.group.WORLD.group_name
+
     def all_reduce(flat: torch.Tensor) -> torch.Tensor:
-        return fcol.all_reduce(flat, "sum", dist.group.WORLD)
+        return fcol.all_reduce(flat, "sum", group_name)
 
     return all_reduce
 

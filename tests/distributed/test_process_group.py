@@ -52,12 +52,22 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
         textwrap.dedent(
             """
             import json
+            import os
             import sys
             import torch
             OUT = sys.argv[1]
             from pureml.distributed import (
                 check_same_everywhere, global_stats, init_distributed, make_all_reduce, shutdown
             )
+            def open_sockets():
+                links = []
+                for fd in os.listdir("/proc/self/fd"):
+                    try:
+                        links.append(os.readlink(f"/proc/self/fd/{fd}"))
+                    except OSError:
+                        pass
+                return sum(link.startswith("socket:") for link in links)
+            sockets_before = open_sockets()
             info = init_distributed(cpu=True, timeout_s=60)
             reduce = make_all_reduce(info)
             f = torch.compile(lambda x: reduce(x * 2) + 1, fullgraph=True, backend="aot_eager")
@@ -72,9 +82,10 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
                 error = "none"
             except RuntimeError as e:
                 error = str(e)
-            with open(f"{OUT}/rank{info.rank}.json", "w") as f_out:
-                json.dump({"words": stats["words"].item(), "first": first, "error": error}, f_out)
             shutdown(info)
+            with open(f"{OUT}/rank{info.rank}.json", "w") as f_out:
+                json.dump({"words": stats["words"].item(), "first": first, "error": error,
+                           "sockets": [sockets_before, open_sockets()]}, f_out)
             """
         )
     )
@@ -102,3 +113,77 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
         assert got["words"] == 21.0 and got["first"] == [0, 2][rank]
         # a differing fingerprint fails on every rank, naming each rank's value
         assert got["error"] == "initial parameters differ across ranks (rank 0: fp0, rank 1: fp1)"
+        # shutdown really frees the group although torch.compile ran: its sockets close (a
+        # group kept alive leaves gloo threads that can abort the rank as Python exits)
+        assert got["sockets"][1] == got["sockets"][0], got["sockets"]
+
+
+def test_a_script_trains_twice_on_one_group_and_leaves_it_at_exit(tmp_path):
+    script = tmp_path / "train_twice.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import atexit
+            import json
+            import os
+            import sys
+            OUT = sys.argv[1]
+            rank = int(os.environ["RANK"])
+            report = {}
+
+            def open_sockets():
+                links = []
+                for fd in os.listdir("/proc/self/fd"):
+                    try:
+                        links.append(os.readlink(f"/proc/self/fd/{fd}"))
+                    except OSError:
+                        pass
+                return sum(link.startswith("socket:") for link in links)
+
+            def at_exit():  # registered first, so it runs after pureml's own exit handler
+                report["sockets"] = [report["sockets_before"], open_sockets()]
+                with open(f"{OUT}/rank{rank}.json", "w") as f_out:
+                    json.dump(report, f_out)
+
+            atexit.register(at_exit)
+            report["sockets_before"] = open_sockets()
+            import torch
+            import torch.distributed as dist
+            from pureml import TrainingData, train
+            from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+            from pureml.nlp.synthetic import write_corpus
+            from pureml.stream import read_standoff
+
+            corpus = write_corpus(f"{OUT}/corpus{rank}", seed=0, splits={"train": 12})
+            report["joined"] = []
+            for name in ("first", "second"):
+                torch.manual_seed(0)
+                nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": NerCrf()})
+                data = TrainingData(read_standoff(corpus["train"]), batch_size="100 words")
+                train(nlp, data, max_steps=2, compile=False, logger=False, save_model=False,
+                      output_dir=f"{OUT}/{name}")
+                report["joined"].append(dist.is_initialized())
+            """
+        )
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[:2000] + "\n...\n" + proc.stderr[-800:]
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        # the second run reuses the first's group (one cannot be joined twice in a process);
+        # by the time the interpreter finalizes, the group is gone and its sockets closed
+        assert got["joined"] == [True, True], got
+        assert got["sockets"][1] == got["sockets"][0], got
