@@ -18,6 +18,7 @@ counter-based RNG instead. A saved pipeline keeps the model config and tokenizer
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -264,3 +265,16 @@ class HfTransformer(Component):
         )
         words = ctx.dropout(words, self.p, self.name)
         return {"embeddings": words, "mask": mask}
+
+
+def encoder_selector(nlp: Any) -> str | None:
+    """A regex selecting the parameters of ``nlp``'s Hugging Face encoders, or None if it has
+    none: what EDS-NLP's default optimizer puts in its "transformer" group (by type, whatever
+    the component is called).
+
+    >>> from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+    >>> print(encoder_selector(Pipeline({"embedding": ScratchEncoder(), "ner": NerCrf()})))
+    None
+    """
+    names = [n for n in nlp.pipe_names if isinstance(nlp.get_pipe(n), HfTransformer)]
+    return "^(" + "|".join(map(re.escape, names)) + r")\." if names else None

@@ -24,27 +24,33 @@ def eds_default(
     lr: float = 3e-4,
     transformer_lr: float = 5e-5,
     warmup_rate: float = 0.1,
-    transformer: str = r"transformer",
+    transformer: str | None = None,
     weight_decay: float = 0.01,
     names: Iterable[str] | None = None,
 ) -> GroupedOptimizer:
-    """AdamW with two groups: parameters whose name matches ``transformer`` (group
+    r"""AdamW with two groups: parameters whose name matches the regex ``transformer`` (group
     ``"transformer"``: warm-up from 0 to ``transformer_lr`` over ``warmup_rate`` of the steps, then
     linear decay to 0) and everything else (group ``"default"``: ``lr`` flat during the warm-up,
     then linear decay to 0). Models without a transformer simply have no such group.
 
-    >>> opt = eds_default(100, names=["embedding.transformer.w", "ner.w"])
-    >>> [opt.group_of(n).name for n in ("embedding.transformer.w", "ner.w")]
+    EDS-NLP picks the transformer by its type, not its name; so does pureml: when
+    ``transformer`` is None, the trainer and recipes pass the pipeline's Hugging Face encoders
+    (:func:`pureml.nlp.hf_transformer.encoder_selector`). Called directly, None means no
+    transformer group.
+
+    >>> opt = eds_default(100, names=["embedding.model.w", "ner.w"], transformer=r"^embedding\.")
+    >>> [opt.group_of(n).name for n in ("embedding.model.w", "ner.w")]
     ['transformer', 'default']
     """
+    groups = {}
+    if transformer is not None:
+        groups[transformer] = {
+            "name": "transformer",
+            "schedule": linear(0.0, transformer_lr, 0.0, warmup_rate, total_steps),
+            "optional": True,
+        }
     return param_groups(
-        {
-            transformer: {
-                "name": "transformer",
-                "schedule": linear(0.0, transformer_lr, 0.0, warmup_rate, total_steps),
-                "optional": True,
-            }
-        },
+        groups,
         default={"schedule": linear(lr, lr, 0.0, warmup_rate, total_steps)},
         names=names,
         optimizer="adamw",

@@ -173,7 +173,7 @@ def _schedule_spec(table: Any, where: str) -> Any:
     return {"name": spec.pop("factory"), **spec}
 
 
-def build_optimizer(table: dict[str, Any] | None) -> Any:
+def build_optimizer(table: dict[str, Any] | None, nlp: Any = None) -> Any:
     """An optimizer table -> a ``(param_names, total_steps) -> optimizer`` factory.
 
     ``factory`` names a registered optimizer; the other keys are its arguments, plus an optional
@@ -187,6 +187,9 @@ def build_optimizer(table: dict[str, Any] | None) -> Any:
         schedule = { factory = "linear", warmup_rate = 0.1 }
         [optimizer.groups."^embedding\\."]
         lr = 1e-4
+
+    A factory taking a ``transformer`` regex (``eds_default``) that the recipe leaves unset gets
+    the one selecting ``nlp``'s Hugging Face encoders, as EDS-NLP picks them by type.
     """
     if table is None:
         return None
@@ -218,7 +221,12 @@ def build_optimizer(table: dict[str, Any] | None) -> Any:
             groups[selector] = spec
         else:
             raise RecipeError(where, f"expected a table of options or false, got {spec!r}")
-    takes_names = "names" in _factory_params_of(factory)
+    takes = _factory_params_of(factory)
+    takes_names = "names" in takes
+    if "transformer" in takes and "transformer" not in kwargs and nlp is not None:
+        from ..nlp.hf_transformer import encoder_selector
+
+        kwargs["transformer"] = encoder_selector(nlp)
     if takes_names and (groups or schedule):
         raise RecipeError(
             "optimizer", f"{table['factory']!r} builds its own groups: remove groups/schedule"
@@ -329,7 +337,7 @@ def build_from_recipe(recipe: Recipe, resolved: dict, pipeline_cls: Any, td_cls:
         raise RecipeError("nlp.components", str(e)) from None
     scorer_factory, scorer_kwargs = check_factory_table(recipe.scorer, registry.scorers, "scorer")
     scorer = _call(scorer_factory, scorer_kwargs, "scorer")
-    optimizer = build_optimizer(recipe.optimizer)
+    optimizer = build_optimizer(recipe.optimizer, nlp)
     return dict(
         nlp=nlp,
         train_data=train_data,

@@ -143,16 +143,17 @@ def _jsonable(tree: Any) -> Any:
     return repr(tree)
 
 
-def _default_optimizer(names: Sequence[str] | None, total_steps: int) -> Any:
+def _default_optimizer(nlp: Any, names: Sequence[str] | None, total_steps: int) -> Any:
+    from ..nlp.hf_transformer import encoder_selector
     from ..optim import eds_default
 
-    return eds_default(total_steps, names=names)
+    return eds_default(total_steps, names=names, transformer=encoder_selector(nlp))
 
 
-def _make_optimizer(optimizer: Any, names: Sequence[str] | None, total_steps: int) -> Any:
+def _make_optimizer(optimizer: Any, nlp: Any, names: Sequence[str] | None, total_steps: int) -> Any:
     """An optimizer object, or a ``(names, total_steps) -> optimizer`` factory, or None."""
     if optimizer is None:
-        return _default_optimizer(names, total_steps)
+        return _default_optimizer(nlp, names, total_steps)
     if hasattr(optimizer, "init") and hasattr(optimizer, "update"):
         return optimizer
     if callable(optimizer):
@@ -547,7 +548,7 @@ class Trainer:
         frozen = {k: v.detach().clone() for k, v in named.items() if not k.startswith(prefixes)}
         # with several phases a group selector may match another phase's parameters only
         names = list(params) if len(self.plan) == 1 else None
-        optimizer = _make_optimizer(self.optimizer, names, self.max_steps)
+        optimizer = _make_optimizer(self.optimizer, self.nlp, names, self.max_steps)
         step = make_step(
             self._loss_fn(),
             optimizer,

@@ -128,3 +128,42 @@ def test_word_vectors_average_sub_words(tiny_bert):
     n0 = len(pieces[0])
     assert torch.allclose(out[0], hidden[1 : 1 + n0].mean(0), atol=1e-6)
     assert torch.allclose(out[1], hidden[1 + n0], atol=1e-6)
+
+
+def test_default_optimizer_finds_the_encoder_by_type(tiny_bert, tmp_path):
+    """EDS-NLP's default puts the transformer in its own warmed-up group whatever its name."""
+    import json
+
+    from pureml import TrainingData, train
+    from pureml.nlp.hf_transformer import HfTransformer, encoder_selector
+    from pureml.stream import from_iterable
+    from pureml.training.build import build_optimizer
+
+    torch.manual_seed(0)
+    nlp = Pipeline(
+        {
+            "bert": HfTransformer(str(tiny_bert), window=16, stride=12),
+            "ner": NerCrf(embedding="bert"),
+        }
+    )
+    docs = make_corpus(8, seed=4)
+    nlp.post_init(docs)
+    assert encoder_selector(nlp) == r"^(bert)\."
+    names = [n for n, _ in nlp.named_parameters()]
+    # a recipe's factory = "eds_default" without a transformer regex picks the same
+    opt = build_optimizer({"factory": "eds_default"}, nlp)(names, 100)
+    assert {opt.group_of(n).name for n in names if n.startswith("bert.")} == {"transformer"}
+    assert {opt.group_of(n).name for n in names if n.startswith("ner.")} == {"default"}
+
+    train(
+        nlp,
+        TrainingData(from_iterable(docs), batch_size="200 words"),
+        max_steps=2,
+        compile=False,
+        logger=["json"],
+        save_model=False,
+        output_dir=tmp_path / "run",
+    )
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    # the transformer warms up from 0; the rest starts at 3e-4
+    assert (first["lr/transformer"], first["lr/default"]) == (0.0, pytest.approx(3e-4))

@@ -69,7 +69,7 @@ def test_each_group_uses_its_own_lr_and_schedule():
 
 
 def test_eds_default_groups_and_schedules():
-    opt = optim.eds_default(100, names=NAMES)
+    opt = optim.eds_default(100, names=NAMES, transformer=r"\.transformer\.")
     trainable, frozen = opt.partition(_params())
     assert frozen == {}
     state = opt.init(trainable)
@@ -83,8 +83,11 @@ def test_eds_default_groups_and_schedules():
     assert history[10] == {"transformer": 5e-5, "default": 3e-4}
     assert history[19]["default"] == pytest.approx(3e-4 * (1 - 9 / 90))
     # a model without a transformer has just the default group
-    opt = optim.eds_default(100, names=["ner.w"])
+    opt = optim.eds_default(100, names=["ner.w"], transformer=r"\.transformer\.")
     assert sorted(opt.init({"ner.w": torch.zeros(1)})) == ["default"]
+    # no regex: no transformer group (the trainer passes its Hugging Face encoders' regex)
+    opt = optim.eds_default(100, names=NAMES)
+    assert {opt.group_of(n).name for n in NAMES} == {"default"}
 
 
 def test_errors_name_the_culprit():
