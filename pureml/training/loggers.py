@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -110,26 +111,127 @@ class JsonLogger(BaseLogger):
 
 
 class _CsvFile:
-    """A CSV whose columns are fixed by its first row (later new keys are dropped)."""
+    """A CSV file whose header grows: a key first seen in a later row adds a column.
+
+    Columns are in the order keys first appear; a row has an empty cell for each column it
+    lacks. A new key (a later phase's ``loss/<component>``, ``lr/<group>``) rewrites the file
+    with the wider header, earlier rows padded with empty cells: into a temporary file that
+    then replaces it, so the file on disk is always whole.
+
+    The checkpoint keeps the number of rows and the columns at that point (a byte length would
+    not survive a rewrite). On resume the file is cut back to those rows and those columns: the
+    file the run had at the checkpoint, even if a later step widened it, so the steps after the
+    checkpoint write it again as an uninterrupted run does.
+    """
 
     def __init__(self, path: Path, state: dict[str, Any] | None) -> None:
-        self.log = AppendLog(path, (state or {}).get("offset"))
-        self.columns: list[str] | None = (state or {}).get("columns")
+        self.path = Path(path)
+        state = state or {}
+        self.columns: list[str] | None = state.get("columns")
+        rows = self._restore(state) if self.columns is not None else []
+        self._replace(rows)
+        self.rows = len(rows)
+        self.known = set(self.columns or ())
+        self.log = AppendLog(self.path, self.path.stat().st_size)
 
     def write(self, row: Mapping[str, Any]) -> None:
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="")
         if self.columns is None:
             self.columns = list(row)
-            writer.writerow(self.columns)
-            self.log.write_line(buf.getvalue())
-            buf.seek(0)
-            buf.truncate()
-        writer.writerow([_csv_value(row.get(c, "")) for c in self.columns])
-        self.log.write_line(buf.getvalue())
+            self.known = set(row)
+            self.log.write_line(_csv_line(self.columns))
+        elif new := [k for k in row if k not in self.known]:
+            self.log.close()
+            _, rows = self._read()
+            self.columns += new
+            self.known.update(new)
+            self._replace(rows)
+            self.log = AppendLog(self.path, self.path.stat().st_size)
+        self.log.write_line(_csv_line([_csv_value(row.get(c, "")) for c in self.columns]))
+        self.rows += 1
 
     def state(self) -> dict[str, Any]:
-        return {"offset": self.log.offset(), "columns": self.columns}
+        self.log.offset()  # flushed and fsynced: the rows counted are on disk
+        columns = None if self.columns is None else list(self.columns)
+        return {"rows": self.rows, "columns": columns}
+
+    def close(self) -> None:
+        self.log.close()
+
+    def _read(self) -> tuple[list[str], list[list[str]]]:
+        """The header and the rows as the file has them (none if it is missing or empty)."""
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                table = list(csv.reader(f))
+        except FileNotFoundError:
+            return [], []
+        return (table[0], table[1:]) if table else ([], [])
+
+    def _restore(self, state: Mapping[str, Any]) -> list[list[str]]:
+        """The rows at the checkpoint, in its columns (the file may have been widened since)."""
+        assert self.columns is not None
+        header, rows = self._read()
+        if not header:
+            raise FileNotFoundError(f"{self.path} is missing or empty; the checkpoint has rows")
+        missing = [c for c in self.columns if c not in header]
+        if missing:
+            raise ValueError(f"{self.path}: no column {missing[0]!r}, which the checkpoint has")
+        index = [header.index(c) for c in self.columns]
+        rows = [[row[i] if i < len(row) else "" for i in index] for row in rows]
+        n = state["rows"] if "rows" in state else self._rows_in(state["offset"], rows)
+        if len(rows) < n:
+            raise FileNotFoundError(
+                f"{self.path} is shorter ({len(rows)} rows) than at the checkpoint ({n})"
+            )
+        return rows[:n]
+
+    def _rows_in(self, offset: int, rows: list[list[str]]) -> int:
+        """How many rows fit in a byte length (what checkpoints recorded before rows)."""
+        assert self.columns is not None
+        size, n = _csv_size(self.columns), 0
+        while size < offset and n < len(rows):
+            size, n = size + _csv_size(rows[n]), n + 1
+        if size < offset:
+            raise FileNotFoundError(
+                f"{self.path} is shorter ({size} bytes) than at the checkpoint ({offset})"
+            )
+        if size > offset:
+            raise ValueError(f"{self.path}: no row ends at the checkpoint's length ({offset})")
+        return n
+
+    def _replace(self, rows: list[list[str]]) -> None:
+        """Write the header and ``rows`` (padded to it) atomically: a temporary file, fsynced,
+        renamed over the file, the folder fsynced."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                if self.columns is not None:
+                    width = len(self.columns)
+                    for cells in [self.columns, *rows]:
+                        line = _csv_line([*cells, *[""] * (width - len(cells))])
+                        f.write(line.encode("utf-8") + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        if os.name == "posix":  # the rename itself survives a crash
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _csv_line(cells: list[Any]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="").writerow(cells)
+    return buf.getvalue()
+
+
+def _csv_size(cells: list[Any]) -> int:
+    """The bytes ``cells`` take as a line of the file."""
+    return len(_csv_line(cells).encode("utf-8")) + 1
 
 
 def _csv_value(v: Any) -> Any:
@@ -138,7 +240,11 @@ def _csv_value(v: Any) -> Any:
 
 @loggers.register("csv")
 class CsvLogger(BaseLogger):
-    """``metrics.csv`` (a row per logged step) and ``validation.csv`` (a row per validation)."""
+    """``metrics.csv`` (a row per logged step) and ``validation.csv`` (a row per validation).
+
+    Each has a column for every key any of its rows had (see :class:`_CsvFile`), so every
+    metric of ``metrics.jsonl`` is in ``metrics.csv``, including those of later phases.
+    """
 
     def start(self, run_dir: Path, total_steps: int, state: dict[str, Any] | None) -> None:
         state = state or {}
@@ -154,8 +260,8 @@ class CsvLogger(BaseLogger):
         return {CSV_FILE: self.steps.state(), VALIDATION_CSV_FILE: self.validations.state()}
 
     def close(self) -> None:
-        self.steps.log.close()
-        self.validations.log.close()
+        self.steps.close()
+        self.validations.close()
 
 
 def _human(n: float) -> str:

@@ -1,4 +1,4 @@
-"""TensorBoard logger and ``pureml plot``: real event files and a real PNG from a tiny run.
+"""Loggers: the CSV files' columns; TensorBoard and ``pureml plot`` on real files of a tiny run.
 
 CI installs the ``tensorboard`` and ``plot`` extras; without them these tests are skipped, and
 the missing-extra messages are checked by hiding the modules in-process.
@@ -6,6 +6,7 @@ the missing-extra messages are checked by hiding the modules in-process.
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import sys
@@ -15,7 +16,12 @@ import pytest
 from click.testing import CliRunner
 
 from pureml.cli import main
-from pureml.training.loggers import TensorBoardLogger, tensorboard_available
+from pureml.training.loggers import (
+    CsvLogger,
+    JsonLogger,
+    TensorBoardLogger,
+    tensorboard_available,
+)
 
 from .tiny_recipes import run, tiny_template, write_recipe
 
@@ -164,3 +170,119 @@ def test_log_weight_grads_logs_every_parameter_norm(tmp_path, corpus):
         # the global norm is the norm of the per-parameter norms
         total = sum(v * v for v in grads.values()) ** 0.5
         assert total == pytest.approx(row["grad_norm"], rel=1e-4)
+
+
+# Two phases as the trainer logs them: each its own losses and learning rates, and validation
+# scores of the components trained so far.
+PHASES = [
+    (1, {"loss": 2.5, "loss/ner": 2.5, "lr/default": 1e-3, "grad_norm": 3.0}, None),
+    (
+        2,
+        {"loss": 2.25, "loss/ner": 2.25, "lr/default": 2e-3, "grad_norm": 2.0},
+        {"ner": {"f1": 0.5}},
+    ),
+    (3, {"loss": 1.5, "loss/status": 1.5, "lr/status": 3e-3, "grad_norm": 1.0}, None),
+    (4, {"loss": 1.25, "loss/status": 1.25, "lr/status": 4e-3}, {"status": {"f1": 0.75}}),
+]
+
+
+def csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def log_steps(logger, steps) -> None:
+    for step, metrics, validation in steps:
+        logger.log(step, metrics, validation, {})
+
+
+def test_csv_has_a_column_for_every_key_of_every_row(tmp_path):
+    loggers = [CsvLogger(), JsonLogger()]
+    for lg in loggers:
+        lg.start(tmp_path, 4, None)
+    for lg in loggers:
+        log_steps(lg, PHASES)
+    for lg in loggers:
+        lg.close()
+    header, rows = csv_rows(tmp_path / "metrics.csv")
+    assert header == [
+        "step", "loss", "loss/ner", "lr/default", "grad_norm", "loss/status", "lr/status"
+    ]  # fmt: skip
+    assert [r["step"] for r in rows] == ["1", "2", "3", "4"]
+    # every value of metrics.jsonl in its column; a key a step did not log: an empty cell
+    for row, line in zip(rows, metrics(tmp_path), strict=True):
+        line.pop("validation", None)
+        assert {k: v for k, v in row.items() if v != ""} == {k: str(v) for k, v in line.items()}
+    header, rows = csv_rows(tmp_path / "validation.csv")
+    assert header == ["step", "ner/f1", "status/f1"]
+    assert rows == [
+        {"step": "2", "ner/f1": "0.5", "status/f1": ""},
+        {"step": "4", "ner/f1": "", "status/f1": "0.75"},
+    ]
+
+
+@pytest.mark.parametrize("checkpoint_after", [0, 1, 2, 3])
+def test_csv_resume_cuts_back_a_widened_file_and_ends_as_uninterrupted(tmp_path, checkpoint_after):
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    logger = CsvLogger()
+    logger.start(ref, 4, None)
+    log_steps(logger, PHASES)
+    logger.close()
+    # a run checkpointed after some step, then killed after the later phase widened the files
+    logger = CsvLogger()
+    logger.start(out, 4, None)
+    log_steps(logger, PHASES[:checkpoint_after])
+    names = ("metrics.csv", "validation.csv")
+    state = json.loads(json.dumps(logger.state()))  # as the checkpoint's meta.json keeps it
+    at_checkpoint = {n: (out / n).read_bytes() for n in names}
+    log_steps(logger, PHASES[checkpoint_after:])
+    logger.close()
+    assert csv_rows(out / "metrics.csv")[0][-1] == "lr/status"
+    resumed = CsvLogger()
+    resumed.start(out, 4, state)
+    assert {n: (out / n).read_bytes() for n in names} == at_checkpoint
+    log_steps(resumed, PHASES[checkpoint_after:])
+    resumed.close()
+    for n in names:
+        assert (out / n).read_bytes() == (ref / n).read_bytes(), n
+
+
+def test_csv_resume_from_a_byte_length_of_an_earlier_checkpoint(tmp_path):
+    # checkpoints written before rows were counted recorded the file's length in bytes
+    logger = CsvLogger()
+    logger.start(tmp_path, 4, None)
+    log_steps(logger, PHASES[:2])
+    logger.state()
+    before = (tmp_path / "metrics.csv").read_bytes()
+    log_steps(logger, PHASES[2:])
+    logger.close()
+    legacy = {
+        "offset": len(before),
+        "columns": ["step", "loss", "loss/ner", "lr/default", "grad_norm"],
+    }
+    resumed = CsvLogger()
+    resumed.start(tmp_path, 4, {"metrics.csv": legacy})
+    try:
+        assert (tmp_path / "metrics.csv").read_bytes() == before
+        assert resumed.state()["metrics.csv"] == {"rows": 2, "columns": legacy["columns"]}
+    finally:
+        resumed.close()
+
+
+def test_csv_resume_without_the_checkpoint_rows_names_the_file(tmp_path):
+    logger = CsvLogger()
+    logger.start(tmp_path, 4, None)
+    log_steps(logger, PHASES)
+    state = logger.state()
+    logger.close()
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    (tmp_path / "metrics.csv").write_text(header + "\n")
+    with pytest.raises(FileNotFoundError, match=r"metrics.csv is shorter \(0 rows\) than at the"):
+        CsvLogger().start(tmp_path, 4, state)
+    (tmp_path / "metrics.csv").write_text("step,loss\n1,2.5\n")
+    with pytest.raises(ValueError, match=r"metrics.csv: no column 'loss/ner'"):
+        CsvLogger().start(tmp_path, 4, state)
+    (tmp_path / "metrics.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"metrics.csv is missing"):
+        CsvLogger().start(tmp_path, 4, state)
