@@ -91,7 +91,7 @@ class TrainConfig:
     )
     output_dir: str = attrs.field(default="artifacts", metadata=_doc("the run folder"))
     output_model_dir: str | None = attrs.field(
-        default=None, metadata=_doc("where the final pipeline goes (default OUTPUT_DIR/model-last)")
+        default=None, metadata=_doc("where the pipeline is saved (default OUTPUT_DIR/model-last)")
     )
     validation_interval: int | None = attrs.field(
         default=None,
@@ -130,7 +130,9 @@ class TrainConfig:
     mixed_precision: str = attrs.field(
         default="no", validator=_one_of(*MIXED_PRECISION), metadata=_doc("no, fp16 or bf16")
     )
-    save_model: bool = attrs.field(default=True, metadata=_doc("write model-last at the end"))
+    save_model: bool = attrs.field(
+        default=True, metadata=_doc("write model-last with each checkpoint and at the end")
+    )
     logger: list[str] = attrs.field(
         factory=lambda: ["progress", "json", "csv"],
         metadata=_doc("registered loggers: progress, json, csv, tensorboard"),

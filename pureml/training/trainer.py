@@ -614,6 +614,12 @@ class Trainer:
             meta,
             keep=self.keep_checkpoints,
         )
+        if self.save_model:
+            # as EDS-NLP: model-last follows the checkpoints, so a run that stops or dies
+            # leaves a model to evaluate (to_disk replaces it atomically)
+            self._sync_module(state)
+            self.nlp.to_disk(self.output_model_dir)
+            self._model_step = step
 
     def _validate(self, state: TrainState, step: int) -> tuple[dict | None, dict]:
         if not self.val_docs:
@@ -664,6 +670,7 @@ class Trainer:
             else _NoRecorder()
         )
         self._last_score = meta.get("last_score") if meta else None
+        self._model_step: int | None = None  # the step model-last was last written at
         start_phase = meta["phase"] if meta else 0
         start_step = meta["phase_step"] if meta else 0
         if meta:
@@ -686,7 +693,8 @@ class Trainer:
                 lg.close()
             self.recorder.close()
         if self.save_model and self.world.is_main:
-            self.nlp.to_disk(self.output_model_dir)
+            if self._model_step != self.total_steps:  # else the last checkpoint wrote it
+                self.nlp.to_disk(self.output_model_dir)
             self.message(f"saved the pipeline to {self.output_model_dir}")
         return self.nlp
 

@@ -104,6 +104,12 @@ def test_multitask_sigint_checkpoints_then_sigkill_resumes_bitwise(tmp_path_fact
     assert "checkpoint written at step" in err, err
     step = max(int(p.name.split("-")[1]) for p in (out / "checkpoints").iterdir())
     assert step == lines(out / "metrics.jsonl") and step % 20 != 0 or step == 40
+    # model-last follows the checkpoints (EDS-NLP saves "on schedule"): the stopped run leaves
+    # a model to evaluate, with the checkpoint's weights
+    model = load_file(str(out / "model-last" / "model.safetensors"))
+    state = load_file(str(out / "checkpoints" / f"step-{step:06d}" / "state" / "state.safetensors"))
+    params = {k.removeprefix("params."): v for k, v in state.items() if k.startswith("params.")}
+    assert params and all(model[k].equal(v) for k, v in params.items())
     # then a hard kill later on, and the same command again
     proc = start_and_wait(recipe, out, rng.randint(step + 2, 57))
     proc.send_signal(signal.SIGKILL)
