@@ -115,6 +115,10 @@ class Stream:
         """Shuffle each epoch: ``"dataset"`` (one permutation of everything) or within chunks
         cut by a stat expression (``"2000 words"``); ``False``/``None`` does nothing.
 
+        EDS-NLP's ``"fragment"`` (shuffle the order of a dataset's file fragments and the items
+        within each) is accepted for its configs and shuffles the whole dataset: pureml's
+        sources are indexed, so a full permutation costs no more than a per-fragment one.
+
         The order of epoch ``e`` depends only on (seed, e); ``loop()`` reshuffles every epoch
         whether it comes before or after ``shuffle``.
         """
@@ -124,13 +128,8 @@ class Stream:
             raise StreamError("shuffle() works on items: put it before batch() and apply()")
         if any(isinstance(s, Shuffle) for s in self.stages):
             raise StreamError("a stream can only be shuffled once")
-        if mode is True:
+        if mode is True or mode == "fragment":
             mode = "dataset"
-        if mode == "fragment":
-            raise StreamError(
-                "shuffle('fragment') is not supported: sources are indexed, so 'dataset' costs "
-                "no more; use 'dataset' or a chunk expression like '2000 words'"
-            )
         size = parse_size(mode)
         if isinstance(size, SplitCount):
             raise StreamError(f"shuffle({mode!r}): expected 'dataset' or a stat expression")

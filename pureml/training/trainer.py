@@ -73,7 +73,8 @@ class TrainingData:
         data: a :class:`~pureml.stream.Stream` (or any iterable) of documents, finite: the
             trainer shuffles and loops it.
         batch_size: a stat expression: ``"2000 words"``, ``"16 spans"``, ``32`` (= 32 docs).
-        shuffle: ``"dataset"``, a stat expression (shuffle within chunks), or False.
+        shuffle: ``"dataset"`` (EDS-NLP's ``"fragment"`` means the same here), a stat
+            expression (shuffle within chunks), or False.
         sub_batch_size: gradient accumulation: a stat expression or ``"N splits"``.
         pipe_names: the components this stream feeds (default: all of the phase).
         post_init: let the components infer labels from this data before training.

@@ -271,8 +271,9 @@ def test_each_file_is_parsed_once_per_run(corpus_dir, monkeypatch):
     s = data.shuffle(seed=0).loop().batch("300 words").prefetch(2)  # same source: shared parse
     list(itertools.islice(s, 60))  # several epochs
     assert sorted(calls) == sorted(d.id for d in first) and len(calls) == 40
-    with pytest.raises(StreamError, match=r"shuffle\('fragment'\) is not supported"):
-        data.shuffle("fragment")
+    # EDS-NLP's "fragment" (configs ported as they are) is a whole-dataset shuffle here
+    by_fragment = [d.id for d in data.shuffle("fragment", seed=3)]
+    assert by_fragment == [d.id for d in data.shuffle("dataset", seed=3)] != [d.id for d in first]
 
 
 def test_shard_with_fewer_items_than_ranks_gives_empty_parts():
