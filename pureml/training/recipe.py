@@ -26,7 +26,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -73,13 +73,27 @@ FACTORY_TABLES: tuple[tuple[tuple[str, ...], registry.Registry], ...] = (
 )
 # Factory tables nested inside other factory tables, by key name (``optimizer.schedule``).
 NESTED_FACTORY_KEYS: dict[str, registry.Registry] = {"schedule": registry.schedules}
-# Keys that do not change what a run computes: excluded from the recipe hash.
-UNHASHED_KEYS = (
+# Key paths (and whole sections) that do not change the weights a run computes: excluded from
+# the recipe hash, so a run resumes after they change. Where and when it writes, validates and
+# checkpoints; how it scores, and on which documents.
+UNHASHED_KEYS: tuple[tuple[str, ...], ...] = (
     ("train", "output_dir"),
     ("train", "output_model_dir"),
     ("train", "logger"),
     ("train", "num_workers"),
+    ("train", "validation_interval"),
+    ("train", "checkpoint_interval"),
+    ("train", "keep_checkpoints"),
+    ("train", "save_model"),
+    ("train", "log_interval"),
+    ("train", "record_params_interval"),
+    ("val_data",),
+    ("scorer",),
 )
+
+
+def _unhashed(path: Sequence[str]) -> bool:
+    return any(tuple(path[: len(k)]) == k for k in UNHASHED_KEYS)
 
 
 # --- parsing and overrides ---------------------------------------------------------------------
@@ -443,8 +457,12 @@ def _drop_none(node: Any) -> Any:
 def recipe_hash(resolved: dict[str, Any]) -> str:
     """A stable hash of what a run computes (output locations and display settings excluded)."""
     data = copy.deepcopy(resolved)
-    for section, key in UNHASHED_KEYS:
-        data.get(section, {}).pop(key, None)
+    for *parents, key in UNHASHED_KEYS:
+        table = data
+        for name in parents:
+            table = table.get(name) if isinstance(table, dict) else None
+        if isinstance(table, dict):
+            table.pop(key, None)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=repr)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -457,7 +475,7 @@ def recipe_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
         va, vb = a.get(key), b.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
             out.extend(recipe_diff(va, vb, path))
-        elif va != vb and tuple(path.split(".")) not in UNHASHED_KEYS:
+        elif va != vb and not _unhashed(split_key_path(path)):
             out.append(path)
     return out
 

@@ -359,20 +359,22 @@ class Trainer:
             return None
         meta = ckpt.read_meta(path)
         if meta.get("recipe_hash") != self.recipe_hash():
-            detail = ""
+            keys = None  # unknown: train() from Python keeps no recipe to compare
             if self.recipe is not None and isinstance(meta.get("recipe"), dict):
                 from .recipe import recipe_diff
 
                 keys = recipe_diff(meta["recipe"], self.recipe)
+            # keys == []: only keys that older versions hashed differ (validation_interval, ...)
+            if keys != []:
+                detail = ""
                 if keys:
-                    detail = (
-                        f" (differs in {', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''})"
-                    )
-            raise RunDirError(
-                f"{self.output_dir} holds checkpoints of a different recipe{detail}: "
-                "pass --restart (restart=True) to start over there, or choose another "
-                "train.output_dir"
-            )
+                    more = ", ..." if len(keys) > 5 else ""
+                    detail = f" (differs in {', '.join(keys[:5])}{more})"
+                raise RunDirError(
+                    f"{self.output_dir} holds checkpoints of a different recipe{detail}: "
+                    "pass --restart (restart=True) to start over there, or choose another "
+                    "train.output_dir"
+                )
         if meta.get("world_size", 1) != self.world.world_size:
             self.message(
                 f"warning: checkpoint written with {meta.get('world_size')} processes, resuming "

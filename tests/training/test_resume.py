@@ -192,3 +192,36 @@ def test_flat_params_run_resumes_bitwise(tmp_path_factory, corpus):
     again = run(recipe)
     assert "resuming from" in again.stderr, again.stderr
     assert_same_run(ref_dir / "out", out), f"seed {SEED}"
+
+
+def test_other_validation_checkpoint_and_scoring_settings_resume_to_the_same_weights(
+    single_reference, tmp_path
+):
+    """What a run observes (when it validates and checkpoints, what it keeps, how and on what
+    it scores) is not what it computes: changing it resumes, and the weights end the same."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(single_reference, out)
+    for later in ("step-000040", "step-000060"):
+        shutil.rmtree(out / "checkpoints" / later)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(
+        (single_reference / "config.toml").read_text().replace(str(single_reference), str(out))
+    )
+    changed = (
+        "train.validation_interval=25",
+        "train.checkpoint_interval=15",
+        "train.keep_checkpoints=1",
+        "train.log_interval=2",
+        "val_data.n_dev=5",
+    )
+    again = run(recipe, *(a for c in changed for a in ("--set", c)))
+    assert "resuming from" in again.stderr and "step-000020" in again.stderr, again.stderr
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000060"]
+    wa = load_file(str(single_reference / "model-last" / "model.safetensors"))
+    wb = load_file(str(out / "model-last" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
+    # a key that changes the weights is still refused
+    refused = run(recipe, "--set", "optimizer.learning_rate=1e-3", check=False)
+    assert refused.returncode == 2 and "differs in optimizer.learning_rate" in refused.stderr
