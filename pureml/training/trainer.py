@@ -648,6 +648,9 @@ class Trainer:
     def run(self) -> Any:
         self.device = self.world.device if not self.cpu else torch.device("cpu")
         self._configure_torch()
+        # now, as every run does: post_init (labels read from the data) changes the components'
+        # config, which the hash of a run started from Python covers
+        self.recipe_hash()
         resume_from = self._find_resume_point()  # may refuse: nothing written yet
         self.plan = self._phase_plan()
         self.total_steps = self.max_steps * len(self.plan)
