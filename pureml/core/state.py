@@ -125,6 +125,8 @@ class TrainState:
     guard: dict[str, Tensor] = attrs.field(factory=dict)
     rng: Tensor = attrs.field(factory=lambda: make_key(0))
     hparams: dict[str, Tensor] = attrs.field(factory=dict)
+    # float16 dynamic loss scaling (pureml.core.loss_scale); empty when off
+    loss_scale: dict[str, Tensor] = attrs.field(factory=dict)
 
     @classmethod
     def create(
@@ -136,6 +138,7 @@ class TrainState:
         opt: Any = None,
         guard: Mapping[str, Tensor] | None = None,
         hparams: Mapping[str, Tensor] | None = None,
+        loss_scale: Mapping[str, Tensor] | None = None,
     ) -> TrainState:
         """A state at step 0 whose RNG key is ``make_key(seed)``."""
         device = next(iter(params.values())).device if params else torch.device("cpu")
@@ -147,6 +150,7 @@ class TrainState:
             guard=dict(guard or {}),
             rng=make_key(seed).to(device),
             hparams=dict(hparams or {}),
+            loss_scale=dict(loss_scale or {}),
         )
 
     def replace(self, **changes: Any) -> TrainState:

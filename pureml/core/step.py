@@ -8,6 +8,9 @@ One call, in order:
 2. ``all_reduce`` hook (sum across ranks) on one flat bucket per dtype (grads and losses);
 3. global L2 norm (logged; before clipping), clip to ``grad_max_norm``;
 4. spike guard (:mod:`pureml.core.guard`); a non-finite norm always skips;
+   with float16 loss scaling (:mod:`pureml.core.loss_scale`, on when the state carries a
+   scale) the backward is seeded with the scale, the gradients are divided by it before the
+   norm, and an overflow halves it;
 5. optimizer update; a skipped step keeps params and optimizer state bitwise (branchless
    ``where``), so the schedule does not advance either; ``state.step += 1`` always.
 
@@ -52,6 +55,7 @@ from torch import Tensor
 
 from pureml.core.flat import CPU_BUCKET_BYTES, FlatLayout, ViewCache
 from pureml.core.guard import POLICIES, guard_update, init_guard
+from pureml.core.loss_scale import init_loss_scale, update_loss_scale
 from pureml.core.rng import fold_in
 from pureml.core.state import TrainState, tree_map
 from pureml.optim.base import (
@@ -87,8 +91,12 @@ def init_state(
     *,
     seed: int = 0,
     grad_ewm_window: int | None = None,  # noqa: ARG001  (the guard state does not depend on it)
+    loss_scale: float | None = None,
 ) -> TrainState:
     """The state at step 0: optimizer state, empty guard statistics, ``rng = make_key(seed)``.
+
+    ``loss_scale`` (e.g. ``2.0**16``) turns on dynamic loss scaling for float16 autocast
+    (:mod:`pureml.core.loss_scale`), starting at that scale.
 
     ``params`` may be a module (its parameters and buffers are copied). If the optimizer has
     parameter groups, parameters it freezes move to ``buffers`` (they are not differentiated).
@@ -123,6 +131,7 @@ def init_state(
         opt=opt,
         guard=init_guard(device),
         hparams={f"lr/{g}": lr for g, lr in learning_rates(opt).items()},
+        loss_scale=init_loss_scale(loss_scale, device) if loss_scale is not None else None,
     )
 
 
@@ -225,6 +234,7 @@ class Step:
         flat: bool = False,
         flat_max_bytes: int | None | str = "auto",
         donate: bool = False,
+        loss_scale_growth_interval: int = 2000,
     ) -> None:
         if grad_dev_policy not in POLICIES:
             raise ValueError(f"unknown grad_dev_policy {grad_dev_policy!r} (known: {POLICIES})")
@@ -245,6 +255,11 @@ class Step:
         self.flat = flat
         self.flat_max_bytes = flat_max_bytes
         self.donate = donate
+        if loss_scale_growth_interval < 1:
+            raise ValueError(
+                f"loss_scale_growth_interval must be >= 1, got {loss_scale_growth_interval}"
+            )
+        self.loss_scale_growth_interval = loss_scale_growth_interval
         # donate=True: the state this step returned last (its buffers are the step's to reuse)
         self._last_out: weakref.ref[TrainState] | None = None
         # flat=True: the layout (built at the first call), the optimizer routing buckets to its
@@ -294,7 +309,14 @@ class Step:
         return loss, {k: v.detach() for k, v in aux.items()}
 
     def _grads(
-        self, params: dict, buffers: dict, batch: Any, rng: Tensor, step: Tensor, index: Tensor
+        self,
+        params: dict,
+        buffers: dict,
+        batch: Any,
+        rng: Tensor,
+        step: Tensor,
+        index: Tensor,
+        scale: Tensor | None = None,
     ) -> tuple[dict, Tensor, dict]:
         # The compiled forward is differentiated by AOTAutograd (one forward and one backward
         # graph). torch.func.grad traced inside torch.compile specialised every batch dimension
@@ -302,11 +324,17 @@ class Step:
         leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
         with torch.enable_grad():
             loss, aux = self.forward_fn(leaves, buffers, batch, rng, step, index)
-            grads = torch.autograd.grad(loss, list(leaves.values()), materialize_grads=True)
+            # loss scaling seeds the backward with the scale instead of 1: d(scale * loss)
+            seed = None if scale is None else scale.to(loss.dtype)
+            grads = torch.autograd.grad(
+                loss, list(leaves.values()), grad_outputs=seed, materialize_grads=True
+            )
         return dict(zip(leaves, grads)), loss.detach(), aux
 
-    def _grads_acc(self, acc: dict, *args: Any) -> tuple[dict, Tensor, dict]:
-        grads, loss, aux = self._grads(*args)
+    def _grads_acc(
+        self, acc: dict, *args: Any, scale: Tensor | None = None
+    ) -> tuple[dict, Tensor, dict]:
+        grads, loss, aux = self._grads(*args, scale=scale)
         names = list(acc)
         summed = torch._foreach_add([acc[k] for k in names], [grads[k] for k in names])
         return dict(zip(names, summed)), loss, aux
@@ -349,7 +377,8 @@ class Step:
         grads: dict,
         losses: dict,
         step: Tensor,
-    ) -> tuple[dict, Any, dict, Tensor, dict]:
+        loss_scale: dict | None = None,
+    ) -> tuple[dict, Any, dict, Tensor, dict, dict | None]:
         if self.all_reduce is not None:
             reduced = _all_reduce_tree(
                 {
@@ -361,11 +390,17 @@ class Step:
             grads = {k: reduced[f"g.{k}"] for k in grads}
             losses = {k: reduced[f"l.{k}"] for k in losses}
         norm = global_norm(grads)
+        # loss scaling: the gradients are scale times the true ones (a power of two: exact)
+        unscale = 1.0 / loss_scale["scale"].to(norm.dtype) if loss_scale else None
+        if unscale is not None:
+            norm = norm * unscale
         names = list(grads)
         per_param: dict[str, Tensor] = {}
         if self.param_grad_norms:
             by_name = self.layout.split(grads) if self.flat else grads
             per_param = dict(zip(by_name, torch._foreach_norm(list(by_name.values()))))
+            if unscale is not None:
+                per_param = {k: v * unscale for k, v in per_param.items()}
         if self.grad_max_norm is not None:
             clip = clip_coefficient(norm, self.grad_max_norm)
         else:
@@ -380,7 +415,10 @@ class Step:
         )
         # The guard's statistics (float64 EWM arithmetic) feed every parameter's update: each
         # is computed once per step, not inlined into the parameter loops (per_step_scalar).
-        coef = per_step_scalar((clip.to(torch.float64) * outcome.scale).to(norm.dtype))
+        factor = clip.to(torch.float64) * outcome.scale
+        if unscale is not None:
+            factor = factor * unscale.to(torch.float64)
+        coef = per_step_scalar(factor.to(norm.dtype))
         grads = dict(zip(names, torch._foreach_mul([grads[k] for k in names], coef)))
         updates, new_opt = self._bucket_optimizer.update(grads, opt_state, params)
         new_params = apply_updates(params, updates)
@@ -394,9 +432,15 @@ class Step:
         metrics.update({f"lr/{g}": lr for g, lr in learning_rates(new_opt).items()})
         metrics["spike"] = outcome.spike
         metrics["skipped"] = skip
+        new_scale = None
+        if loss_scale:
+            metrics["loss_scale"] = loss_scale["scale"]  # the scale this step's backward used
+            new_scale = update_loss_scale(
+                loss_scale, torch.isfinite(norm), growth_interval=self.loss_scale_growth_interval
+            )
         if self.donate:
             new_params, new_opt = tree_map(_write_into, (params, opt_state), (new_params, new_opt))
-        return new_params, new_opt, new_guard, step + 1, metrics
+        return new_params, new_opt, new_guard, step + 1, metrics, new_scale
 
     # -- the eager driver ------------------------------------------------------------------------
 
@@ -442,6 +486,7 @@ class Step:
         _refuse_donated(state)
         device = state.rng.device
         params, opt = self._inputs(state)
+        scale = state.loss_scale["scale"] if state.loss_scale else None
         grads: dict[str, Tensor] | None = None
         losses: dict[str, Tensor] = {}
         for i, batch in enumerate(sub_batches):
@@ -450,9 +495,9 @@ class Step:
             index = self._index(first_index + i, device)
             args = (params, state.buffers, batch, state.rng, state.step, index)
             if grads is None:
-                grads, loss, aux = self._grads(*args)
+                grads, loss, aux = self._grads(*args, scale=scale)
             else:
-                grads, loss, aux = self._grads_acc(grads, *args)
+                grads, loss, aux = self._grads_acc(grads, *args, scale=scale)
             # Per-sub-batch losses are 0-d: summing them eagerly costs little and lets the
             # components differ between sub-batches.
             for k, v in (("loss", loss), *((f"aux/{k}", v) for k, v in aux.items())):
@@ -518,8 +563,8 @@ class Step:
             owned = self._last_out is not None and self._last_out() is state
             if not owned:  # the caller's tensors (or views of them) are not ours to overwrite
                 params, opt = tree_map(torch.clone, (params, opt))
-        new_params, new_opt, new_guard, new_step, metrics = self.update_fn(
-            params, opt, state.guard, grads, losses, state.step
+        new_params, new_opt, new_guard, new_step, metrics, new_scale = self.update_fn(
+            params, opt, state.guard, grads, losses, state.step, state.loss_scale or None
         )
         if self.donate:
             new_params, new_opt = tree_map(
@@ -533,7 +578,12 @@ class Step:
             new_opt = self.layout.unpack(new_opt, self._views)
         hparams = {k: v for k, v in metrics.items() if k.startswith("lr/")}
         new_state = state.replace(
-            step=new_step, params=new_params, opt=new_opt, guard=new_guard, hparams=hparams
+            step=new_step,
+            params=new_params,
+            opt=new_opt,
+            guard=new_guard,
+            hparams=hparams,
+            loss_scale=new_scale or {},
         )
         if self.donate:
             self._last_out = weakref.ref(new_state)
@@ -556,6 +606,7 @@ def make_step(
     flat: bool = False,
     flat_max_bytes: int | None | str = "auto",
     donate: bool = False,
+    loss_scale_growth_interval: int = 2000,
 ) -> Step:
     """Build ``step(state, sub_batches, *, first_index=0) -> (state, metrics)``.
 
@@ -585,6 +636,9 @@ def make_step(
     ``donate=True`` updates the params and optimizer state in place (JAX's buffer donation): the
     state passed in is consumed (any step refuses it afterwards) unless it is not the one this
     step returned last, in which case its tensors are copied first and left untouched.
+    A state made with ``init_state(..., loss_scale=2.0**16)`` trains with dynamic loss scaling
+    (float16 autocast; :mod:`pureml.core.loss_scale`): the metric ``loss_scale`` is the scale
+    the step used; it doubles after ``loss_scale_growth_interval`` finite steps in a row.
 
     >>> from pureml import optim
     >>> def loss_fn(params, buffers, batch, key):
@@ -612,4 +666,5 @@ def make_step(
         flat=flat,
         flat_max_bytes=flat_max_bytes,
         donate=donate,
+        loss_scale_growth_interval=loss_scale_growth_interval,
     )

@@ -128,7 +128,9 @@ class TrainConfig:
     )
     cpu: bool = attrs.field(default=False, metadata=_doc("force the CPU even when a GPU exists"))
     mixed_precision: str = attrs.field(
-        default="no", validator=_one_of(*MIXED_PRECISION), metadata=_doc("no, fp16 or bf16")
+        default="no",
+        validator=_one_of(*MIXED_PRECISION),
+        metadata=_doc("no, fp16 (with a dynamic loss scale) or bf16"),
     )
     save_model: bool = attrs.field(
         default=True, metadata=_doc("write model-last with each checkpoint and at the end")

@@ -573,6 +573,8 @@ class Trainer:
             optimizer,
             seed=_stable_seed(self.seed, "phase", phase_idx),
             grad_ewm_window=self.grad_ewm_window,
+            # float16 gradients below 6e-8 round to zero: scale them (Accelerate's GradScaler)
+            loss_scale=2.0**16 if self.mixed_precision == "fp16" else None,
         )
         return step, state
 
