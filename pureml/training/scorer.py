@@ -213,10 +213,13 @@ class Scorer:
                     pred_group = getattr(comp, "span_setter", "ents")
                     if not isinstance(pred_group, str):
                         pred_group = "ents"
-                    inputs = [d.copy(drop=("gold", pred_group)) for d in docs]
+                    gold_group = getattr(comp, "target_group", "gold")
+                    inputs = [d.copy(drop=(gold_group, pred_group)) for d in docs]
                     preds = _run(nlp, inputs, enable, self.batch_size)
                     labels = getattr(comp, "labels", None)
-                    scores[key] = ner_scores(docs, preds, pred_group=pred_group, labels=labels)
+                    scores[key] = ner_scores(
+                        docs, preds, gold_group=gold_group, pred_group=pred_group, labels=labels
+                    )
                 else:
                     getter = getattr(comp, "span_getter", "gold")
                     groups = [getter] if isinstance(getter, str) else list(getter)

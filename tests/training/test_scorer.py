@@ -99,3 +99,26 @@ def test_scorer_batches_by_words_with_the_same_scores(inference_batches):
     # batching never changes the scores
     assert Scorer(speed=False, batch_size=1)(nlp, docs) == scores
     assert Scorer(speed=False, batch_size="300 words")(nlp, docs) == scores
+
+
+def test_ner_is_scored_against_the_component_target_group():
+    """Gold entities in another span group than "gold" (NerCrf(target_group=...))."""
+    import torch
+
+    from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+    from pureml.nlp.synthetic import make_corpus
+    from pureml.training.scorer import Scorer
+
+    docs = make_corpus(20, seed=3)
+    moved = [d.copy() for d in docs]
+    for d in moved:
+        d.spans["entities"] = d.spans.pop("gold")
+    scores = []
+    for data, group in ((docs, "gold"), (moved, "entities")):
+        torch.manual_seed(0)
+        nlp = Pipeline(
+            {"embedding": ScratchEncoder(width=16, depth=1), "ner": NerCrf(target_group=group)}
+        )
+        nlp.post_init(data)
+        scores.append(Scorer(speed=False)(nlp, data)["ner"])
+    assert scores[0]["micro"]["p"] > 0 and scores[1] == scores[0]
