@@ -352,6 +352,11 @@ class ProgressLogger(BaseLogger):
         self.stream.flush()
 
 
+@loggers.register("rich")
+class RichLogger(ProgressLogger):
+    """EDS-NLP's default display, for its configs: the ``progress`` bar (no ``rich`` needed)."""
+
+
 @loggers.register("tensorboard")
 class TensorBoardLogger(BaseLogger):
     """TensorBoard event files in ``OUTPUT_DIR/tensorboard`` (extra: ``pureml[tensorboard]``)."""

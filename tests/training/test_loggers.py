@@ -7,6 +7,7 @@ the missing-extra messages are checked by hiding the modules in-process.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 import sys
@@ -286,3 +287,35 @@ def test_csv_resume_without_the_checkpoint_rows_names_the_file(tmp_path):
     (tmp_path / "metrics.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"metrics.csv is missing"):
         CsvLogger().start(tmp_path, 4, state)
+
+
+class _Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("name", ["progress", "rich"])  # rich: EDS-NLP's name, same display
+def test_progress_lines_on_a_file_and_a_live_bar_on_a_terminal(name, tmp_path):
+    from pureml import registry
+
+    metrics = {"loss": 0.5, "lr/default": 3e-4, "grad_norm": 1.25}
+    file_like, tty = io.StringIO(), _Tty()
+    for stream in (file_like, tty):
+        lg = registry.loggers.get(name)(stream=stream, width=10)
+        lg.start(tmp_path, 40, None)
+        for step in range(1, 41):
+            validation = {"ner": {"micro": {"f1": 0.75}}} if step == 20 else None
+            lg.log(step, metrics, validation, {"words_per_s": 1500.0})
+        lg.message("saved")
+        lg.close()
+    # not a terminal: a line every 5% of the steps (every 2 here), then the message
+    lines = file_like.getvalue().splitlines()
+    assert [line.split()[1] for line in lines[:-1]] == [f"{s}/40" for s in range(2, 41, 2)]
+    assert lines[9].startswith("step 20/40 [#####-----]  loss 0.5  lr 3.00e-04  gnorm 1.25")
+    assert "1.5k words/s" in lines[9] and "f1 0.7500" in lines[9] and "f1" not in lines[8]
+    assert lines[-1] == "saved"
+    # a terminal: one line redrawn in place, kept after a validation and before a message
+    text = tty.getvalue()
+    assert text.count("\r\x1b[2K") == 40
+    assert text.count("\n") == 3 and "step 20/40" in text.split("\n")[0].split("\r\x1b[2K")[-1]
+    assert text.endswith("\nsaved\n")
