@@ -734,7 +734,7 @@ def fusion(args: argparse.Namespace, device: torch.device) -> None:
     index = torch.zeros((), dtype=torch.int64, device=device)
 
     def run_fused(st, bt):
-        p, o, gd, stp, m = fused_c(
+        p, o, gd, stp, m, _ = fused_c(
             st.params, st.buffers, st.opt, st.guard, bt, st.rng, st.step, index
         )
         return st.replace(params=p, opt=o, guard=gd, step=stp), m
