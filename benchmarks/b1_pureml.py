@@ -44,6 +44,13 @@ def main() -> None:
     ap.add_argument("--recipe", default=str(RECIPE))
     ap.add_argument("--set", action="append", default=[], help="extra recipe override key=value")
     ap.add_argument("--no-predict", action="store_true", help="skip the dev predictions")
+    ap.add_argument(
+        "--profile-steps",
+        type=int,
+        default=0,
+        help="profile this many extra steps after the timed ones (torch.profiler; not timed)",
+    )
+    ap.add_argument("--profile-out", help="the profiled steps' top operators and kernels")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -63,7 +70,7 @@ def main() -> None:
     overrides = [
         f"paths.model={Path(args.model).resolve()}",
         f"paths.ncbi={args.data}",
-        f"train.max_steps={args.steps}",
+        f"train.max_steps={args.steps + args.profile_steps}",
         f"train.seed={args.seed}",
         f"train.output_dir={args.workdir}",
         *([f"train.threads={args.threads}"] if args.threads else []),
@@ -78,12 +85,17 @@ def main() -> None:
     nlp = kwargs["nlp"]
     timer = pureml_run.StepTimer().install()
     compiled_in = count_graphs_per_step()
+    if args.profile_steps:
+        profile_last_steps(args.steps, args.profile_steps, Path(args.profile_out or "profile.txt"))
     t_setup = time.perf_counter()
     trainer_mod.train(**kwargs, resume=False)
     t_end = time.perf_counter()
     if not timer.stamps:
         raise SystemExit("the step was never called: did the trainer stop using make_step?")
     times = timer.durations(t_end)
+    if args.profile_steps:  # the profiled steps run after the timed ones and are not counted
+        times, timer.words = times[: args.steps], timer.words[: args.steps]
+        timer.stamps, timer._losses = timer.stamps[: args.steps], timer._losses[: args.steps]
     import pureml
 
     result = {
@@ -110,6 +122,47 @@ def main() -> None:
         result["predict_s"] = time.perf_counter() - t_pred
         result["dev"] = ncbi.score(ncbi.gold_of(dev), preds)
     Path(args.out).write_text(json.dumps(result))
+
+
+def profile_last_steps(first: int, n: int, out: Path) -> None:
+    """Wrap ``make_step`` to run steps ``first`` .. ``first + n - 1`` (0-based) under
+    ``torch.profiler`` and write the top operators by self time (device time on a GPU, where the
+    step's host time hides behind the kernels it queues) to ``out``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import pureml.core.step as core_step
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    calls = [0]
+    prof = profile(activities=activities)
+    inner = core_step.make_step
+
+    def profiled_make_step(*a, **kw):
+        step = inner(*a, **kw)
+
+        def profiled(*s_a, **s_kw):
+            i = calls[0]
+            calls[0] += 1
+            if i == first:
+                prof.start()
+            out_ = step(*s_a, **s_kw)
+            if i == first + n - 1:
+                if cuda:
+                    torch.cuda.synchronize()
+                prof.stop()
+                key = "self_device_time_total" if cuda else "self_cpu_time_total"
+                table = prof.key_averages().table(
+                    sort_by=key, row_limit=30, max_name_column_width=70
+                )
+                out.write_text(f"{n} steps after {first}, sorted by {key}\n{table}\n")
+            return out_
+
+        profiled.adopt = step.adopt
+        return profiled
+
+    core_step.make_step = profiled_make_step
 
 
 def count_graphs_per_step() -> list[int]:

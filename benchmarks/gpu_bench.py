@@ -11,7 +11,8 @@ printed whatever finished):
    ``torch.optim.AdamW(fused=True)``.
 4. ``pureml``: the same model through pureml's trainer (benchmarks/b1_pureml.toml with
    ``mixed_precision = "bf16"`` and the same batches of ``--batch-words`` words), compiled,
-   deterministic mode off (as the eager loop).
+   deterministic mode off (as the eager loop); then 3 more steps under torch.profiler, not timed:
+   $OUT/pureml_profile.txt (top operators and kernels by device time).
 5. ``optim``: benchmarks/optim_step.py --device cuda (the core's functional AdamW in every
    formulation vs torch's fused AdamW, ~90 s), if present; its profile: $OUT/optim_profile.txt.
 6. ``determinism``: pureml for 50 steps with deterministic mode on, twice (bitwise equal final
@@ -374,11 +375,15 @@ def main() -> None:
     if args.smoke:
         pureml_common += ["--set", "train.compile=false"]
 
-    def pureml(name: str, steps: int, deterministic: bool, budget: float) -> dict | None:
+    def pureml(
+        name: str, steps: int, deterministic: bool, budget: float, profile: Path | None = None
+    ) -> dict | None:
         out = r.work / f"{name}.json"
         cmd = pureml_common + ["--steps", str(steps), "--out", str(out),
                                "--workdir", str(r.work / "runs" / name),
                                "--set", f"train.deterministic={'true' if deterministic else 'false'}"]  # fmt: skip
+        if profile is not None:
+            cmd += ["--profile-steps", "3", "--profile-out", str(profile)]
         env = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"} if deterministic else {}
         if not r.run(name, cmd, budget, env=env):
             return None
@@ -390,7 +395,8 @@ def main() -> None:
         return keep
 
     if "pureml" in parts:
-        p = pureml("pureml", args.steps, False, 300)
+        # 3 more steps under torch.profiler (not timed): where the step's time goes
+        p = pureml("pureml", args.steps, False, 300, profile=Path(args.out) / "pureml_profile.txt")
         if p:
             res["parts"]["pureml"] = p
 
