@@ -325,7 +325,7 @@ class Step:
         with torch.enable_grad():
             loss, aux = self.forward_fn(leaves, buffers, batch, rng, step, index)
             # loss scaling seeds the backward with the scale instead of 1: d(scale * loss)
-            seed = None if scale is None else scale.to(loss.dtype)
+            seed = None if scale is None else scale.to(loss.dtype).expand_as(loss)
             grads = torch.autograd.grad(
                 loss, list(leaves.values()), grad_outputs=seed, materialize_grads=True
             )
@@ -340,14 +340,23 @@ class Step:
         return dict(zip(names, summed)), loss, aux
 
     def grad_fn(
-        self, params: dict, buffers: dict, batch: Any, rng: Tensor, step: Tensor, index: Tensor
+        self,
+        params: dict,
+        buffers: dict,
+        batch: Any,
+        rng: Tensor,
+        step: Tensor,
+        index: Tensor,
+        scale: Tensor | None = None,
     ) -> tuple[dict, Tensor, dict]:
         """Gradients of one sub-batch's loss w.r.t. ``params``, the loss, and the aux losses
-        (tensors by parameter name, also with ``flat=True``)."""
+        (tensors by parameter name, also with ``flat=True``). With ``scale`` (a state's
+        ``loss_scale["scale"]``), the gradients of ``scale * loss``: what ``apply_gradients``
+        takes for such a state."""
         if not self.flat:
-            return self._grads(params, buffers, batch, rng, step, index)
+            return self._grads(params, buffers, batch, rng, step, index, scale)
         flat = self._layout(params).flatten(params)
-        grads, loss, aux = self._grads(flat, buffers, batch, rng, step, index)
+        grads, loss, aux = self._grads(flat, buffers, batch, rng, step, index, scale)
         return self.layout.views(grads), loss, aux
 
     def grad_acc_fn(
@@ -359,13 +368,21 @@ class Step:
         rng: Tensor,
         step: Tensor,
         index: Tensor,
+        scale: Tensor | None = None,
     ) -> tuple[dict, Tensor, dict]:
         """``grad_fn`` added to the running sum ``acc``."""
         if not self.flat:
-            return self._grads_acc(acc, params, buffers, batch, rng, step, index)
+            return self._grads_acc(acc, params, buffers, batch, rng, step, index, scale=scale)
         layout = self._layout(params)
         summed, loss, aux = self._grads_acc(
-            layout.flatten(acc), layout.flatten(params), buffers, batch, rng, step, index
+            layout.flatten(acc),
+            layout.flatten(params),
+            buffers,
+            batch,
+            rng,
+            step,
+            index,
+            scale=scale,
         )
         return layout.views(summed), loss, aux
 
@@ -523,6 +540,8 @@ class Step:
         """The second half of a step: clip, guard and apply ``grads`` (summed over the
         sub-batches; with ``flat=True`` one tensor per bucket, as the flat backward makes them:
         ``self.layout.flatten(grads_by_name)``); ``losses`` holds ``"loss"`` and ``"aux/<name>"``.
+        For a state with a loss scale, ``grads`` are those of the scaled loss (``grad_fn(...,
+        scale=state.loss_scale["scale"])``): they are divided by the scale here.
 
         >>> from pureml import optim
         >>> opt = optim.sgd(0.5)

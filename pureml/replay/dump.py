@@ -64,14 +64,19 @@ def step_gradients(
     In a single process these are the step's gradients; under data parallelism, this rank's
     share (the step sums them across ranks afterwards)."""
     device = state.rng.device
+    # a float16 run's backward is seeded with its loss scale (unscaled, small gradients round
+    # to zero): the same here, divided by it afterwards
+    scale = state.loss_scale["scale"] if state.loss_scale else None
     grads = None
     for i, batch in enumerate(sub_batches):
         index = torch.tensor(first_index + i, dtype=torch.int64, device=device)
         args = (state.params, state.buffers, batch, state.rng, state.step, index)
         if grads is None:
-            grads, _, _ = step_fn.grad_fn(*args)
+            grads, _, _ = step_fn.grad_fn(*args, scale=scale)
         else:
-            grads, _, _ = step_fn.grad_acc_fn(grads, *args)
+            grads, _, _ = step_fn.grad_acc_fn(grads, *args, scale=scale)
+    if scale is not None:
+        grads = {k: g / scale.to(g.dtype) for k, g in grads.items()}
     return grads
 
 

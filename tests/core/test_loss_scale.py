@@ -86,3 +86,24 @@ def test_growth_stops_short_of_float32_overflow_and_bad_scales_are_refused():
     for bad in (0.0, -1.0, INF):
         with pytest.raises(ValueError, match="loss_scale"):
             init_loss_scale(bad)
+
+
+def test_grad_fn_and_apply_gradients_compose_like_the_step():
+    """The step's two public halves, with a loss scale: gradients of the scaled loss in,
+    unscaled inside; a one-element loss (not 0-d) is seeded too."""
+
+    def loss_fn(params, buffers, batch, key):
+        return (params["w"] * batch["x"]).sum().reshape(1), {}
+
+    opt = optim.sgd(0.5)
+    step = make_step(loss_fn, opt, grad_max_norm=None, compile=False)
+    state = init_state({"w": torch.ones(2)}, optimizer=opt, loss_scale=2.0**16)
+    batch = {"x": torch.tensor([1.0, -2.0])}
+    whole, metrics = step(state, [batch])
+    index = torch.zeros((), dtype=torch.int64)
+    args = (state.params, state.buffers, batch, state.rng, state.step, index)
+    grads, loss, _ = step.grad_fn(*args, scale=state.loss_scale["scale"])
+    halves, metrics2 = step.apply_gradients(state, grads, {"loss": loss})
+    assert torch.equal(halves.params["w"], whole.params["w"])
+    assert whole.params["w"].tolist() == [0.5, 2.0]
+    assert float(metrics2["grad_norm"]) == pytest.approx(5**0.5)
