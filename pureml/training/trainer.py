@@ -650,12 +650,14 @@ class Trainer:
     def run(self) -> Any:
         self.device = self.world.device if not self.cpu else torch.device("cpu")
         self._configure_torch()
-        # now, as every run does: post_init (labels read from the data) changes the components'
-        # config, which the hash of a run started from Python covers
-        self.recipe_hash()
-        resume_from = self._find_resume_point()  # may refuse: nothing written yet
         self.plan = self._phase_plan()
         self.total_steps = self.max_steps * len(self.plan)
+        # Before the hash, in every run: post_init (labels read from the data) changes the
+        # components' config, which the hash of a run started from Python covers. Run again in
+        # a new process or on the same pipeline object, the hash is then the same.
+        self._post_init()
+        self.recipe_hash()
+        resume_from = self._find_resume_point()  # may refuse: nothing written yet
         if self.world.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             ckpt.remove_stale_temporaries(self.output_dir)
@@ -667,7 +669,6 @@ class Trainer:
                 (self.output_dir / "config.toml").write_text(dump_toml(self.recipe))
         self.nlp.loss_scales = {**getattr(self.nlp, "loss_scales", {}), **self.loss_scales}
         self.val_docs = list(self.val_data) if self.val_data is not None else []
-        self._post_init()
         self.nlp.to(self.device)
 
         meta = ckpt.read_meta(resume_from) if resume_from is not None else None

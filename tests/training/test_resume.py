@@ -225,3 +225,41 @@ def test_other_validation_checkpoint_and_scoring_settings_resume_to_the_same_wei
     # a key that changes the weights is still refused
     refused = run(recipe, "--set", "optimizer.learning_rate=1e-3", check=False)
     assert refused.returncode == 2 and "differs in optimizer.learning_rate" in refused.stderr
+
+
+def test_a_python_run_resumes_with_a_new_pipeline_or_the_same_one(tmp_path, capsys):
+    """train() from Python (no recipe: the hash covers the components' config, labels read
+    from the data included): a new process's pipeline, or the very object trained before."""
+    import shutil
+
+    import torch
+
+    from pureml import TrainingData, train
+    from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+    from pureml.nlp.synthetic import write_corpus
+    from pureml.stream import read_standoff
+
+    corpus = write_corpus(tmp_path / "corpus", seed=0, splits={"train": 16})["train"]
+
+    def pipeline():
+        torch.manual_seed(0)
+        return Pipeline({"embedding": ScratchEncoder(width=16, depth=1), "ner": NerCrf()})
+
+    def go(nlp, out):
+        data = TrainingData(read_standoff(corpus), batch_size="200 words")
+        train(nlp, data, max_steps=4, checkpoint_interval=2, compile=False, logger=["json"],
+              output_dir=out)  # fmt: skip
+
+    first = pipeline()
+    go(first, tmp_path / "ref")
+    reference = load_file(str(tmp_path / "ref" / "model-last" / "model.safetensors"))
+    for name, nlp in (("new", pipeline()), ("same", first)):
+        out = tmp_path / name
+        shutil.copytree(tmp_path / "ref", out)
+        shutil.rmtree(out / "checkpoints" / "step-000004")
+        capsys.readouterr()
+        go(nlp, out)  # refused as "a different recipe" before
+        assert "resuming from" in capsys.readouterr().err, name
+        weights = load_file(str(out / "model-last" / "model.safetensors"))
+        assert all(weights[k].equal(v) for k, v in reference.items()), name
+        assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
