@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 import torch
 
-from ..core.state import TrainState, fingerprint, load_state, save_state
+from ..core.state import CheckpointError, TrainState, fingerprint, load_state, save_state
 from ..nlp.doc import Doc
 from ..registry import loggers as logger_registry
 from ..stream import Stream
@@ -680,6 +680,7 @@ class Trainer:
         )
         self._last_score = meta.get("last_score") if meta else None
         self._model_step: int | None = None  # the step model-last was last written at
+        self._loss_scale: dict[str, torch.Tensor] = {}  # float16: the last phase's scale
         start_phase = meta["phase"] if meta else 0
         start_step = meta["phase_step"] if meta else 0
         if meta:
@@ -696,6 +697,7 @@ class Trainer:
                         phase_idx, comps, feeds, first, resume_from if meta else None, interrupts
                     )
                     self._sync_module(state)
+                    self._loss_scale = state.loss_scale
                     resume_from, meta = None, None
         finally:
             for lg in self.loggers:
@@ -709,11 +711,20 @@ class Trainer:
 
     def _run_phase(self, phase_idx, comps, feeds, first_step, resume_from, interrupts):
         step_fn, state = self._phase_state(phase_idx, comps)
+        if self._loss_scale:  # one scale for the run, as Accelerate keeps one GradScaler
+            state = state.replace(loss_scale=self._loss_scale)
         streams = {
             name: self._training_stream(phase_idx, name, td, pipes) for name, td, pipes in feeds
         }
         if resume_from is not None:
-            state, _ = load_state(state, Path(resume_from) / "state")
+            try:
+                state, _ = load_state(state, Path(resume_from) / "state")
+            except CheckpointError as e:
+                # unreadable, or made by a run whose state differs (an older pureml's layout)
+                raise RunDirError(
+                    f"{e} (checkpoint {resume_from}): pass --restart (restart=True) to start "
+                    "over there, or choose another train.output_dir"
+                ) from None
             saved = ckpt.read_meta(resume_from)["streams"]
             for name, stream in streams.items():
                 stream.load_state_dict(saved[name])

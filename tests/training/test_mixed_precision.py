@@ -54,3 +54,36 @@ def test_float16_scales_the_loss_and_resumes_with_its_scale(tmp_path):
     lines = _run(corpus, tmp_path / "bf16", "bf16")
     assert "loss_scale" not in lines[0] and not any(line["skipped"] for line in lines)
     assert not any(k.startswith("loss_scale") for k in _state(tmp_path / "bf16", 6))
+
+
+def test_one_loss_scale_for_the_whole_run_across_phases(tmp_path):
+    """Two phases (two embeddings, each with its head): the second starts where the first's
+    scale ended, as one GradScaler serves the whole run (not from 2**16 again)."""
+    from pureml.nlp import SpanClassifier
+
+    corpus = write_corpus(tmp_path / "corpus", seed=0, splits={"train": 16})["train"]
+    torch.manual_seed(0)
+    nlp = Pipeline(
+        {
+            "emb1": ScratchEncoder(width=16, depth=1),
+            "ner": NerCrf(embedding="emb1"),
+            "emb2": ScratchEncoder(width=16, depth=1),
+            "status": SpanClassifier(embedding="emb2", attributes=["status"]),
+        }
+    )
+    assert len(nlp.phases()) == 2
+    train(
+        nlp,
+        TrainingData(read_standoff(corpus), batch_size="200 words"),
+        max_steps=4,
+        compile=False,
+        logger=["json"],
+        save_model=False,
+        output_dir=tmp_path / "run",
+        mixed_precision="fp16",
+    )
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, second = lines[:4], lines[4:]
+    assert first[0]["loss_scale"] == 2.0**16 and first[0]["skipped"]  # overflow at the start
+    end_of_first = first[-1]["loss_scale"] / (2 if first[-1]["skipped"] else 1)
+    assert second[0]["loss_scale"] == end_of_first < 2.0**16
