@@ -48,7 +48,8 @@ def main() -> None:
         "--profile-steps",
         type=int,
         default=0,
-        help="profile this many extra steps after the timed ones (torch.profiler; not timed)",
+        help="profile this many extra steps after the timed ones (torch.profiler; not timed; "
+        "they lengthen the lr schedule: losses and weights are not those of a run without)",
     )
     ap.add_argument("--profile-out", help="the profiled steps' top operators and kernels")
     args = ap.parse_args()
@@ -96,6 +97,7 @@ def main() -> None:
     if args.profile_steps:  # the profiled steps run after the timed ones and are not counted
         times, timer.words = times[: args.steps], timer.words[: args.steps]
         timer.stamps, timer._losses = timer.stamps[: args.steps], timer._losses[: args.steps]
+        del compiled_in[args.steps :]
     import pureml
 
     result = {
