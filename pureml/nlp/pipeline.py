@@ -326,7 +326,12 @@ class Pipeline(torch.nn.Module):
                 },
             }
             (tmp / CONFIG).write_text(dump_toml(config), encoding="utf-8")
-            tensors = {k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}
+            # straight to host memory (safetensors writes from there): no second copy of the
+            # weights on a GPU, where model-last is written at every checkpoint
+            tensors = {
+                k: v.detach().to("cpu", copy=True).contiguous()
+                for k, v in self.state_dict().items()
+            }
             save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pureml"})
             for n in self.pipe_names:
                 sub = tmp / n
