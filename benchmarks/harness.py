@@ -185,11 +185,18 @@ def now_utc() -> str:
 def write_section(key: str, body: str, path: Path = RESULTS) -> None:
     """Replace what lies between ``<!-- key:start -->`` and ``<!-- key:end -->`` in *path*.
 
-    Other sections are left byte for byte; a missing file or marker pair is created.
+    Other sections are left byte for byte; a missing file or marker pair is created. Notes
+    written by hand after a ``<!-- key:notes -->`` line inside the section (attempts, profiles,
+    re-measures) are kept below the new body.
     """
-    start, end = f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+    start, end, notes = f"<!-- {key}:start -->", f"<!-- {key}:end -->", f"<!-- {key}:notes -->"
     text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{start}\n{body.rstrip()}\n{end}"
+    kept = ""
+    if start in text and end in text:
+        old = text.split(start, 1)[1].split(end, 1)[0]
+        if notes in old:
+            kept = "\n\n" + notes + old.split(notes, 1)[1].rstrip()
+    block = f"{start}\n{body.rstrip()}{kept}\n{end}"
     if start in text and end in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     else:
