@@ -222,7 +222,7 @@ def replay(
                 raise ReplayError(f"step {n} is not recorded: cannot check the way to step {step}")
             subs, streams, ids = phase.draw()
             before = phase.state
-            # The trainer's step writes the next state into the one it is given (donate=True):
+            # The trainer's compiled step writes the next state into the one it is given (donate):
             # at the step to examine, it gets a new TrainState object over the same tensors,
             # which it copies before writing, so that ``before`` still holds this step's input.
             given = before.replace() if n == step else before

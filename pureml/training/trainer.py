@@ -564,8 +564,10 @@ class Trainer:
             all_reduce=self._all_reduce(),
             param_grad_norms=self.log_weight_grads,
             flat=self.flat_params,
-            # the loop never reuses a state it passed to the step: the update runs in place
-            donate=True,
+            # The loop never reuses a state it passed to the step, so the update may run in
+            # place; compiled only, where inductor fuses each update into the old buffers. Eager,
+            # donating only adds a copy: 2.0-3.3 s instead of 0.9 for 165M parameters (CPU).
+            donate=self.compile,
         )
         state = init_state(
             params,
