@@ -374,16 +374,9 @@ class Step:
         if not self.flat:
             return self._grads_acc(acc, params, buffers, batch, rng, step, index, scale=scale)
         layout = self._layout(params)
-        summed, loss, aux = self._grads_acc(
-            layout.flatten(acc),
-            layout.flatten(params),
-            buffers,
-            batch,
-            rng,
-            step,
-            index,
-            scale=scale,
-        )
+        rest = (buffers, batch, rng, step, index)
+        flat_acc, flat_params = layout.flatten(acc), layout.flatten(params)
+        summed, loss, aux = self._grads_acc(flat_acc, flat_params, *rest, scale=scale)
         return layout.views(summed), loss, aux
 
     def _update(
@@ -395,7 +388,7 @@ class Step:
         losses: dict,
         step: Tensor,
         loss_scale: dict | None = None,
-    ) -> tuple[dict, Any, dict, Tensor, dict, dict | None]:
+    ) -> tuple[dict, Any, dict, Tensor, dict, dict]:
         if self.all_reduce is not None:
             reduced = _all_reduce_tree(
                 {
@@ -449,7 +442,7 @@ class Step:
         metrics.update({f"lr/{g}": lr for g, lr in learning_rates(new_opt).items()})
         metrics["spike"] = outcome.spike
         metrics["skipped"] = skip
-        new_scale = None
+        new_scale = {}  # no scaling: the state keeps no statistics
         if loss_scale:
             metrics["loss_scale"] = loss_scale["scale"]  # the scale this step's backward used
             new_scale = update_loss_scale(
@@ -583,7 +576,7 @@ class Step:
             if not owned:  # the caller's tensors (or views of them) are not ours to overwrite
                 params, opt = tree_map(torch.clone, (params, opt))
         new_params, new_opt, new_guard, new_step, metrics, new_scale = self.update_fn(
-            params, opt, state.guard, grads, losses, state.step, state.loss_scale or None
+            params, opt, state.guard, grads, losses, state.step, state.loss_scale
         )
         if self.donate:
             new_params, new_opt = tree_map(
@@ -602,7 +595,7 @@ class Step:
             opt=new_opt,
             guard=new_guard,
             hparams=hparams,
-            loss_scale=new_scale or {},
+            loss_scale=new_scale,
         )
         if self.donate:
             self._last_out = weakref.ref(new_state)

@@ -128,18 +128,15 @@ def init_distributed(*, cpu: bool = False, timeout_s: float | None = None) -> Di
             ),
             device_id=device if use_cuda else None,
         )
+        info = DistInfo(rank, world_size, local_rank, backend, device)
         # Left at exit unless shutdown() came first. Not at the end of train(): a group
         # cannot be joined again in the same process (the peers' addresses in the store go
         # stale), so a script that trains twice keeps it. atexit runs before the
         # interpreter's finalization, so gloo's threads are joined while they can still
         # take the GIL.
-        atexit.register(_leave_at_exit)
+        atexit.register(shutdown, info)
+        return info
     return DistInfo(rank, world_size, local_rank, backend, device)
-
-
-def _leave_at_exit() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def shutdown(info: DistInfo) -> None:

@@ -40,7 +40,8 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def _fsync_path(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a folder (a rename inside it) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -77,8 +78,8 @@ def write_atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
         manifest = {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         for p in [*_files(tmp), tmp / MANIFEST]:
-            _fsync_path(p)
-        _fsync_path(tmp)
+            fsync_path(p)
+        fsync_path(tmp)
         old = None
         if final.exists():
             old = final.parent / f".old-{final.name}-{os.getpid()}"
@@ -86,7 +87,7 @@ def write_atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
                 shutil.rmtree(old)
             os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_path(final.parent)
+        fsync_path(final.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..registry import loggers
+from .checkpoint import fsync_path
 from .records import AppendLog
 
 METRICS_FILE = "metrics.jsonl"
@@ -216,11 +217,7 @@ class _CsvFile:
         finally:
             tmp.unlink(missing_ok=True)
         if os.name == "posix":  # the rename itself survives a crash
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(self.path.parent)
 
 
 def _csv_line(cells: list[Any]) -> str:

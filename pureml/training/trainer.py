@@ -541,8 +541,13 @@ class Trainer:
 
         return autocast_loss_fn
 
-    def _phase_state(self, phase_idx: int, comps: list[str]) -> tuple[Any, TrainState]:
-        """The compiled step and initial state of a phase (its components' parameters trainable)."""
+    def _phase_state(
+        self, phase_idx: int, comps: list[str], loss_scale: dict | None = None
+    ) -> tuple[Any, TrainState]:
+        """The compiled step and initial state of a phase (its components' parameters trainable).
+
+        ``loss_scale``: the previous phase's final float16 loss-scale statistics, which this
+        phase continues from (one scale for the run, as Accelerate keeps one GradScaler)."""
         from ..core.step import init_state, make_step
 
         prefixes = tuple(f"{c}." for c in comps)
@@ -578,6 +583,8 @@ class Trainer:
             # float16 gradients below 6e-8 round to zero: scale them (Accelerate's GradScaler)
             loss_scale=2.0**16 if self.mixed_precision == "fp16" else None,
         )
+        if loss_scale:
+            state = state.replace(loss_scale=loss_scale)
         return step, state
 
     def _all_reduce(self) -> Any:
@@ -682,7 +689,6 @@ class Trainer:
         )
         self._last_score = meta.get("last_score") if meta else None
         self._model_step: int | None = None  # the step model-last was last written at
-        self._loss_scale: dict[str, torch.Tensor] = {}  # float16: the last phase's scale
         start_phase = meta["phase"] if meta else 0
         start_step = meta["phase_step"] if meta else 0
         if meta:
@@ -691,15 +697,21 @@ class Trainer:
             )
         try:
             with _Interrupts() as interrupts:
+                state = None
                 for phase_idx, (comps, feeds) in enumerate(self.plan):
                     if phase_idx < start_phase:
                         continue
                     first = start_step if phase_idx == start_phase else 0
                     state = self._run_phase(
-                        phase_idx, comps, feeds, first, resume_from if meta else None, interrupts
+                        phase_idx,
+                        comps,
+                        feeds,
+                        first,
+                        resume_from if meta else None,
+                        interrupts,
+                        state.loss_scale if state is not None else None,
                     )
                     self._sync_module(state)
-                    self._loss_scale = state.loss_scale
                     resume_from, meta = None, None
         finally:
             for lg in self.loggers:
@@ -711,10 +723,8 @@ class Trainer:
             self.message(f"saved the pipeline to {self.output_model_dir}")
         return self.nlp
 
-    def _run_phase(self, phase_idx, comps, feeds, first_step, resume_from, interrupts):
-        step_fn, state = self._phase_state(phase_idx, comps)
-        if self._loss_scale:  # one scale for the run, as Accelerate keeps one GradScaler
-            state = state.replace(loss_scale=self._loss_scale)
+    def _run_phase(self, phase_idx, comps, feeds, first_step, resume_from, interrupts, loss_scale):
+        step_fn, state = self._phase_state(phase_idx, comps, loss_scale)
         streams = {
             name: self._training_stream(phase_idx, name, td, pipes) for name, td, pipes in feeds
         }

@@ -46,49 +46,29 @@ def test_collective_timeout_from_environment():
         collective_timeout_s({"PUREML_COLLECTIVE_TIMEOUT_S": "soon"})
 
 
-def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
-    script = tmp_path / "allreduce.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import json
-            import os
-            import sys
-            import torch
-            OUT = sys.argv[1]
-            from pureml.distributed import (
-                check_same_everywhere, global_stats, init_distributed, make_all_reduce, shutdown
-            )
-            def open_sockets():
-                links = []
-                for fd in os.listdir("/proc/self/fd"):
-                    try:
-                        links.append(os.readlink(f"/proc/self/fd/{fd}"))
-                    except OSError:
-                        pass
-                return sum(link.startswith("socket:") for link in links)
-            sockets_before = open_sockets()
-            info = init_distributed(cpu=True, timeout_s=60)
-            reduce = make_all_reduce(info)
-            f = torch.compile(lambda x: reduce(x * 2) + 1, fullgraph=True, backend="aot_eager")
-            out = f(torch.arange(4.0) + info.rank)
-            with open(f"{OUT}/rank{info.rank}.txt", "w") as f_out:
-                f_out.write(repr(out.tolist()))
-            # stats summed over ranks and each rank's first global sub-batch index, in one call
-            stats, first = global_stats(info, {"words": torch.tensor(10.0 + info.rank)}, 2 + info.rank)
-            check_same_everywhere(info, "same", "abc")
-            try:
-                check_same_everywhere(info, "initial parameters", f"fp{info.rank}")
-                error = "none"
-            except RuntimeError as e:
-                error = str(e)
-            shutdown(info)
-            with open(f"{OUT}/rank{info.rank}.json", "w") as f_out:
-                json.dump({"words": stats["words"].item(), "first": first, "error": error,
-                           "sockets": [sockets_before, open_sockets()]}, f_out)
-            """
-        )
-    )
+# The torchrun scripts' common head: OUT (the test's folder, argv[1]) and open_sockets(), the
+# sockets this process holds (a process group's close only once the group is really freed).
+SCRIPT_HEAD = """\
+import os
+import sys
+OUT = sys.argv[1]
+
+
+def open_sockets():
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass
+    return sum(link.startswith("socket:") for link in links)
+"""
+
+
+def _run_two_ranks(folder, name: str, body: str) -> None:
+    """Run SCRIPT_HEAD + ``body`` on two torchrun ranks (CPU, gloo); fail with their output."""
+    script = folder / name
+    script.write_text(SCRIPT_HEAD + textwrap.dedent(body))
     proc = subprocess.run(
         [
             sys.executable,
@@ -97,7 +77,7 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
             "--standalone",
             "--nproc_per_node=2",
             str(script),
-            str(tmp_path),
+            str(folder),
         ],
         capture_output=True,
         text=True,
@@ -105,6 +85,39 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
     )
     # the head holds the ranks' own messages (a gloo abort once, under load), the tail torchrun's
     assert proc.returncode == 0, proc.stderr[:2000] + "\n...\n" + proc.stderr[-800:]
+
+
+def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
+    _run_two_ranks(
+        tmp_path,
+        "allreduce.py",
+        """
+        import json
+        import torch
+        from pureml.distributed import (
+            check_same_everywhere, global_stats, init_distributed, make_all_reduce, shutdown
+        )
+        sockets_before = open_sockets()
+        info = init_distributed(cpu=True, timeout_s=60)
+        reduce = make_all_reduce(info)
+        f = torch.compile(lambda x: reduce(x * 2) + 1, fullgraph=True, backend="aot_eager")
+        out = f(torch.arange(4.0) + info.rank)
+        with open(f"{OUT}/rank{info.rank}.txt", "w") as f_out:
+            f_out.write(repr(out.tolist()))
+        # stats summed over ranks and each rank's first global sub-batch index, in one call
+        stats, first = global_stats(info, {"words": torch.tensor(10.0 + info.rank)}, 2 + info.rank)
+        check_same_everywhere(info, "same", "abc")
+        try:
+            check_same_everywhere(info, "initial parameters", f"fp{info.rank}")
+            error = "none"
+        except RuntimeError as e:
+            error = str(e)
+        shutdown(info)
+        with open(f"{OUT}/rank{info.rank}.json", "w") as f_out:
+            json.dump({"words": stats["words"].item(), "first": first, "error": error,
+                       "sockets": [sockets_before, open_sockets()]}, f_out)
+        """,
+    )
     # each rank doubles its own arange(4) + rank; the sum is 2 * (2 * arange(4) + 1), plus 1
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "[3.0, 7.0, 11.0, 15.0]"
@@ -119,68 +132,40 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
 
 
 def test_a_script_trains_twice_on_one_group_and_leaves_it_at_exit(tmp_path):
-    script = tmp_path / "train_twice.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import atexit
-            import json
-            import os
-            import sys
-            OUT = sys.argv[1]
-            rank = int(os.environ["RANK"])
-            report = {}
+    _run_two_ranks(
+        tmp_path,
+        "train_twice.py",
+        """
+        import atexit
+        import json
+        rank = int(os.environ["RANK"])
+        report = {}
 
-            def open_sockets():
-                links = []
-                for fd in os.listdir("/proc/self/fd"):
-                    try:
-                        links.append(os.readlink(f"/proc/self/fd/{fd}"))
-                    except OSError:
-                        pass
-                return sum(link.startswith("socket:") for link in links)
+        def at_exit():  # registered first, so it runs after pureml's own exit handler
+            report["sockets"] = [report["sockets_before"], open_sockets()]
+            with open(f"{OUT}/rank{rank}.json", "w") as f_out:
+                json.dump(report, f_out)
 
-            def at_exit():  # registered first, so it runs after pureml's own exit handler
-                report["sockets"] = [report["sockets_before"], open_sockets()]
-                with open(f"{OUT}/rank{rank}.json", "w") as f_out:
-                    json.dump(report, f_out)
+        atexit.register(at_exit)
+        report["sockets_before"] = open_sockets()
+        import torch
+        import torch.distributed as dist
+        from pureml import TrainingData, train
+        from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+        from pureml.nlp.synthetic import write_corpus
+        from pureml.stream import read_standoff
 
-            atexit.register(at_exit)
-            report["sockets_before"] = open_sockets()
-            import torch
-            import torch.distributed as dist
-            from pureml import TrainingData, train
-            from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
-            from pureml.nlp.synthetic import write_corpus
-            from pureml.stream import read_standoff
-
-            corpus = write_corpus(f"{OUT}/corpus{rank}", seed=0, splits={"train": 12})
-            report["joined"] = []
-            for name in ("first", "second"):
-                torch.manual_seed(0)
-                nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": NerCrf()})
-                data = TrainingData(read_standoff(corpus["train"]), batch_size="100 words")
-                train(nlp, data, max_steps=2, compile=False, logger=False, save_model=False,
-                      output_dir=f"{OUT}/{name}")
-                report["joined"].append(dist.is_initialized())
-            """
-        )
+        corpus = write_corpus(f"{OUT}/corpus{rank}", seed=0, splits={"train": 12})
+        report["joined"] = []
+        for name in ("first", "second"):
+            torch.manual_seed(0)
+            nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": NerCrf()})
+            data = TrainingData(read_standoff(corpus["train"]), batch_size="100 words")
+            train(nlp, data, max_steps=2, compile=False, logger=False, save_model=False,
+                  output_dir=f"{OUT}/{name}")
+            report["joined"].append(dist.is_initialized())
+        """,
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[:2000] + "\n...\n" + proc.stderr[-800:]
     for rank in (0, 1):
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
         # the second run reuses the first's group (one cannot be joined twice in a process);

@@ -101,7 +101,7 @@ def _install_checkpoint_crash(k: int, n: int) -> None:
             state["active"] = False
 
     safetensors.torch.save_file = torn_save_file
-    checkpoint._fsync_path = _wrap(checkpoint._fsync_path, event)
+    checkpoint.fsync_path = _wrap(checkpoint.fsync_path, event)
     checkpoint.save_checkpoint = counted_save
     # the trainer calls ckpt.save_checkpoint through the module, so the wrapper is seen
     os.replace = _wrap(os.replace, event, after=True)
