@@ -167,14 +167,19 @@ class RebuiltRun:
         self._initial = {k: v.detach().clone() for k, v in t.nlp.state_dict().items()}
         self._setup_done = True
 
-    def phase(self, index: int, checkpoint: Path | None = None) -> Phase:
-        """Phase ``index`` positioned at its start, or at ``checkpoint`` (of that phase)."""
+    def phase(
+        self, index: int, checkpoint: Path | None = None, loss_scale: dict | None = None
+    ) -> Phase:
+        """Phase ``index`` positioned at its start, or at ``checkpoint`` (of that phase).
+
+        ``loss_scale``: the previous phase's final float16 loss-scale statistics, which a
+        phase started from its beginning continues from, as in the trainer."""
         self.setup()
         t = self.trainer
         if index == 0 and checkpoint is None:
             t.nlp.load_state_dict(self._initial)
         comps, feeds = t.plan[index]
-        step_fn, state = t._phase_state(index, comps)
+        step_fn, state = t._phase_state(index, comps, loss_scale)
         streams = {name: t._training_stream(index, name, td, pipes) for name, td, pipes in feeds}
         first = 0
         if checkpoint is not None:
@@ -227,7 +232,7 @@ class RebuiltRun:
         t._sync_module(phase.state)
         if phase.index + 1 >= len(t.plan):
             return None
-        return self.phase(phase.index + 1)
+        return self.phase(phase.index + 1, loss_scale=phase.state.loss_scale)
 
     # -- documents ----------------------------------------------------------------------------
 

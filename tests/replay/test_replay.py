@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
+from training.tiny_recipes import write_recipe
 
 from pureml.replay import RebuiltRun, replay
 from pureml.replay.cli import main as replay_cli
 
-from .conftest import records
+from .conftest import records, train
 
 
 def test_every_step_1_to_60_replays_bitwise_from_checkpoints_every_20(quick_run: Path) -> None:
@@ -85,3 +86,52 @@ def test_pdb_stops_inside_the_step_in_eager_mode(multi_run, monkeypatch) -> None
     n_subs = sum(s["sub_batches"] for s in records(multi_run)[4]["streams"].values())
     assert len(calls) == n_subs >= 2
     assert {"params", "buffers", "batch", "key"} <= set(calls[0])
+
+
+# Two phases (two embeddings, each with its own head), float16: the loss scale goes on from
+# phase 0 to phase 1, and checkpoint 4 ends phase 0.
+TWO_PHASES_FP16 = """
+[nlp.components.emb1]
+factory = "scratch_encoder"
+width = 16
+depth = 1
+
+[nlp.components.ner]
+factory = "ner_crf"
+embedding = "emb1"
+
+[nlp.components.emb2]
+factory = "scratch_encoder"
+width = 16
+depth = 1
+
+[nlp.components.status]
+factory = "span_classifier"
+embedding = "emb2"
+attributes = ["status"]
+
+[train_data.notes]
+data = {{ factory = "standoff", path = "{corpus}/train" }}
+batch_size = "200 words"
+
+[train]
+max_steps = 4
+checkpoint_interval = 2
+validation_interval = 100
+output_dir = "{out}"
+compile = false
+mixed_precision = "fp16"
+threads = 1
+logger = ["json"]
+"""
+
+
+def test_replay_crosses_into_the_next_phase_with_the_runs_loss_scale(tmp_path, corpus):
+    out = tmp_path / "run"
+    train(write_recipe(TWO_PHASES_FP16, tmp_path, corpus, out))
+    scales = [r["loss_scale"] for r in map(json.loads, (out / "metrics.jsonl").open())]
+    assert scales[4] < 2.0**16  # phase 1 started from phase 0's scale, not from scratch
+    # from checkpoint 4 (phase 0's last step) into phase 1: a fresh scale would overflow
+    result = CliRunner().invoke(replay_cli, ["replay", str(out), "--step", "6"])
+    assert result.exit_code == 0, result.output
+    assert "all 2 steps (5..6) match the record bit for bit" in result.output
