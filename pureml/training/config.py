@@ -160,7 +160,7 @@ class TrainConfig:
         default="inductor", metadata=_doc("torch.compile backend: inductor, aot_eager, eager")
     )
     flat_params: bool = attrs.field(
-        default=False,
+        default=True,
         metadata=_doc(
             "keep parameters and optimizer moments in flat buckets (make_step flat=True): "
             "fewer graph inputs and one update kernel per bucket"

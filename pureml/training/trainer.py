@@ -233,7 +233,7 @@ class Trainer:
         record_params_interval: int | None = None,
         compile: bool = True,
         compile_backend: str = "inductor",
-        flat_params: bool = False,
+        flat_params: bool = True,
         deterministic: bool = True,
         threads: int | None = None,
         resume: bool = True,
@@ -871,7 +871,7 @@ def train(
     Parameters follow SEED.md (EDS-NLP's ``train``). pureml adds, as keyword options:
     ``keep_checkpoints`` (3), ``log_interval`` (1), ``record_params_interval`` (min(10,
     checkpoint_interval)), ``compile`` (True), ``compile_backend`` ("inductor"),
-    ``flat_params`` (False; ``make_step(flat=True)``), ``deterministic`` (True), ``threads`` (None), ``resume`` (True; False starts over),
+    ``flat_params`` (True; ``make_step(flat=True)``), ``deterministic`` (True), ``threads`` (None), ``resume`` (True; False starts over),
     ``recipe`` (the resolved recipe dict, written to ``config.toml`` and hashed).
 
     ``optimizer`` is a ``GradientTransformation`` or a factory ``(param_names, total_steps) ->

@@ -176,16 +176,17 @@ def test_corrupted_checkpoint_is_skipped_for_the_previous_one(single_reference, 
     assert_same_run(single_reference, out)
 
 
-def test_flat_params_run_resumes_bitwise(tmp_path_factory, corpus):
-    # train.flat_params: parameters and moments live in flat buckets (views by name); a
-    # checkpoint holds them by name, and the resumed run re-flattens them on its first step.
-    flat = SINGLE.replace("compile = false", "compile = false\nflat_params = true")
-    assert flat != SINGLE
-    ref_dir, out_dir = tmp_path_factory.mktemp("flat-ref"), tmp_path_factory.mktemp("flat")
-    run(write_recipe(flat, ref_dir, corpus, ref_dir / "out"))
-    assert "flat_params = true" in (ref_dir / "out" / "config.toml").read_text()
+def test_per_tensor_params_run_resumes_bitwise(tmp_path_factory, corpus):
+    # train.flat_params = false: one tensor per parameter and moment instead of the default
+    # flat buckets; a checkpoint holds them by name either way, and the resumed run rebuilds
+    # the per-tensor step (config.toml records the choice).
+    per_tensor = SINGLE.replace("compile = false", "compile = false\nflat_params = false")
+    assert per_tensor != SINGLE
+    ref_dir, out_dir = tmp_path_factory.mktemp("tensor-ref"), tmp_path_factory.mktemp("tensor")
+    run(write_recipe(per_tensor, ref_dir, corpus, ref_dir / "out"))
+    assert "flat_params = false" in (ref_dir / "out" / "config.toml").read_text()
     out = out_dir / "out"
-    recipe = write_recipe(flat, out_dir, corpus, out)
+    recipe = write_recipe(per_tensor, out_dir, corpus, out)
     proc = start_and_wait(recipe, out, random.Random(SEED).randint(21, 56))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
