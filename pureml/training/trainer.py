@@ -749,13 +749,30 @@ class Trainer:
         state = step_fn.adopt(state)  # its tensors are this loop's alone: no copy at step 1
         offset = phase_idx * self.max_steps
         words_seen, t_start = 0, time.perf_counter()
+
+        def draw() -> tuple[list[dict], dict[str, dict], list[str], int, dict]:
+            drawn = self._draw(iterators)
+            # where the streams stand after this batch: what a checkpoint at its step records
+            positions = {name: it.state_dict() for name, it in iterators.items()}
+            return *drawn, self.first_index, positions
+
         try:
+            ahead: Any = draw() if first_step < self.max_steps else None
             for phase_step in range(first_step + 1, self.max_steps + 1):
                 step = offset + phase_step
                 t0 = time.perf_counter()
-                subs, streams_rec, ids = self._draw(iterators)
-                trace.step(step, ids, self.first_index, len(subs))
-                state, metrics = step_fn(state, subs, first_index=self.first_index)
+                subs, streams_rec, ids, first_index, positions = ahead
+                trace.step(step, ids, first_index, len(subs))
+                state, metrics = step_fn(state, subs, first_index=first_index)
+                # The next batch is read and collated while an accelerator runs this step
+                # (reading the metrics waits for it); a failure to draw it is raised once this
+                # step is recorded and checkpointed.
+                ahead = None
+                if phase_step < self.max_steps:
+                    try:
+                        ahead = draw()
+                    except Exception as e:
+                        ahead = e
                 metrics = {k: _scalar(v) for k, v in metrics.items()}
                 # per-parameter gradient norms (log_weight_grads) go to the logged lines only
                 grad_norms = {
@@ -813,7 +830,6 @@ class Trainer:
                     or phase_step == self.max_steps
                     or stop
                 ):
-                    positions = {name: it.state_dict() for name, it in iterators.items()}
                     self._checkpoint(state, step, phase_idx, phase_step, positions)
                 if stop:
                     self.message(
@@ -821,6 +837,8 @@ class Trainer:
                         "command again to resume"
                     )
                     raise TrainingInterrupted(f"interrupted at step {step}")
+                if isinstance(ahead, Exception):
+                    raise ahead
         finally:
             trace.close()
             for it in iterators.values():
