@@ -98,6 +98,42 @@ def _best_window_tensors(n_tokens: int, starts: list[int], window: int) -> tuple
     return k, t.squeeze(1) - begin[k]
 
 
+def _window_groups(
+    lengths: list[int], window: int
+) -> tuple[list[list[int]], tuple[torch.Tensor, torch.Tensor]]:
+    """Windows (by token count) in two groups padded to their own widths, the long ones and
+    the short ones, split where the padded size is least. Each document's last window is
+    usually short: padded to one width, padding was 16% of the encoder's rows on B3's batches
+    (BERT-base, 256-word documents) and 13% on B1's (NCBI); split, 4% and 6%. Both groups always exist and hold at least two rows
+    (``-1`` fills them: a window of [CLS] [SEP] only), so that a compiled step sees the same
+    structure at every batch and no size 0 or 1 that torch.compile would specialise.
+
+    Returns each group's row indices and, per row, its group and place in it.
+
+    >>> _window_groups([128, 40, 128, 7, 128], 128)[0]
+    [[0, 2, 4], [1, 3]]
+    >>> _window_groups([5], 128)[0]
+    [[0, -1], [-1, -1]]
+    """
+    order = sorted(range(len(lengths)), key=lambda r: (-lengths[r], r))
+    order += [-1] * max(0, 4 - len(order))
+    size = [lengths[r] if r >= 0 else 0 for r in order]
+    widths = [min(window, pad_length(max(n, 1))) for n in size]
+    cut = min(range(2, len(order) - 1), key=lambda k: k * widths[0] + (len(order) - k) * widths[k])
+    groups = [sorted(order[:cut], key=_filler_last), sorted(order[cut:], key=_filler_last)]
+    group = torch.zeros(len(lengths), dtype=torch.int64)
+    index = torch.zeros(len(lengths), dtype=torch.int64)
+    for g, members in enumerate(groups):
+        for j, r in enumerate(members):
+            if r >= 0:
+                group[r], index[r] = g, j
+    return groups, (group, index)
+
+
+def _filler_last(r: int) -> tuple[bool, int]:
+    return r < 0, r
+
+
 # Distinct words whose sub-word ids are kept (about 100 bytes each); the cache is emptied when full.
 WORD_CACHE_SIZE = 1 << 18
 
@@ -209,42 +245,50 @@ class HfTransformer(Component):
     def collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         tok = self.tokenizer
         length = pad_length(max((f["n_words"] for f in features), default=0))
-        longest = max((len(f["ids"]) for f in features), default=0)
-        width = min(self.window, pad_length(max(longest, 1))) + 2
-        n_rows = sum(len(window_starts(len(f["ids"]), self.window, self.stride)) for f in features)
-        input_ids = torch.full((max(n_rows, 1), width), tok.pad_token_id, dtype=torch.int64)
-        attention = torch.zeros(max(n_rows, 1), width, dtype=torch.int64)
+        rows: list[torch.Tensor] = []  # each window's sub-word ids, documents in order
         src, dst = [], []
-        row = 0
         for i, f in enumerate(features):
             n = len(f["ids"])
             if n == 0:
                 continue
             ids = torch.tensor(f["ids"], dtype=torch.int64)
             starts = window_starts(n, self.window, self.stride)
-            for r, s in enumerate(starts, start=row):
-                piece = ids[s : s + self.window]
-                input_ids[r, 0] = tok.cls_token_id
-                input_ids[r, 1 : 1 + len(piece)] = piece
-                input_ids[r, 1 + len(piece)] = tok.sep_token_id
-                attention[r, : len(piece) + 2] = 1
             k, pos = _best_window_tensors(n, starts, self.window)
-            src.append((row + k) * width + pos + 1)
+            src.append((len(rows) + k, pos + 1))
             dst.append(i * length + torch.tensor(f["word_of"], dtype=torch.int64))
-            row += len(starts)
-        if n_rows == 0:  # a batch of empty documents still runs the model once
-            input_ids[0, :2] = torch.tensor([tok.cls_token_id, tok.sep_token_id])
-            attention[0, :2] = 1
+            rows.extend(ids[s : s + self.window] for s in starts)
+        groups, place = _window_groups([len(r) for r in rows], self.window)
+        filler = torch.zeros(0, dtype=torch.int64)  # rows numbered -1: [CLS] [SEP] only
+        windows = []
+        for members in groups:
+            longest = max((len(rows[r]) for r in members if r >= 0), default=1)
+            width = min(self.window, pad_length(longest)) + 2
+            input_ids = torch.full((len(members), width), tok.pad_token_id, dtype=torch.int64)
+            attention = torch.zeros(len(members), width, dtype=torch.int64)
+            for j, r in enumerate(members):
+                piece = rows[r] if r >= 0 else filler
+                input_ids[j, 0] = tok.cls_token_id
+                input_ids[j, 1 : 1 + len(piece)] = piece
+                input_ids[j, 1 + len(piece)] = tok.sep_token_id
+                attention[j, : len(piece) + 2] = 1
+            windows.append({"input_ids": input_ids, "attention_mask": attention})
+        # where row r's position p lands once both groups' outputs are flattened and concatenated
+        base = torch.tensor([0, windows[0]["input_ids"].numel()])
+        width = torch.tensor([w["input_ids"].shape[1] for w in windows])
+        group, index = place
         empty = torch.zeros(0, dtype=torch.int64)
-        src_t = torch.cat(src) if src else empty
+        src_t = (
+            torch.cat([base[group[r]] + index[r] * width[group[r]] + p for r, p in src])
+            if src
+            else empty
+        )
         dst_t = torch.cat(dst) if dst else empty
         count = torch.zeros(len(features) * length).index_add_(
             0, dst_t, torch.ones(len(dst_t), dtype=torch.float32)
         )
         mask = torch.arange(length) < torch.tensor([f["n_words"] for f in features]).unsqueeze(-1)
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention,
+            "windows": windows,
             "token_index": src_t,
             "token_word": dst_t,
             "word_weight": 1.0 / count.clamp(min=1.0),
@@ -253,11 +297,9 @@ class HfTransformer(Component):
 
     # -- model ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any], ctx: ForwardContext) -> dict[str, Any]:
-        out = self.model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).last_hidden_state
+        out = torch.cat([self.model(**w).last_hidden_state.flatten(0, 1) for w in batch["windows"]])
         hidden = out.shape[-1]
-        tokens = out.reshape(-1, hidden)[batch["token_index"]]
+        tokens = out[batch["token_index"]]
         mask = batch["mask"]
         words = tokens.new_zeros(mask.numel(), hidden).index_add(0, batch["token_word"], tokens)
         words = (words * batch["word_weight"].unsqueeze(-1).to(words.dtype)).view(

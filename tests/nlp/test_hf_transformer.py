@@ -121,13 +121,41 @@ def test_word_vectors_average_sub_words(tiny_bert):
     from pureml.nlp.component import ForwardContext
 
     out = emb(batch["embedding"], ForwardContext(nlp, batch))["embeddings"][0]
-    hidden = emb.model(
-        input_ids=batch["embedding"]["input_ids"],
-        attention_mask=batch["embedding"]["attention_mask"],
-    ).last_hidden_state[0]
+    # the document's one window is the first row of the long windows' group
+    ids = torch.tensor([[emb.tokenizer.cls_token_id, *item["embedding"]["ids"]]])
+    ids = torch.cat([ids, torch.tensor([[emb.tokenizer.sep_token_id]])], dim=1)
+    hidden = emb.model(input_ids=ids).last_hidden_state[0]
     n0 = len(pieces[0])
     assert torch.allclose(out[0], hidden[1 : 1 + n0].mean(0), atol=1e-6)
     assert torch.allclose(out[1], hidden[1 + n0], atol=1e-6)
+
+
+def test_long_and_short_windows_each_give_their_tokens_an_unpadded_vector(tiny_bert):
+    """Windows go to two groups padded to their own widths; every word still gets the mean of
+    its sub-words' vectors, each from its best window run alone (no padding at all)."""
+    from pureml.nlp.component import ForwardContext
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    nlp = Pipeline({"embedding": HfTransformer(str(tiny_bert), window=16, stride=12)})
+    emb = nlp.get_pipe("embedding")
+    docs = [d for d in make_corpus(12, seed=5) if d.word_texts()][:6]
+    items = [nlp.preprocess(d) for d in docs]
+    batch = nlp.collate(items)
+    long, short = batch["embedding"]["windows"]
+    assert long["input_ids"].shape[1] > short["input_ids"].shape[1]  # both groups are used
+    with torch.no_grad():
+        out = emb(batch["embedding"], ForwardContext(nlp, batch))["embeddings"]
+        cls, sep = emb.tokenizer.cls_token_id, emb.tokenizer.sep_token_id
+        for i, item in enumerate(items[j] for j in batch["index"].tolist()):  # longest first
+            ids, word_of = item["embedding"]["ids"], item["embedding"]["word_of"]
+            starts = window_starts(len(ids), 16, 12)
+            windows = [torch.tensor([[cls, *ids[s : s + 16], sep]]) for s in starts]
+            alone = [emb.model(input_ids=w).last_hidden_state[0] for w in windows]
+            tokens = torch.stack([alone[k][pos + 1] for k, pos in best_window(len(ids), 16, 12)])
+            words = torch.zeros(item["embedding"]["n_words"], tokens.shape[1])
+            words.index_add_(0, torch.tensor(word_of), tokens)
+            words /= torch.bincount(torch.tensor(word_of)).unsqueeze(1)
+            assert torch.allclose(out[i, : len(words)], words, atol=1e-5)
 
 
 def test_default_optimizer_finds_the_encoder_by_type(tiny_bert, tmp_path):
