@@ -3,8 +3,10 @@
 Documents longer than the model's limit are cut into windows of ``window`` sub-word tokens
 that start every ``stride`` tokens; each token takes its vector from the window where it sits
 farthest from an edge (the most context on both sides). A word's vector is the mean of its
-sub-word vectors. Nothing is downloaded (``local_files_only``), and ``transformers`` is imported
-only when this component is built, so ``pureml`` works without it.
+sub-word vectors. A batch's windows run in two groups, each padded to its own width (the long
+windows, and the short last windows of documents). Nothing is downloaded
+(``local_files_only``), and ``transformers`` is imported only when this component is built, so
+``pureml`` works without it.
 
 The model's own dropout is switched off (its config's ``*dropout*`` rates are set to 0):
 ``nn.Dropout`` is not replayable. Dropout is applied to the word vectors with the pipeline's
