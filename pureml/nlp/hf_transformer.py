@@ -105,10 +105,11 @@ def _window_groups(
 ) -> tuple[list[list[int]], tuple[torch.Tensor, torch.Tensor]]:
     """Windows (by token count) in two groups padded to their own widths, the long ones and
     the short ones, split where the padded size is least. Each document's last window is
-    usually short: padded to one width, padding was 16% of the encoder's rows on B3's batches
-    (BERT-base, 256-word documents) and 13% on B1's (NCBI); split, 4% and 6%. Both groups always exist and hold at least two rows
-    (``-1`` fills them: a window of [CLS] [SEP] only), so that a compiled step sees the same
-    structure at every batch and no size 0 or 1 that torch.compile would specialise.
+    usually short: padded to one width, 16% of the encoder's positions were padding on B3's
+    batches (256-word documents) and 13% on B1's (NCBI); split, 0% and 6%
+    (benchmarks/encoder_cost.py). Both groups always exist and hold at least two rows (``-1``
+    fills them: a window of [CLS] [SEP] only), so that a compiled step sees the same structure
+    at every batch and no size 0 or 1 that torch.compile would specialise.
 
     Returns each group's row indices and, per row, its group and place in it.
 
