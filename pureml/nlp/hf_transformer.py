@@ -3,7 +3,7 @@
 Documents longer than the model's limit are cut into windows of ``window`` sub-word tokens
 that start every ``stride`` tokens; each token takes its vector from the window where it sits
 farthest from an edge (the most context on both sides). A word's vector is the mean of its
-sub-word vectors. A batch's windows run in two groups, each padded to its own width (the long
+sub-word vectors. A batch's windows run in groups, each padded to its own width (the long
 windows, and the short last windows of documents). Nothing is downloaded
 (``local_files_only``), and ``transformers`` is imported only when this component is built, so
 ``pureml`` works without it.
@@ -101,29 +101,40 @@ def _best_window_tensors(n_tokens: int, starts: list[int], window: int) -> tuple
 
 
 def _window_groups(
-    lengths: list[int], window: int
+    lengths: list[int], window: int, fixed: bool
 ) -> tuple[list[list[int]], tuple[torch.Tensor, torch.Tensor]]:
-    """Windows (by token count) in two groups padded to their own widths, the long ones and
-    the short ones, split where the padded size is least. Each document's last window is
-    usually short: padded to one width, 16% of the encoder's positions were padding on B3's
-    batches (256-word documents) and 13% on B1's (NCBI); split, 0% and 6%
-    (benchmarks/encoder_cost.py). Both groups always exist and hold at least two rows (``-1``
-    fills them: a window of [CLS] [SEP] only), so that a compiled step sees the same structure
-    at every batch and no size 0 or 1 that torch.compile would specialise.
+    """Windows (by token count) in groups padded to their own widths, the long ones and the
+    short ones, split where the padded size is least. Each document's last window is usually
+    short: padded to one width, 16% of the encoder's positions were padding on B3's batches
+    (256-word documents) and 13% on B1's (NCBI); split, 0% and 6%
+    (benchmarks/encoder_cost.py).
+
+    ``fixed`` (training batches, which a compiled step takes): always two groups of at least
+    two rows (``-1`` fills them: a window of [CLS] [SEP] only), so the step sees the same
+    structure at every batch and no size 0 or 1 that torch.compile would specialise. Otherwise
+    (prediction, eager) one group where a split saves nothing, and no filler but for an empty
+    batch (the model still runs once).
 
     Returns each group's row indices and, per row, its group and place in it.
 
-    >>> _window_groups([128, 40, 128, 7, 128], 128)[0]
+    >>> _window_groups([128, 40, 128, 7, 128], 128, fixed=True)[0]
     [[0, 2, 4], [1, 3]]
-    >>> _window_groups([5], 128)[0]
+    >>> _window_groups([5], 128, fixed=True)[0]
     [[0, -1], [-1, -1]]
+    >>> _window_groups([5], 128, fixed=False)[0]
+    [[0]]
     """
     order = sorted(range(len(lengths)), key=lambda r: (-lengths[r], r))
-    order += [-1] * max(0, 4 - len(order))
-    size = [lengths[r] if r >= 0 else 0 for r in order]
-    widths = [min(window, pad_length(max(n, 1))) for n in size]
-    cut = min(range(2, len(order) - 1), key=lambda k: k * widths[0] + (len(order) - k) * widths[k])
-    groups = [sorted(order[:cut], key=_filler_last), sorted(order[cut:], key=_filler_last)]
+    order += [-1] * max(0, (4 if fixed else 1) - len(order))
+    widths = [min(window, pad_length(max(lengths[r] if r >= 0 else 0, 1))) for r in order]
+    n = len(order)
+    cuts = range(2, n - 1) if fixed else range(1, n + 1)  # cut == n: no second group
+
+    def padded(k: int) -> tuple[int, int]:  # ties go to fewer groups, then to longer groups
+        return k * widths[0] + (n - k) * (widths[k] if k < n else 0), -k
+
+    cut = min(cuts, key=padded)
+    groups = [sorted(g, key=_filler_last) for g in (order[:cut], order[cut:]) if g]
     group = torch.zeros(len(lengths), dtype=torch.int64)
     index = torch.zeros(len(lengths), dtype=torch.int64)
     for g, members in enumerate(groups):
@@ -226,6 +237,7 @@ class HfTransformer(Component):
             "ids": ids,
             "word_of": [w for w, p in enumerate(pieces) for _ in p],
             "n_words": len(words),
+            "training": supervision,  # batches of training items keep one structure (collate)
             "stats": {"words": len(words), "tokens": len(ids)},
         }
 
@@ -260,7 +272,8 @@ class HfTransformer(Component):
             src.append((len(rows) + k, pos + 1))
             dst.append(i * length + torch.tensor(f["word_of"], dtype=torch.int64))
             rows.extend(ids[s : s + self.window] for s in starts)
-        groups, place = _window_groups([len(r) for r in rows], self.window)
+        fixed = any(f.get("training", False) for f in features)
+        groups, place = _window_groups([len(r) for r in rows], self.window, fixed)
         filler = torch.zeros(0, dtype=torch.int64)  # rows numbered -1: [CLS] [SEP] only
         windows = []
         for members in groups:
@@ -276,7 +289,7 @@ class HfTransformer(Component):
                 attention[j, : len(piece) + 2] = 1
             windows.append({"input_ids": input_ids, "attention_mask": attention})
         # where row r's position p lands once both groups' outputs are flattened and concatenated
-        base = torch.tensor([0, windows[0]["input_ids"].numel()])
+        base = torch.tensor([0, *[w["input_ids"].numel() for w in windows[:-1]]]).cumsum(0)
         width = torch.tensor([w["input_ids"].shape[1] for w in windows])
         group, index = place
         empty = torch.zeros(0, dtype=torch.int64)

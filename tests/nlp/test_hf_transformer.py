@@ -158,6 +158,26 @@ def test_long_and_short_windows_each_give_their_tokens_an_unpadded_vector(tiny_b
             assert torch.allclose(out[i, : len(words)], words, atol=1e-5)
 
 
+def test_training_batches_keep_one_structure_and_predictions_pad_no_more_than_needed(tiny_bert):
+    """A compiled step must see the same structure at every batch: training batches always
+    have two window groups of at least two rows. Prediction runs eagerly: a one-window
+    document is one row, as before the groups."""
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    nlp = Pipeline({"embedding": HfTransformer(str(tiny_bert), window=16, stride=12)})
+    docs = [d for d in make_corpus(12, seed=5) if d.word_texts()]
+    short = Doc("hypokalemia and fever")
+    for supervision in (True, False):
+        for batch_docs in ([short], docs[:1], docs[:5]):
+            items = [nlp.preprocess(d, supervision=supervision) for d in batch_docs]
+            windows = nlp.collate(items)["embedding"]["windows"]
+            if supervision:
+                assert len(windows) == 2
+                assert all(w["input_ids"].shape[0] >= 2 for w in windows)
+    alone = nlp.collate([nlp.preprocess(short)])["embedding"]["windows"]
+    assert [tuple(w["input_ids"].shape) for w in alone] == [(1, alone[0]["input_ids"].shape[1])]
+
+
 def test_default_optimizer_finds_the_encoder_by_type(tiny_bert, tmp_path):
     """EDS-NLP's default puts the transformer in its own warmed-up group whatever its name."""
     import json
