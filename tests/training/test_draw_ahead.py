@@ -2,34 +2,16 @@
 (on an accelerator that host work overlaps the device's), without changing what a run records."""
 
 import json
+import shutil
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import pureml.training.trainer as trainer_module
-from pureml import TrainingData, train
-from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
 from pureml.nlp.synthetic import write_corpus
-from pureml.stream import read_standoff
 
-
-def _pipeline() -> Pipeline:
-    torch.manual_seed(0)
-    return Pipeline({"embedding": ScratchEncoder(width=16, depth=1), "ner": NerCrf()})
-
-
-def _train(nlp, corpus, out, **kwargs):
-    return train(
-        nlp,
-        TrainingData(read_standoff(corpus), batch_size="200 words"),
-        max_steps=6,
-        checkpoint_interval=3,
-        compile=False,
-        logger=["json"],
-        save_model=False,
-        output_dir=out,
-        **kwargs,
-    )
+from .tiny_recipes import tiny_pipeline, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +22,7 @@ def corpus(tmp_path_factory):
 
 def test_next_batch_is_collated_before_the_step_metrics_are_read(corpus, tmp_path, monkeypatch):
     events: list[str] = []
-    nlp = _pipeline()
+    nlp = tiny_pipeline()
     collate = nlp.collate
 
     def logged_collate(items):
@@ -55,7 +37,7 @@ def test_next_batch_is_collated_before_the_step_metrics_are_read(corpus, tmp_pat
     scalar = trainer_module._scalar
     monkeypatch.setattr(nlp, "collate", logged_collate)
     monkeypatch.setattr(trainer_module, "_scalar", logged_scalar)
-    _train(nlp, corpus, tmp_path / "out")
+    train_tiny(nlp, corpus, tmp_path / "out")
     collates = [i for i, e in enumerate(events) if e == "collate"]
     reads = [i for i, e in enumerate(events) if e == "read"]
     assert len(collates) == 6  # one batch per step: none drawn past the last step
@@ -66,7 +48,7 @@ def test_next_batch_is_collated_before_the_step_metrics_are_read(corpus, tmp_pat
 def test_a_batch_that_fails_is_raised_after_the_step_before_it_is_recorded(
     corpus, tmp_path, monkeypatch
 ):
-    nlp = _pipeline()
+    nlp = tiny_pipeline()
     collate = nlp.collate
     calls = []
 
@@ -79,7 +61,7 @@ def test_a_batch_that_fails_is_raised_after_the_step_before_it_is_recorded(
     monkeypatch.setattr(nlp, "collate", failing_collate)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="batch 4 is broken"):
-        _train(nlp, corpus, out)
+        train_tiny(nlp, corpus, out)
     steps = [json.loads(line)["step"] for line in (out / "steps.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
     assert (out / "checkpoints" / "step-000003").is_dir()
@@ -88,15 +70,11 @@ def test_a_batch_that_fails_is_raised_after_the_step_before_it_is_recorded(
 def test_checkpoints_record_the_position_after_their_own_batch(corpus, tmp_path):
     """Resumed from step 3's checkpoint, a run ends bitwise where an uninterrupted one does:
     the batch drawn ahead for step 4 is not counted as consumed."""
-    import shutil
-
-    from safetensors.torch import load_file
-
-    _train(_pipeline(), corpus, tmp_path / "ref")
+    train_tiny(tiny_pipeline(), corpus, tmp_path / "ref")
     again = tmp_path / "again"
     shutil.copytree(tmp_path / "ref", again)
     shutil.rmtree(again / "checkpoints" / "step-000006")
-    _train(_pipeline(), corpus, again)
+    train_tiny(tiny_pipeline(), corpus, again)
 
     def state(out):
         return load_file(out / "checkpoints" / "step-000006" / "state" / "state.safetensors")

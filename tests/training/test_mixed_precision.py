@@ -11,21 +11,11 @@ from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
 from pureml.nlp.synthetic import write_corpus
 from pureml.stream import read_standoff
 
+from .tiny_recipes import tiny_pipeline, train_tiny
+
 
 def _run(corpus, out, mixed_precision):
-    torch.manual_seed(0)
-    nlp = Pipeline({"embedding": ScratchEncoder(width=16, depth=1), "ner": NerCrf()})
-    train(
-        nlp,
-        TrainingData(read_standoff(corpus), batch_size="200 words"),
-        max_steps=6,
-        checkpoint_interval=3,
-        compile=False,
-        logger=["json"],
-        save_model=False,
-        output_dir=out,
-        mixed_precision=mixed_precision,
-    )
+    train_tiny(tiny_pipeline(), corpus, out, mixed_precision=mixed_precision)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -19,6 +19,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 MODEL = """[nlp.components.embedding]
 factory = "scratch_encoder"
@@ -165,3 +166,31 @@ def run(recipe: Path, *args: str, check: bool = True) -> subprocess.CompletedPro
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
     return proc
+
+
+def tiny_pipeline() -> Any:
+    """The same model for the Python-API tests: a 16-wide scratch encoder and a CRF NER head,
+    initialised from torch's global RNG seeded with 0."""
+    import torch
+
+    from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+
+    torch.manual_seed(0)
+    return Pipeline({"embedding": ScratchEncoder(width=16, depth=1), "ner": NerCrf()})
+
+
+def train_tiny(nlp: Any, train_dir: Path, out: Path, **options: Any) -> Any:
+    """``pureml.train`` on the brat folder ``train_dir`` into ``out``: batches of 200 words, 6
+    eager steps, a checkpoint every 3, JSON logs only, no model saved; ``options`` override."""
+    from pureml import TrainingData, train
+    from pureml.stream import read_standoff
+
+    settings = dict(
+        max_steps=6, checkpoint_interval=3, compile=False, logger=["json"], save_model=False
+    )
+    return train(
+        nlp,
+        TrainingData(read_standoff(train_dir), batch_size="200 words"),
+        output_dir=out,
+        **{**settings, **options},
+    )
