@@ -1,5 +1,6 @@
 """State tree: flat round trip, fingerprint stability across processes, atomic checkpoints."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -145,3 +146,26 @@ def test_digest_sees_every_word_and_position(monkeypatch):
     # the chunking of the reduction does not change the value
     monkeypatch.setattr(state_mod, "_DIGEST_CHUNK", 7)
     assert digest(tree) == base
+
+
+def test_digest_matches_its_definition():
+    # The digest is written into steps.jsonl and compared by replay: its value must not drift.
+    # Reference: the docstring's sums, element by element in Python integers (mod 2^64).
+    from pureml.core.state import digest
+
+    g = torch.Generator().manual_seed(1)
+    tree = {
+        "b": torch.randn(3, 300, generator=g),
+        "a": torch.randn(5, generator=g).to(torch.bfloat16),
+    }
+    h = hashlib.sha256()
+    for name in sorted(tree):
+        t = tree[name]
+        raw = t.contiguous().reshape(-1).view(torch.uint8).tolist()
+        raw += [0] * (-len(raw) % 4)
+        words = [int.from_bytes(bytes(raw[j : j + 4]), "little") for j in range(0, len(raw), 4)]
+        s0 = sum(w * (2 * i + 1) for i, w in enumerate(words)) % 2**64
+        s1 = sum((w ^ (i * 0x9E3779B1 & 0xFFFFFFFF)) * (i // 128 + 1) for i, w in enumerate(words))
+        s0, s1 = (s - 2**64 if s >= 2**63 else s for s in (s0, s1 % 2**64))
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|{s0}|{s1}|".encode())
+    assert digest(tree) == h.hexdigest()
