@@ -125,6 +125,16 @@ def _call(factory: Callable[..., Any], kwargs: dict[str, Any], where: str) -> An
         raise RecipeError(where, str(msg)) from None
 
 
+def _check_folder(value: str | None, where: str) -> None:
+    """An output folder must be a folder, or creatable: no part of it may be a file."""
+    if value is None:
+        return
+    path = Path(value)
+    for part in (path, *path.parents):
+        if part.exists() and not part.is_dir():
+            raise RecipeError(where, f"{str(part)!r} is a file, not a folder")
+
+
 def build_reader(table: dict[str, Any], where: str) -> Any:
     """A reader table -> a stream of documents (the data path must exist)."""
     factory, kwargs = check_factory_table(table, registry.readers, where)
@@ -300,6 +310,8 @@ def build_from_recipe(recipe: Recipe, resolved: dict, pipeline_cls: Any, td_cls:
                     f"train.logger[{i}]",
                     "tensorboard is not installed: pip install 'pureml[tensorboard]'",
                 )
+    for key in ("output_dir", "output_model_dir"):
+        _check_folder(getattr(t, key), f"train.{key}")
     # data first: a missing path is the most common mistake and the cheapest to find
     train_data = []
     for name, td in recipe.train_data.items():

@@ -105,3 +105,19 @@ def test_python_m_pureml_train_and_debug(tiny_recipe, tmp_path):
     debug = subprocess.run([*cmd, "--debug"], capture_output=True, text=True, env=env)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("key", ["output_dir", "output_model_dir"])
+@pytest.mark.parametrize("below", ["", "/sub"])
+def test_output_folder_that_is_a_file(tiny_recipe, tmp_path, key, below):
+    """A file where the run folder (or one of its parents) should be: the key path, exit 2."""
+    recipe = tiny_recipe()
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder\n")
+    result = CliRunner().invoke(
+        main, ["train", str(recipe), "--set", f"train.{key}={taken}{below}"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: train.{key}: {str(taken)!r} is a file, not a folder\n"
+    assert taken.read_text() == "not a folder\n"
+    assert not (tmp_path / "out").exists()
