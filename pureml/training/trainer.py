@@ -665,6 +665,8 @@ class Trainer:
         # components' config, which the hash of a run started from Python covers. Run again in
         # a new process or on the same pipeline object, the hash is then the same.
         self._post_init()
+        # read (and check) the validation documents before the output folder is touched
+        self.val_docs = list(self.val_data) if self.val_data is not None else []
         self.recipe_hash()
         resume_from = self._find_resume_point()  # may refuse: nothing written yet
         if self.world.is_main:
@@ -677,7 +679,6 @@ class Trainer:
 
                 (self.output_dir / "config.toml").write_text(dump_toml(self.recipe))
         self.nlp.loss_scales = {**getattr(self.nlp, "loss_scales", {}), **self.loss_scales}
-        self.val_docs = list(self.val_data) if self.val_data is not None else []
         self.nlp.to(self.device)
 
         meta = ckpt.read_meta(resume_from) if resume_from is not None else None

@@ -121,3 +121,33 @@ def test_output_folder_that_is_a_file(tiny_recipe, tmp_path, key, below):
     assert result.stderr == f"error: train.{key}: {str(taken)!r} is a file, not a folder\n"
     assert taken.read_text() == "not a folder\n"
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_validation_file_touches_no_run_folder(tiny_recipe, tmp_path, corpus):
+    """A broken val_data document is found before the output folder is created or cleared."""
+    import shutil
+
+    dev = tmp_path / "dev"
+    shutil.copytree(corpus / "dev", dev)
+    ann = sorted(dev.glob("*.ann"))[0]
+    ann.write_text("T1\tproblem 0 3\tzzz\n")
+    recipe = tiny_recipe(
+        **{
+            'factory = "quickstart_corpus"\npath = "${paths.corpus}"\nsplit = "dev"\n'
+            "n_train = 40\nn_dev = 10\n": f'factory = "standoff"\npath = "{dev}"\n'
+        }
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["train", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: {ann}:1: T1 text 'zzz' does not match"), result.stderr
+    assert len(result.stderr.splitlines()) == 1
+    assert not out.exists(), sorted(out.rglob("*"))
+    # an earlier run's folder is neither cleared (--restart) nor rewritten
+    out.mkdir()
+    (out / "config.toml").write_text("# an earlier run\n")
+    (out / "metrics.jsonl").write_text("{}\n")
+    again = CliRunner().invoke(main, ["train", str(recipe), "--restart"])
+    assert again.exit_code == 2 and again.stderr == result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["config.toml", "metrics.jsonl"]
+    assert (out / "config.toml").read_text() == "# an earlier run\n"
