@@ -31,12 +31,21 @@ EXIT_INTERRUPTED = 130
 def _input_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean "your input is wrong", not "pureml has a bug"."""
     from .core.state import CheckpointError as StateError  # load_state's, not checkpoint.py's
+    from .nlp.pipeline import ModelError
     from .stream.errors import StreamError
     from .training.checkpoint import CheckpointError
     from .training.config import RecipeError
     from .training.trainer import RunDirError
 
-    return (RecipeError, RunDirError, StreamError, CheckpointError, StateError, FileNotFoundError)
+    return (
+        RecipeError,
+        RunDirError,
+        StreamError,
+        CheckpointError,
+        StateError,
+        ModelError,
+        FileNotFoundError,
+    )
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -368,9 +368,15 @@ class Pipeline(torch.nn.Module):
         try:
             config = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{cfg_path}: invalid TOML: {e}") from None
+            raise ModelError(f"{cfg_path}: invalid TOML: {e}") from None
+        pipeline = config.get("nlp", {}).get("pipeline")
+        if not isinstance(pipeline, list) or not isinstance(config.get("components"), dict):
+            hint = ""
+            if (path / "model-last").is_dir():  # a run folder: its config.toml is the recipe
+                hint = f" (a run folder? its model is {path / 'model-last'})"
+            raise ModelError(f"{cfg_path} is not a saved pipeline's config{hint}")
         comps = {}
-        for name in config["nlp"]["pipeline"]:
+        for name in pipeline:
             kwargs = dict(config["components"][name])
             factory = kwargs.pop("factory")
             comp = registry.get(factory)(**kwargs)
@@ -383,23 +389,27 @@ class Pipeline(torch.nn.Module):
         try:
             tensors = load_file(str(weights))
         except (SafetensorError, OSError, ValueError) as e:
-            raise ValueError(f"corrupted weights file {weights}: {e}") from None
+            raise ModelError(f"corrupted weights file {weights}: {e}") from None
         expected = nlp.state_dict()
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
         if missing or unexpected:
-            raise ValueError(
+            raise ModelError(
                 f"weights file {weights} does not match {cfg_path}: "
                 f"missing {missing[:5]}, unexpected {unexpected[:5]}"
             )
         for k, v in tensors.items():
             if v.shape != expected[k].shape:
-                raise ValueError(
+                raise ModelError(
                     f"weights file {weights}: {k} has shape {tuple(v.shape)}, "
                     f"expected {tuple(expected[k].shape)}"
                 )
         nlp.load_state_dict(tensors)
         return nlp
+
+
+class ModelError(ValueError):
+    """A saved pipeline folder that cannot be loaded: the message names the file."""
 
 
 def load(path: str | os.PathLike) -> Pipeline:

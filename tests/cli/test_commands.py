@@ -104,3 +104,22 @@ def test_train_from_python_is_the_callable_module(tmp_path, corpus):
     # both heads, one embedding forward per sub-batch
     assert all(set(r["losses"]) == {"ner", "status"} for r in records)
     assert len(calls) == sum(r["streams"]["train_data_0"]["sub_batches"] for r in records)
+
+
+def test_evaluate_a_run_folder_or_broken_weights_is_one_line(trained, corpus, tmp_path):
+    """Bad input, not a pureml bug: exit 2 and a line naming the file (no KeyError, no --debug)."""
+    import shutil
+
+    result = CliRunner().invoke(main, ["evaluate", str(trained), str(corpus / "dev")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"error: {trained / 'config.toml'} is not a saved pipeline's config "
+        f"(a run folder? its model is {trained / 'model-last'})\n"
+    )
+    model = tmp_path / "model"
+    shutil.copytree(trained / "model-last", model)
+    (model / "model.safetensors").write_bytes(b"not safetensors")
+    broken = CliRunner().invoke(main, ["evaluate", str(model), str(corpus / "dev")])
+    assert broken.exit_code == 2, broken.output
+    assert broken.stderr.startswith(f"error: corrupted weights file {model / 'model.safetensors'}")
+    assert len(broken.stderr.splitlines()) == 1 and "--debug" not in broken.stderr
