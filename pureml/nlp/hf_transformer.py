@@ -252,7 +252,9 @@ class HfTransformer(Component):
         missing = [w for w in dict.fromkeys(words) if w not in cache]
         if missing:
             if len(cache) + len(missing) > WORD_CACHE_SIZE:
-                cache.clear()
+                # a new dict, not clear(): a call in another thread (the trainer's prefetch
+                # thread beside a validation in the main one) keeps reading the one it holds
+                self._word_ids = cache = {}
             encoded = self.tokenizer(missing, add_special_tokens=False)["input_ids"]
             cache.update(zip(missing, map(tuple, encoded)))
         return [cache[w] for w in words]

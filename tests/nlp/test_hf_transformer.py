@@ -220,3 +220,36 @@ def test_default_optimizer_finds_the_encoder_by_type(tiny_bert, tmp_path):
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     # the transformer warms up from 0; the rest starts at 3e-4
     assert (first["lr/transformer"], first["lr/default"]) == (0.0, pytest.approx(3e-4))
+
+
+def test_word_cache_emptied_by_another_call_does_not_lose_words(tiny_bert, monkeypatch):
+    # The trainer's prefetch thread preprocesses training documents while the main thread
+    # predicts the validation documents: one call may empty the cache in the middle of another.
+    from pureml.nlp import hf_transformer
+
+    emb = hf_transformer.HfTransformer(str(tiny_bert), window=8, stride=6)
+    emb.initialize()
+    monkeypatch.setattr(hf_transformer, "WORD_CACHE_SIZE", 4)
+    tokenize = emb.tokenizer
+    expected = {
+        w: tuple(tokenize([w], add_special_tokens=False)["input_ids"][0])
+        for w in ["fever", "cough", "pain", "nausea", "rash", "chills", "edema"]
+    }
+
+    class Interleaved:
+        """The tokenizer, with another caller's overflowing lookup in the middle of a call."""
+
+        def __init__(self) -> None:
+            self.inside = False
+
+        def __call__(self, words, **kw):
+            if not self.inside:
+                self.inside = True
+                emb._pieces(["rash", "chills", "edema", "nausea"])  # empties the cache
+                self.inside = False
+            return tokenize(words, **kw)
+
+    emb._pieces(["fever", "cough"])
+    emb.tokenizer = Interleaved()
+    got = emb._pieces(["fever", "cough", "pain"])  # fever and cough were cached before
+    assert got == [expected["fever"], expected["cough"], expected["pain"]]
