@@ -150,6 +150,34 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def lock_run_dir(run_dir: Path) -> int | None:
+    """Lock the folder ``run_dir`` for this process (an exclusive ``flock`` on the folder itself:
+    no file is written) until the returned descriptor is closed; raise :class:`CheckpointError`
+    if another run holds it.
+
+    Two runs writing into one folder interleave their logs and checkpoints into a folder no run
+    can resume. The lock dies with its process: a SIGKILL leaves nothing to clean up. Returns
+    None where the file system has no such locks.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CheckpointError(
+            f"{run_dir} is in use by another run (a live process holds its lock): wait for it "
+            "to end or stop it, or choose another train.output_dir"
+        ) from None
+    except OSError:  # no locks on this file system
+        os.close(fd)
+        return None
+    return fd
+
+
 def remove_stale_temporaries(run_dir: Path) -> None:
     """Delete temporary folders left by a crash during a write."""
     for parent in (Path(run_dir) / CHECKPOINTS, Path(run_dir)):

@@ -668,9 +668,20 @@ class Trainer:
         # read (and check) the validation documents before the output folder is touched
         self.val_docs = list(self.val_data) if self.val_data is not None else []
         self.recipe_hash()
+        lock = None
+        if self.world.is_main:
+            # one run at a time writes here; taken before its checkpoints are read
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            lock = ckpt.lock_run_dir(self.output_dir)
+        try:
+            return self._run_locked()
+        finally:
+            if lock is not None:
+                os.close(lock)
+
+    def _run_locked(self) -> Any:
         resume_from = self._find_resume_point()  # may refuse: nothing written yet
         if self.world.is_main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
             ckpt.remove_stale_temporaries(self.output_dir)
             if resume_from is None:
                 self._clear_run_dir()

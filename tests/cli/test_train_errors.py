@@ -151,3 +151,29 @@ def test_bad_validation_file_touches_no_run_folder(tiny_recipe, tmp_path, corpus
     assert again.exit_code == 2 and again.stderr == result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["config.toml", "metrics.jsonl"]
     assert (out / "config.toml").read_text() == "# an earlier run\n"
+
+
+def test_run_folder_in_use_by_another_run_is_refused(tiny_recipe, tmp_path):
+    """A second run into a folder a live run writes to would interleave their files: refused
+    (exit 2), the folder untouched, even with --restart; once the lock is free, it runs."""
+    from pureml.training.checkpoint import lock_run_dir
+
+    recipe = tiny_recipe()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text("{}\n")  # the live run's
+    held = lock_run_dir(out)  # as a live run holds it (a lock is per open file, not per process)
+    try:
+        result = CliRunner().invoke(main, ["train", str(recipe), "--restart"])
+    finally:
+        os.close(held)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"error: {out} is in use by another run (a live process holds its lock): wait for it to "
+        "end or stop it, or choose another train.output_dir\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+    assert (out / "metrics.jsonl").read_text() == "{}\n"
+    again = CliRunner().invoke(main, ["train", str(recipe)])
+    assert again.exit_code == 0, again.output
+    assert (out / "model-last").is_dir()
