@@ -115,7 +115,7 @@ def train_command(recipe: Path, overrides: tuple[str, ...], restart: bool, debug
     _run_train(recipe, overrides, restart, debug=debug)
 
 
-@click.command("python -m pureml.train")
+@click.command("python -m pureml.train", context_settings={"help_option_names": ["-h", "--help"]})
 @_train_options
 def train_main(recipe: Path, overrides: tuple[str, ...], restart: bool, debug: bool) -> None:
     """Train the pipeline a RECIPE (TOML) describes; resumes from the latest checkpoint."""

@@ -177,3 +177,11 @@ def test_run_folder_in_use_by_another_run_is_refused(tiny_recipe, tmp_path):
     again = CliRunner().invoke(main, ["train", str(recipe)])
     assert again.exit_code == 0, again.output
     assert (out / "model-last").is_dir()
+
+
+def test_python_m_pureml_train_takes_dash_h_like_pureml_train():
+    from pureml.cli import train_main
+
+    result = CliRunner().invoke(train_main, ["-h"])
+    assert result.exit_code == 0, result.output
+    assert "--set KEY=VALUE" in result.stdout and "-h, --help" in result.stdout
