@@ -178,5 +178,7 @@ class StepRecorder:
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """All records of a run, in step order (what replay and diff read)."""
     path = Path(run_dir) / STEPS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder: it has no {STEPS_FILE}")
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -63,3 +63,12 @@ def test_batch_difference_names_the_documents_only_in_each_run() -> None:
     a = [_rec(1, ["d1"], params="p"), _rec(2, ["d2"], params="q")]
     b = [_rec(1, ["d1"]), _rec(2, ["d2"], params="r")]
     assert first_difference(a, b).fields == ("params",)
+
+
+def test_a_folder_that_is_not_a_run_is_one_line(multi_run, tmp_path) -> None:
+    result = CliRunner().invoke(replay_cli, ["diff", str(multi_run), str(tmp_path / "nonexist")])
+    assert result.exit_code == 2
+    assert (
+        result.output.strip()
+        == f"error: {tmp_path / 'nonexist'} is not a run folder: it has no steps.jsonl"
+    )
