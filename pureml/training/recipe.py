@@ -191,7 +191,12 @@ def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
                 if not (
                     is_factory_param or (last and value_hint is Any and isinstance(node, dict))
                 ):
-                    raise RecipeError(here, "no such key to override")
+                    hint_text = ""
+                    if last and value_hint is not Any and not factory:
+                        # a table of plain values (loss_scales): new keys come as a whole table
+                        parent = ".".join(map(join_path_part, parts[:depth]))
+                        hint_text = f" (to add one, set the table: {parent}={{{part} = ...}})"
+                    raise RecipeError(here, "no such key to override" + hint_text)
             hint = value_hint
         elif hint is Any:
             if not (isinstance(node, dict) and (part in node or depth == len(parts) - 1)):

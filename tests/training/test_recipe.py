@@ -98,6 +98,11 @@ def test_overrides_parse_toml_values_and_bare_strings():
         ("nope.x=1", "nope: no such key to override"),
         ("train_data.other.batch_size=3", "train_data.other: no such key to override"),
         ("train.seed.x=1", "train.seed.x: no such key to override (int has no keys)"),
+        (
+            "train.loss_scales.ner=2.0",
+            "train.loss_scales.ner: no such key to override "
+            "(to add one, set the table: train.loss_scales={ner = ...})",
+        ),
         ("train.max_steps", "train.max_steps: an override is written key.path=value"),
     ],
 )
