@@ -94,14 +94,13 @@ def replay_command(
 
     try:
         run = RebuiltRun(run_dir, overrides=overrides)
-        target = step if step is not None else (max(run.records) if run.records else None)
-        if target is not None:
-            where = run.checkpoint_before(target)
-            click.echo(
-                f"replaying {run_dir} up to step {target} from "
-                f"{where.name if where is not None else 'the initial state'} "
-                f"(step: {run.backend})"
-            )
+        target = run.target_step(step)  # refused before anything is printed
+        where = run.checkpoint_before(target)
+        click.echo(
+            f"replaying {run_dir} up to step {target} from "
+            f"{where.name if where is not None else 'the initial state'} "
+            f"(step: {run.backend})"
+        )
         report = replay(
             run_dir,
             step,

@@ -139,6 +139,20 @@ class RebuiltRun:
             self._records = {r["step"]: r for r in read_records(self.run_dir)}
         return self._records
 
+    def target_step(self, step: int | None) -> int:
+        """``step`` (None: the last recorded step), refused unless steps.jsonl records it."""
+        records = self.records
+        if not records:
+            raise ReplayError(f"{self.run_dir}: steps.jsonl is empty")
+        last = max(records)
+        step = last if step is None else step
+        if step not in records:
+            raise ReplayError(
+                f"step {step} is not recorded in {self.run_dir / 'steps.jsonl'} "
+                f"(recorded: {min(records)}..{last})"
+            )
+        return step
+
     @property
     def backend(self) -> str:
         t = self.trainer

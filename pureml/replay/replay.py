@@ -196,15 +196,7 @@ def replay(
     """
     run = run if run is not None else RebuiltRun(run_dir, overrides=overrides)
     records = run.records
-    if not records:
-        raise ReplayError(f"{run.run_dir}: steps.jsonl is empty")
-    last = max(records)
-    step = last if step is None else step
-    if step not in records:
-        raise ReplayError(
-            f"step {step} is not recorded in {run.run_dir / 'steps.jsonl'} "
-            f"(recorded: {min(records)}..{last})"
-        )
+    step = run.target_step(step)
     eager = eager or pdb
     checkpoint = run.checkpoint_before(step)
     start = f"checkpoint {checkpoint.name}" if checkpoint is not None else "the initial state"
