@@ -83,24 +83,37 @@ def one_group(windows: list[dict]) -> list[dict]:
     ]
 
 
-def measure(model: Path, train: Path, threads: int, reps: int, words: int = 2000) -> dict:
-    import torch
-
+def word_batches(
+    model: Path, train: Path, words: int, *, supervision: bool = False, limit: int | None = None
+) -> tuple:
+    """``(nlp, batches)``: a pipeline holding only ``hf_transformer`` over ``model``, and the
+    preprocessed items of ``train``'s documents in file order, cut into batches of at most
+    ``words`` words (``limit``: stop after that many batches). ``supervision=True`` preprocesses
+    as the trainer does, so that collate lays the windows out as in training."""
     from pureml.nlp import Pipeline
     from pureml.nlp.hf_transformer import HfTransformer
     from pureml.stream import read_standoff
 
-    torch.set_num_threads(threads)
     nlp = Pipeline({"embedding": HfTransformer(str(model))})
-    emb = nlp.get_pipe("embedding")
     batches, batch, n = [], [], 0
     for doc in read_standoff(train):
-        item = nlp.preprocess(doc)
+        item = nlp.preprocess(doc, supervision=supervision)
         if batch and n + item["embedding"]["n_words"] > words:
             batches.append(batch)
+            if limit is not None and len(batches) >= limit:
+                return nlp, batches
             batch, n = [], 0
         batch.append(item)
         n += item["embedding"]["n_words"]
+    return nlp, batches
+
+
+def measure(model: Path, train: Path, threads: int, reps: int, words: int = 2000) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    nlp, batches = word_batches(model, train, words)
+    emb = nlp.get_pipe("embedding")
     real = two = one = 0
     for b in batches:
         windows = nlp.collate(b)["embedding"]["windows"]

@@ -15,10 +15,13 @@ printed whatever finished):
    $OUT/pureml_profile.txt (top operators and kernels by device time).
 5. ``b1gpu``: B1's tiny BERT on NCBI on the GPU, pureml vs eager, when the NCBI data is there
    (/work/shared/data/ncbi-disease or benchmarks/.work/ncbi-disease).
-6. ``determinism``: pureml for 50 steps with deterministic mode on, twice (bitwise equal final
+6. ``ceiling``: benchmarks/encoder_ceiling.py: the encoder alone (2 of its layers) on one B3
+   batch, eager, compiled, and compiled without the attention mask: the utilisation the step's
+   largest part reaches by itself.
+7. ``determinism``: pureml for 50 steps with deterministic mode on, twice (bitwise equal final
    parameters?), and once with it off (timing). It compiles BERT-base's step once more
    (deterministic mode is part of inductor's cache key), which the deadline may not leave room for.
-7. ``optim``: benchmarks/optim_step.py --device cuda (the core's functional AdamW in every
+8. ``optim``: benchmarks/optim_step.py --device cuda (the core's functional AdamW in every
    formulation vs torch's fused AdamW, ~90 s), if present; its profile: $OUT/optim_profile.txt.
    Last: every formulation was measured on 2026-11-26, and the trainer's default (flat buckets)
    was chosen from them; it gets what time is left.
@@ -269,7 +272,7 @@ def main() -> None:
     ap.add_argument(
         "--varied-docs", action="store_true", help="NCBI-like lengths (batch shapes vary)"
     )
-    ap.add_argument("--parts", default="peak,data,eager,pureml,b1gpu,determinism,optim")
+    ap.add_argument("--parts", default="peak,data,eager,pureml,b1gpu,ceiling,determinism,optim")
     ap.add_argument("--record", help="write RESULTS.md's B3 section from this b3.json, then stop")
     ap.add_argument("--_part", help=argparse.SUPPRESS)
     ap.add_argument("--_part-out", help=argparse.SUPPRESS)
@@ -439,7 +442,20 @@ def main() -> None:
                 b1["ratio"] = b1["pureml"]["words_per_s"] / b1["eager"]["words_per_s"]
             res["parts"]["b1gpu"] = b1
 
-    # 6. determinism: on twice (bitwise?), off once (timing)
+    # 6. the encoder alone on one B3 batch: eager, compiled, compiled without the mask; 2 of
+    # its layers (each layer is the same work): the MFU the step's largest part reaches alone
+    if "ceiling" in parts:
+        out = r.work / "ceiling.json"
+        cmd = [py, str(BENCH / "encoder_ceiling.py"), "--model", str(model), "--data", str(data / "train"),
+               "--words", str(batch_words), "--layers", "2", "--out", str(out)]  # fmt: skip
+        if peak := res["parts"].get("peak", {}).get("tflops"):
+            cmd += ["--peak-tflops", f"{peak:.1f}"]
+        if args.smoke:
+            cmd.append("--smoke")
+        if r.run("ceiling", cmd, 150):
+            res["parts"]["ceiling"] = json.loads(out.read_text())
+
+    # 7. determinism: on twice (bitwise?), off once (timing)
     if "determinism" in parts:
         runs = {}
         # the first run compiles anew (~140-210 s for BERT-base on an H100); the others find
@@ -469,7 +485,7 @@ def main() -> None:
                 )
             res["parts"]["determinism"] = d
 
-    # 7. the core's optimizer benchmark: every AdamW formulation (out of place, combo kernels,
+    # 8. the core's optimizer benchmark: every AdamW formulation (out of place, combo kernels,
     # donated, donated + CUDA graphs, flat buffers) vs torch's fused one; the compiled variants
     # compile in parallel processes first, and the script skips what no longer fits its budget
     if "optim" in parts:
@@ -514,10 +530,13 @@ def summarize(res: dict, args: argparse.Namespace) -> dict:
     for name in ("eager", "pureml"):
         if name in parts:
             p = parts[name]
+            by_median = "n/a"
             if peak and fpw:
                 mfu[name] = p["words_per_s"] * fpw / (peak * 1e12)
+                by_median = p["words_per_step"] / p["median_step_s"] * fpw / (peak * 1e12)
             rows.append([name, p["median_step_s"] * 1e3, p["words_per_s"], p["words_per_step"],
-                         mfu.get(name, "n/a"), p["first_step_s"], p.get("max_memory_allocated_mib", "")])  # fmt: skip
+                         mfu.get(name, "n/a"), by_median, p["first_step_s"],
+                         p.get("max_memory_allocated_mib", "")])  # fmt: skip
     ratio = (
         parts["pureml"]["words_per_s"] / parts["eager"]["words_per_s"]
         if "pureml" in parts and "eager" in parts
@@ -530,6 +549,7 @@ def summarize(res: dict, args: argparse.Namespace) -> dict:
             "words/s",
             "words/step",
             "MFU",
+            "MFU (median step)",
             "first step (s)",
             "max mem (MiB)",
         ],
@@ -572,6 +592,16 @@ def summarize(res: dict, args: argparse.Namespace) -> dict:
             )
         else:
             lines.append(f"- optim_step.py: {parts['optim'].get('output', '')[-300:]}")
+    if ceiling := parts.get("ceiling"):
+        lines.append(
+            f"- encoder alone ({ceiling['layers']} layers, one batch, windows "
+            f"{ceiling['window_shapes']}), fwd+bwd median: "
+            + ", ".join(
+                f"{k} {v['median_ms']:.1f} ms"
+                + (f" (MFU {v['mfu']:.1%})" if v.get("mfu") is not None else "")
+                for k, v in ceiling["contenders"].items()
+            )
+        )
     if b1:
         lines.append(
             "- B1 on the GPU (tiny BERT, NCBI, 200 steps): "
@@ -609,6 +639,9 @@ def summarize(res: dict, args: argparse.Namespace) -> dict:
         "mfu": mfu,
         "determinism": {k: v for k, v in det.items() if not isinstance(v, dict)},
         "b1gpu_ratio": b1.get("ratio"),
+        "encoder_alone_mfu": {
+            k: v.get("mfu") for k, v in parts.get("ceiling", {}).get("contenders", {}).items()
+        },
         "optim_ms": parts.get("optim", {}).get("headline", {}).get("median_ms"),
         "optim_vs_fused": parts.get("optim", {}).get("headline", {}).get("vs_fused"),
         "goals": goals,
