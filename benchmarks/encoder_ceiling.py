@@ -73,8 +73,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--model", default=str(encoder_cost.B3_WORK / "model-base-256"))
-    ap.add_argument("--data", default=str(encoder_cost.B3_WORK / "data-full-256" / "train"))
+    ap.add_argument("--model", help="default: B3's model (built in /tmp/pureml-b3 if missing)")
+    ap.add_argument("--data", help="brat folder; default: B3's training corpus")
     ap.add_argument("--words", type=int, default=32000)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--reps", type=int, default=10)
@@ -86,6 +86,10 @@ def main() -> None:
     import torch
     from eager_loop import model_flops
 
+    if args.model is None or args.data is None:
+        base, corpus = encoder_cost.b3_assets()
+        args.model = args.model or str(base)
+        args.data = args.data or str(corpus / "train")
     cuda = torch.cuda.is_available() and not args.smoke
     if args.smoke:
         args.words, args.reps = min(args.words, 2000), min(args.reps, 2)
