@@ -48,6 +48,12 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+def _speaks_for_node() -> bool:
+    from .distributed.process_group import is_node_leader
+
+    return is_node_leader()
+
+
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Turn exceptions into one line on stderr and an exit code (unless ``--debug``)."""
 
@@ -58,13 +64,16 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
+            if _speaks_for_node():
+                click.echo("interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.exceptions.ClickException:
             raise
         except Exception as e:
             if isinstance(e, _input_errors()):
-                click.echo(f"error: {e}", err=True)
+                # under torchrun every rank meets the same bad input: one line per machine
+                if _speaks_for_node():
+                    click.echo(f"error: {e}", err=True)
                 sys.exit(EXIT_BAD_INPUT)
             click.echo(
                 f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True

@@ -8,7 +8,13 @@ from .collectives import (
     make_all_reduce,
     sum_across_ranks,
 )
-from .process_group import DistInfo, DistributedSetupError, init_distributed, shutdown
+from .process_group import (
+    DistInfo,
+    DistributedSetupError,
+    init_distributed,
+    is_node_leader,
+    shutdown,
+)
 from .trace import RankTrace
 
 __all__ = [
@@ -19,6 +25,7 @@ __all__ = [
     "gather_strings",
     "global_stats",
     "init_distributed",
+    "is_node_leader",
     "make_all_reduce",
     "RankTrace",
     "shutdown",

@@ -55,6 +55,19 @@ def _int_env(name: str) -> int:
         raise DistributedSetupError(f"{name}={value!r} is not an integer") from None
 
 
+def is_node_leader(env: Mapping[str, str] | None = None) -> bool:
+    """Whether this process speaks for its machine: not under torchrun, or its local rank 0.
+
+    Read from the environment, so it answers before (or without) a process group: the CLI
+    prints an input error (a recipe typo, a bad data file) that every rank of a node meets
+    alike once per node instead of once per rank.
+
+    >>> is_node_leader({}), is_node_leader({"LOCAL_RANK": "1"}), is_node_leader({"LOCAL_RANK": "0"})
+    (True, False, True)
+    """
+    return (os.environ if env is None else env).get("LOCAL_RANK", "0").strip() in ("0", "")
+
+
 TIMEOUT_VAR = "PUREML_COLLECTIVE_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800.0
 
