@@ -35,7 +35,10 @@ def _fail(e: BaseException, debug: bool) -> None:
     if debug:
         raise e
     if isinstance(e, _input_errors()):
-        click.echo(f"error: {e}", err=True)
+        from ..distributed.process_group import is_node_leader
+
+        if is_node_leader():  # under torchrun every rank meets it: one line per machine
+            click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     click.echo(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
     sys.exit(EXIT_MISMATCH if isinstance(e, AssertionError) else 3)
@@ -92,11 +95,17 @@ def replay_command(
     from .rebuild import RebuiltRun
     from .replay import format_report, format_step, replay
 
+    echo = click.echo
     try:
         run = RebuiltRun(run_dir, overrides=overrides)
+        if not run.trainer.world.is_main:  # under torchrun: rank 0 reports for all
+
+            def echo(*args, **kwargs) -> None:
+                pass
+
         target = run.target_step(step)  # refused before anything is printed
         where = run.checkpoint_before(target)
-        click.echo(
+        echo(
             f"replaying {run_dir} up to step {target} from "
             f"{where.name if where is not None else 'the initial state'} "
             f"(step: {run.backend})"
@@ -109,13 +118,13 @@ def replay_command(
             dump=dump,
             keep_going=keep_going,
             run=run,
-            on_step=None if quiet else (lambda c: click.echo(format_step(c))),
+            on_step=None if quiet else (lambda c: echo(format_step(c))),
         )
     except Exception as e:  # noqa: BLE001 - one line and an exit code, unless --debug
         _fail(e, debug)
         return
     text = format_report(report)
-    click.echo(text, err=not report.ok)
+    echo(text, err=not report.ok)
     if not report.ok:
         sys.exit(EXIT_MISMATCH)
 

@@ -151,7 +151,40 @@ class RebuiltRun:
                 f"step {step} is not recorded in {self.run_dir / 'steps.jsonl'} "
                 f"(recorded: {min(records)}..{last})"
             )
+        self._check_world_size(step)
         return step
+
+    def world_size(self, step: int) -> int:
+        """How many processes recorded ``step``: those of the first checkpoint at or after it
+        (a resumed run rewrites the records after the checkpoint it resumes from), else of the
+        latest checkpoint; 1 when there is none."""
+        found = ckpt.list_checkpoints(self.run_dir)
+        after = [p for s, p in found if s >= step] or [p for _, p in found[-1:]]
+        for path in after:
+            try:
+                return int(ckpt.read_meta(path).get("world_size", 1))
+            except (OSError, ValueError):
+                continue
+        return 1
+
+    def _check_world_size(self, step: int) -> None:
+        """Refuse a replay with another number of processes than the run's: under data
+        parallelism each rank trains on its own share of the batch with its own dropout keys,
+        and steps.jsonl holds rank 0's share, so only the same layout replays bit for bit."""
+        recorded, here = self.world_size(step), self.trainer.world.world_size
+        if recorded == here:
+            return
+        how = (
+            f"torchrun --nproc_per_node {recorded} -m pureml.cli replay {self.run_dir} "
+            f"--step {step}"
+            if recorded > 1
+            else f"pureml replay {self.run_dir} --step {step}"
+        )
+        raise ReplayError(
+            f"step {step} of {self.run_dir} was trained by {recorded} process"
+            f"{'es' if recorded > 1 else ''}, this replay runs {here}: replay it with as many "
+            f"({how})"
+        )
 
     @property
     def backend(self) -> str:

@@ -218,3 +218,29 @@ def test_resume_two_rank_checkpoint_in_one_process_reshards(runs):
     for step, record in alone.items():
         assert record["doc_ids"] == two[0][step]["doc_ids"] + two[1][step]["doc_ids"]
         assert record["first_index"] == 0
+
+
+def _replay(nproc: int, run: Path, step: int) -> subprocess.CompletedProcess:
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        if nproc > 1
+        else []
+    )
+    cmd = [sys.executable, *launcher, "-m", "pureml.cli", "replay", str(run), "--step", str(step)]
+    env = _env(run.parent / f"replay{nproc}_trace")
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
+def test_replay_of_a_two_rank_run_needs_two_ranks_and_then_matches(runs):
+    # steps.jsonl holds rank 0's share of each batch: one process cannot replay it bit for bit,
+    # and says so instead of reporting a mismatch at the first step
+    alone = _replay(1, runs["two"], 25)
+    assert alone.returncode == 2, alone.stdout + alone.stderr
+    assert "was trained by 2 processes, this replay runs 1" in alone.stderr
+    assert "torchrun --nproc_per_node 2 -m pureml.cli replay" in alone.stderr
+    assert "MISMATCH" not in alone.stdout
+    # two ranks replay it from the checkpoint before the step; rank 0 alone reports
+    both = _replay(2, runs["two"], 25)
+    assert both.returncode == 0, both.stdout[-2000:] + both.stderr[-3000:]
+    assert both.stdout.count("replaying ") == 1
+    assert "all 5 steps (21..25) match the record bit for bit" in both.stdout
