@@ -113,6 +113,18 @@ def init_state(
             **{k: v.detach().clone() for k, v in module.named_buffers()},
             **(buffers or {}),
         }
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"init_state: params must be a dict {{name: tensor}}, got {type(params).__name__}"
+        )
+    for k, v in params.items():
+        # the state is a flat dict by name (what groups, checkpoints and replay address)
+        if not isinstance(v, Tensor) or not v.is_floating_point():
+            what = f"a {v.dtype} tensor" if isinstance(v, Tensor) else type(v).__name__
+            raise TypeError(
+                f"init_state: parameter {k!r} is {what}; params must map names to "
+                "floating-point tensors (nest names as 'a.w'; pass other tensors as buffers)"
+            )
     params = {k: v.detach() for k, v in params.items()}
     buffers = dict(buffers or {})
     if optimizer is None:
@@ -491,6 +503,10 @@ class Step:
         self, state: TrainState, sub_batches: Sequence[Any], *, first_index: int = 0
     ) -> tuple[TrainState, dict[str, Tensor]]:
         """Run one optimizer step over ``sub_batches`` (their gradients are summed)."""
+        if isinstance(sub_batches, Mapping):  # one batch: its keys would be the sub-batches
+            raise TypeError(
+                "step(state, sub_batches) takes a list of batches: step(state, [batch])"
+            )
         if len(sub_batches) == 0:
             raise ValueError("step needs at least one sub-batch")
         _refuse_donated(state)
