@@ -25,7 +25,7 @@ import os
 import shutil
 import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -251,6 +251,14 @@ class Pipeline(torch.nn.Module):
         # nlp("text") annotates; nlp(batch, key) is nn.Module's call (functional_call uses it)
         if args and isinstance(args[0], str | Doc) and len(args) == 1 and not kwargs:
             return next(iter(self.pipe([args[0]], batch_size=1)))
+        if args and not isinstance(args[0], Mapping):
+            hint = (
+                " (nlp.pipe(texts) annotates several)" if isinstance(args[0], list | tuple) else ""
+            )
+            raise TypeError(
+                f"nlp() takes a text or a Doc, got {type(args[0]).__name__}{hint}; "
+                "nlp(batch, key) takes a collated batch (a dict)"
+            )
         return super().__call__(*args, **kwargs)
 
     @torch.no_grad()
@@ -274,6 +282,8 @@ class Pipeline(torch.nn.Module):
         """
         from ..stream.batching import greedy_batches
 
+        if isinstance(texts, str | Doc):  # would be read as one document per character
+            raise TypeError("nlp.pipe() takes an iterable of texts or Docs; nlp(text) takes one")
         heads = list(heads) if heads is not None else self.heads()
         size = check_inference_batch_size(batch_size)
         was_training = self.training
@@ -364,7 +374,10 @@ class Pipeline(torch.nn.Module):
         path = Path(path)
         cfg_path = path / CONFIG
         if not cfg_path.is_file():
-            raise FileNotFoundError(f"no pipeline config at {cfg_path}")
+            hint = ""
+            if (path / "model-last").is_dir():  # a run folder (train() from Python: no config)
+                hint = f" (a run folder? its model is {path / 'model-last'})"
+            raise FileNotFoundError(f"no pipeline config at {cfg_path}{hint}")
         try:
             config = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:

@@ -89,6 +89,13 @@ class SpanClassifier(Component):
         for k in self._names or sorted(seen):
             known = attrs.setdefault(k, [])
             known.extend(sorted((v for v in seen.get(k, ()) if v not in known), key=repr))
+            if not known:
+                # a head with no value to predict trains on nothing and fails at inference
+                raise ValueError(
+                    f"{self.name}: no span in group(s) {self.span_getter!r} of the training "
+                    f"docs has attribute {k!r}: nothing to learn (span_getter names the groups "
+                    "holding the annotated spans, 'gold' for the readers)"
+                )
         self.attributes = attrs
 
     def initialize(self) -> None:

@@ -1,0 +1,57 @@
+"""Mistakes a Python user makes with a pipeline, each answered by one clear error."""
+
+from __future__ import annotations
+
+import pytest
+
+from pureml.nlp import Doc, NerCrf, Pipeline, ScratchEncoder, SpanClassifier, load
+from pureml.nlp.synthetic import make_corpus
+
+
+def _tiny() -> Pipeline:
+    return Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": NerCrf(labels=["X"])})
+
+
+def test_pipe_refuses_one_string_instead_of_a_list():
+    # a str is an iterable of characters: it was annotated as one document per character
+    nlp = _tiny()
+    with pytest.raises(TypeError, match=r"iterable of texts .* nlp\(text\) takes one"):
+        list(nlp.pipe("Patient denies fever."))
+    with pytest.raises(TypeError, match="iterable of texts"):
+        list(nlp.pipe(Doc("Patient denies fever.")))
+    assert len(list(nlp.pipe(["Patient denies fever."]))) == 1
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        (["a", "b"], r"got list \(nlp.pipe\(texts\) annotates several\)"),
+        (None, "takes a text or a Doc, got NoneType"),
+        (3, "got int"),
+    ],
+)
+def test_calling_the_pipeline_on_a_non_text_names_what_it_takes(arg, message):
+    # a list used to reach forward() and fail with "no component computed a loss"
+    with pytest.raises(TypeError, match=message):
+        _tiny()(arg)
+
+
+def test_span_classifier_without_any_value_to_learn_fails_at_post_init():
+    # span_getter naming a group the training docs lack: the head had 0 outputs, trained on
+    # nothing, and inference failed with an IndexError from argmax
+    clf = SpanClassifier(span_getter="ents", attributes=["status"])
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "status": clf})
+    with pytest.raises(ValueError, match=r"status: no span in group\(s\) 'ents' .* 'status'"):
+        nlp.post_init(make_corpus(5, seed=0))
+    ok = SpanClassifier(span_getter="gold", attributes=["status"])
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "status": ok})
+    nlp.post_init(make_corpus(5, seed=0))
+    assert ok.attributes["status"]
+
+
+def test_loading_a_run_folder_points_to_its_model(tmp_path):
+    # train() from Python writes no config.toml in the run folder: the hint was missing
+    _tiny().to_disk(tmp_path / "model-last")
+    with pytest.raises(FileNotFoundError, match=r"a run folder\? its model is .*model-last"):
+        load(tmp_path)
+    assert load(tmp_path / "model-last").pipe_names == ["embedding", "ner"]
