@@ -88,13 +88,58 @@ class TrainingData:
     batch_size: str | int = "2000 words"
     shuffle: str | bool = "dataset"
     sub_batch_size: str | int | None = None
-    pipe_names: Sequence[str] | None = None
+    # one name is one component, as in EDS-NLP (not a sequence of one-letter names)
+    pipe_names: Sequence[str] | None = attrs.field(
+        default=None, converter=lambda v: [v] if isinstance(v, str) else v
+    )
     post_init: bool = True
     name: str | None = None
 
 
 def _as_stream(data: Any) -> Stream:
     return data if isinstance(data, Stream) else Stream.from_items(data)
+
+
+def _as_training_data(train_data: Any) -> list[TrainingData]:
+    """``train``'s ``train_data``: TrainingData objects (or dicts of their fields, as EDS-NLP's
+    config dicts), each with its data made a Stream once, so that a generator is read once and
+    not exhausted by ``post_init`` before training reads it."""
+    if isinstance(train_data, TrainingData | Mapping):
+        train_data = [train_data]
+    elif isinstance(train_data, Stream | str | os.PathLike):
+        raise TypeError(
+            f"train_data: expected TrainingData, got {type(train_data).__name__}; wrap the "
+            'stream: TrainingData(stream, batch_size="2000 words")'
+        )
+    out = []
+    for i, td in enumerate(train_data):
+        if isinstance(td, Mapping):
+            td = TrainingData(**td)
+        if not isinstance(td, TrainingData):
+            raise TypeError(
+                f"train_data[{i}]: expected TrainingData (or a dict of its fields), got "
+                f"{type(td).__name__}"
+            )
+        out.append(attrs.evolve(td, data=_as_stream(td.data)))
+    return out
+
+
+def _validation_docs(val_data: Iterable[Doc] | None) -> list[Doc]:
+    """``val_data`` read once into a list of documents (a looped stream would never end)."""
+    if val_data is None:
+        return []
+    from ..stream.stages import Loop
+
+    if isinstance(val_data, Stream) and any(isinstance(s, Loop) for s in val_data.stages):
+        raise ValueError(f"val_data: {val_data!r} loops forever; pass the stream without loop()")
+    docs = list(val_data)
+    for d in docs:
+        if not isinstance(d, Doc):
+            raise TypeError(
+                f"val_data: expected documents, got a {type(d).__name__} (a batched stream? "
+                "pass the documents, without batch())"
+            )
+    return docs
 
 
 def _stable_seed(seed: int, *parts: str | int) -> int:
@@ -240,14 +285,30 @@ class Trainer:
         recipe: Mapping[str, Any] | None = None,
         recipe_hash: str | None = None,
     ) -> None:
-        if isinstance(train_data, TrainingData):
-            train_data = [train_data]
+        train_data = _as_training_data(train_data)
         if not train_data:
             raise ValueError("train_data: give at least one TrainingData")
         if max_steps < 1:
             raise ValueError(f"max_steps: expected a positive number, got {max_steps}")
+        # what the recipe's [train] table checks (config.TrainConfig), for Python callers too
+        from .config import MIXED_PRECISION
+
+        if mixed_precision not in MIXED_PRECISION:
+            expected = ", ".join(map(repr, MIXED_PRECISION))
+            raise ValueError(
+                f"mixed_precision: expected one of {expected}, got {mixed_precision!r}"
+            )
+        for key, value in (
+            ("validation_interval", validation_interval),
+            ("checkpoint_interval", checkpoint_interval),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{key}: expected a positive number, got {value!r}")
+        for comp in loss_scales or {}:
+            if comp not in nlp.pipe_names:
+                raise ValueError(f"loss_scales: unknown component {comp!r} (have {nlp.pipe_names})")
         self.nlp = nlp
-        self.train_data = list(train_data)
+        self.train_data = train_data
         names = [td.name or f"train_data_{i}" for i, td in enumerate(self.train_data)]
         if len(set(names)) != len(names):
             raise ValueError(f"training streams need distinct names, got {names}")
@@ -666,7 +727,7 @@ class Trainer:
         # a new process or on the same pipeline object, the hash is then the same.
         self._post_init()
         # read (and check) the validation documents before the output folder is touched
-        self.val_docs = list(self.val_data) if self.val_data is not None else []
+        self.val_docs = _validation_docs(self.val_data)
         self.recipe_hash()
         lock = None
         if self.world.is_main:

@@ -1,0 +1,94 @@
+"""``train(...)`` called from Python the ways a user coming from EDS-NLP calls it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from pureml import TrainingData, train
+from pureml.nlp import NerCrf, Pipeline, ScratchEncoder, SpanClassifier
+from pureml.nlp.synthetic import make_corpus
+from pureml.stream import Stream
+
+RUN = dict(max_steps=3, compile=False, logger=False, save_model=False, seed=1)
+
+
+def _nlp(status: bool = False) -> Pipeline:
+    torch.manual_seed(0)
+    comps = {"embedding": ScratchEncoder(width=16, depth=1), "ner": NerCrf()}
+    if status:
+        comps["status"] = SpanClassifier(attributes=["status"])
+    return Pipeline(comps)
+
+
+def test_a_generator_of_docs_trains_like_a_list(tmp_path):
+    # post_init reads the data before training does: a generator was exhausted by it and the
+    # run failed with "loop(): epoch 0 yielded no item"
+    docs = make_corpus(20, seed=2)
+    a = train(_nlp(), TrainingData(list(docs), "300 words"), output_dir=tmp_path / "a", **RUN)
+    b = train(_nlp(), TrainingData(iter(docs), "300 words"), output_dir=tmp_path / "b", **RUN)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_pipe_names_as_one_name_feeds_that_component(tmp_path):
+    # EDS-NLP accepts pipe_names="ner"; it was iterated into 'n', 'e', 'r'
+    assert TrainingData([], pipe_names="ner").pipe_names == ["ner"]
+    docs = make_corpus(20, seed=2)
+    run = {**RUN, "logger": ["json"]}
+    train(
+        _nlp(status=True),
+        TrainingData(docs, "300 words", pipe_names="ner"),
+        output_dir=tmp_path,
+        **run,
+    )
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert "loss/ner" in first and "loss/status" not in first
+
+
+def test_train_data_as_a_dict_of_training_data_fields(tmp_path):
+    docs = make_corpus(20, seed=2)
+    a = train(_nlp(), TrainingData(docs, "300 words"), output_dir=tmp_path / "a", **RUN)
+    b = train(_nlp(), {"data": docs, "batch_size": "300 words"}, output_dir=tmp_path / "b", **RUN)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_bare_stream_as_train_data_is_refused_with_the_fix(tmp_path):
+    stream = Stream.from_items(make_corpus(5, seed=2))
+    with pytest.raises(TypeError, match=r"wrap the stream: TrainingData\(stream"):
+        train(_nlp(), stream, output_dir=tmp_path, **RUN)
+    with pytest.raises(TypeError, match=r"train_data\[1\]: expected TrainingData .* got str"):
+        train(_nlp(), [TrainingData(stream), "notes"], output_dir=tmp_path, **RUN)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        # each was accepted: "fp8" trained in float16, a misspelt component's scale was
+        # ignored, and validation_interval=-1 validated at every step
+        ({"mixed_precision": "fp8"}, "mixed_precision: expected one of 'no', 'fp16', 'bf16'"),
+        ({"loss_scales": {"nerr": 2.0}}, "loss_scales: unknown component 'nerr'"),
+        ({"validation_interval": -1}, "validation_interval: expected a positive number"),
+        ({"checkpoint_interval": 0}, "checkpoint_interval: expected a positive number"),
+    ],
+)
+def test_bad_options_are_refused_as_the_recipe_refuses_them(tmp_path, option, message):
+    docs = make_corpus(5, seed=2)
+    with pytest.raises(ValueError, match=message):
+        train(_nlp(), TrainingData(docs), output_dir=tmp_path / "run", **{**RUN, **option})
+    assert not (tmp_path / "run").exists()
+
+
+def test_val_data_that_is_looped_or_batched_is_refused_before_the_run(tmp_path):
+    # a looped stream hung the run forever while it was read into a list; a batched one
+    # failed inside the scorer with "list.copy() takes no keyword arguments"
+    dev = Stream.from_items(make_corpus(5, seed=3))
+    with pytest.raises(ValueError, match=r"val_data: .* loops forever; .* without loop\(\)"):
+        train(_nlp(), TrainingData(make_corpus(5)), val_data=dev.loop(), output_dir=tmp_path, **RUN)
+    with pytest.raises(TypeError, match=r"val_data: expected documents, got a list"):
+        train(
+            _nlp(), TrainingData(make_corpus(5)), val_data=dev.batch(2), output_dir=tmp_path, **RUN
+        )
