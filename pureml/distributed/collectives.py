@@ -64,26 +64,38 @@ def global_stats(
 ) -> tuple[dict[str, torch.Tensor], int]:
     """The step's stats summed over ranks, and this rank's first global sub-batch index.
 
-    One all-reduce carries both: the stats, and each rank's sub-batch count in its own slot
-    (a prefix sum of those gives ``first_index``, so the dropout key of every sub-batch is
-    the one a single process splitting the same global batch would use).
+    Each rank's sub-batch count goes first, in its own slot (a prefix sum of those gives
+    ``first_index``, so the dropout key of every sub-batch is the one a single process splitting
+    the same global batch would use); then the stats. Two all-reduces, not one: a rank whose
+    share of the global batch is empty (a batch of fewer documents than ranks) has no stats, so
+    one combined tensor would differ in size between ranks (gloo aborts, NCCL hangs). With the
+    counts first, every rank raises the same :class:`StreamError` instead.
 
     >>> global_stats(DistInfo(), {"words": torch.tensor(7.0)}, n_local=2)
     ({'words': tensor(7.)}, 0)
     """
     if not info.is_distributed:
         return dict(totals), 0
-    names = sorted(totals)
-    counts = [0.0] * info.world_size
+    # on the rank's device: NCCL reduces CUDA tensors only (small copies, once per step)
+    counts = torch.zeros(info.world_size, dtype=torch.float64, device=info.device)
     counts[info.rank] = float(n_local)
-    values = [float(totals[n]) for n in names] + counts
-    # on the rank's device: NCCL reduces CUDA tensors only (one small copy per step)
-    t = torch.tensor(values, dtype=torch.float64, device=info.device)
+    dist.all_reduce(counts)
+    per_rank = [int(c) for c in counts.tolist()]
+    empty = [r for r, c in enumerate(per_rank) if c == 0]
+    if empty:
+        from ..stream.errors import StreamError
+
+        raise StreamError(
+            f"a training batch left rank{'s' if len(empty) > 1 else ''} "
+            f"{', '.join(map(str, empty))} of {info.world_size} without documents (each rank "
+            "trains on its own part of the global batch): raise the batch_size of "
+            "[train_data] or run fewer processes"
+        )
+    names = sorted(totals)
+    t = torch.tensor([float(totals[n]) for n in names], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
-    values = t.tolist()
-    summed = {n: torch.tensor(v, dtype=totals[n].dtype) for n, v in zip(names, values)}
-    first_index = int(sum(values[len(names) : len(names) + info.rank]))
-    return summed, first_index
+    summed = {n: torch.tensor(v, dtype=totals[n].dtype) for n, v in zip(names, t.tolist())}
+    return summed, sum(per_rank[: info.rank])
 
 
 def barrier(info: DistInfo) -> None:

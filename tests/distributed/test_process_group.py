@@ -172,3 +172,34 @@ def test_a_script_trains_twice_on_one_group_and_leaves_it_at_exit(tmp_path):
         # by the time the interpreter finalizes, the group is gone and its sockets closed
         assert got["joined"] == [True, True], got
         assert got["sockets"][1] == got["sockets"][0], got
+
+
+def test_a_rank_without_documents_fails_alike_on_every_rank(tmp_path):
+    _run_two_ranks(
+        tmp_path,
+        "empty_rank.py",
+        """
+        import torch
+        from pureml.distributed import global_stats, init_distributed, shutdown
+        from pureml.stream.errors import StreamError
+
+        info = init_distributed(cpu=True, timeout_s=60)
+        # a global batch of one document: rank 1's share is empty, so it has no stats at all
+        totals = {"words": torch.tensor(9.0), "docs": torch.tensor(1.0)} if info.rank == 0 else {}
+        try:
+            global_stats(info, totals, n_local=1 if info.rank == 0 else 0)
+            error = "none"
+        except StreamError as e:
+            error = str(e)
+        # the group is still usable: no collective was left half done
+        stats, first = global_stats(info, {"words": torch.tensor(1.0)}, n_local=1)
+        shutdown(info)
+        with open(f"{OUT}/rank{info.rank}.txt", "w") as f_out:
+            f_out.write(f"{error}|{stats['words'].item()}|{first}")
+        """,
+    )
+    for rank in (0, 1):
+        error, words, first = (tmp_path / f"rank{rank}.txt").read_text().split("|")
+        assert error.startswith("a training batch left rank 1 of 2 without documents"), error
+        assert "raise the batch_size" in error
+        assert (float(words), int(first)) == (2.0, rank)

@@ -47,3 +47,29 @@ def test_recipe_typo_under_torchrun_prints_one_error_line_and_creates_nothing(tm
     assert "train.max_stepz: no such key to override" in errors[0]
     assert "exitcode  : 2" in proc.stderr
     assert not out.exists()
+
+
+def test_batch_of_fewer_documents_than_ranks_is_one_clear_error(tmp_path):
+    # was: gloo aborted one rank ("collective mismatch", terminate called) and the other
+    # printed "Connection reset by peer"
+    out = tmp_path / "run"
+    proc = _torchrun(
+        "-m",
+        "pureml.train",
+        str(RECIPE),
+        "--set",
+        f"train.output_dir={out}",
+        "--set",
+        "train.max_steps=3",
+        "--set",
+        'train_data.notes.batch_size="1 docs"',
+        "--set",
+        "train_data.notes.data.n_train=20",
+        "--set",
+        "val_data.n_train=20",
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert "left rank 1 of 2 without documents" in errors[0]
+    assert "exitcode  : 2" in proc.stderr and "terminate called" not in proc.stderr
