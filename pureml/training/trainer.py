@@ -729,11 +729,21 @@ class Trainer:
         # read (and check) the validation documents before the output folder is touched
         self.val_docs = _validation_docs(self.val_data)
         self.recipe_hash()
-        lock = None
+        lock, refused = None, ""
         if self.world.is_main:
             # one run at a time writes here; taken before its checkpoints are read
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            lock = ckpt.lock_run_dir(self.output_dir)
+            try:
+                lock = ckpt.lock_run_dir(self.output_dir)
+            except ckpt.CheckpointError as e:
+                refused = str(e)
+        # every rank stops alike when rank 0 is refused the folder (else the others wait in their
+        # first collective until rank 0's exit breaks it: "Connection closed by peer")
+        from ..distributed import gather_strings
+
+        refused = gather_strings(self.world, refused)[0]
+        if refused:
+            raise ckpt.CheckpointError(refused)
         try:
             return self._run_locked()
         finally:

@@ -73,3 +73,32 @@ def test_batch_of_fewer_documents_than_ranks_is_one_clear_error(tmp_path):
     assert len(errors) == 1, proc.stderr[-3000:]
     assert "left rank 1 of 2 without documents" in errors[0]
     assert "exitcode  : 2" in proc.stderr and "terminate called" not in proc.stderr
+
+
+def test_folder_locked_by_a_live_run_is_one_clear_error(tmp_path):
+    from pureml.training.checkpoint import lock_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = lock_run_dir(out)  # a live run (this test) writes there
+    try:
+        proc = _torchrun(
+            "-m",
+            "pureml.train",
+            str(RECIPE),
+            "--set",
+            f"train.output_dir={out}",
+            "--set",
+            "train.max_steps=3",
+            "--set",
+            "train_data.notes.data.n_train=20",
+        )
+    finally:
+        os.close(lock)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    # was: rank 0's line, then rank 1's "Connection closed by peer", blamed by torchrun
+    assert len(errors) == 1 and "is in use by another run" in errors[0], proc.stderr[-3000:]
+    assert "Connection closed" not in proc.stderr
+    assert "exitcode  : 2" in proc.stderr
+    assert not (out / "config.toml").exists()
