@@ -66,8 +66,14 @@ def format_scores(scores: dict[str, Any]) -> str:
             if "token" in value:
                 s = value["token"]["micro"]
                 lines.append(f"  {'token micro':<24} {s['p']:7.4f} {s['r']:7.4f} {s['f1']:7.4f}")
-        else:  # span attributes
-            for attr, a in value.items():
+        else:  # span attributes: {attribute: scores}, or {group: {attribute: scores}}
+            per_attribute = []
+            for name, a in value.items():
+                if "micro" in a:
+                    per_attribute.append((name, a))
+                else:
+                    per_attribute.extend((f"{name}.{attr}", b) for attr, b in a.items())
+            for attr, a in per_attribute:
                 lines.append(f"{task}: {attr}")
                 lines.append(f"  {'value':<24} {'p':>7} {'r':>7} {'f1':>7}")
                 for label, s in [("micro", a["micro"]), *a.get("per_value", {}).items()]:

@@ -233,11 +233,14 @@ class Scorer:
                                     span.attributes.pop(a, None)
                         inputs.append(c)
                     preds = _run(nlp, inputs, enable, self.batch_size)
+                    # a group no gold document fills (the NER head's "ents", read at inference)
+                    # has nothing to score against
+                    scored = [g for g in groups if any(d.spans.get(g) for d in docs)] or groups
                     per_group = [
                         span_attribute_scores(docs, preds, attributes, gold_group=g, pred_group=g)
-                        for g in groups
+                        for g in scored
                     ]
-                    scores[key] = per_group[0] if len(groups) == 1 else dict(zip(groups, per_group))
+                    scores[key] = per_group[0] if len(scored) == 1 else dict(zip(scored, per_group))
             if self.speed and docs:
                 inputs = [d.copy(drop=tuple(d.spans)) for d in docs]
                 t0 = time.perf_counter()

@@ -122,3 +122,29 @@ def test_ner_is_scored_against_the_component_target_group():
         nlp.post_init(data)
         scores.append(Scorer(speed=False)(nlp, data)["ner"])
     assert scores[0]["micro"]["p"] > 0 and scores[1] == scores[0]
+
+
+def test_span_classifier_over_two_gold_groups_is_scored_and_printed_per_group():
+    from pureml.nlp import Pipeline, ScratchEncoder, SpanClassifier
+    from pureml.nlp.synthetic import make_corpus
+    from pureml.training.evaluate import format_scores
+    from pureml.training.scorer import Scorer
+
+    docs = make_corpus(6, seed=1)
+    for d in docs:  # a second annotated group: the same spans, their status kept
+        d.spans["review"] = [
+            Span(s.start, s.end, s.label, dict(s.attributes)) for s in d.spans["gold"]
+        ]
+    nlp = Pipeline(
+        {
+            "embedding": ScratchEncoder(width=8, depth=0),
+            "status": SpanClassifier(span_getter=["gold", "review", "ents"], attributes=["status"]),
+        }
+    )
+    nlp.get_pipe("status").post_init(docs)
+    nlp.initialize()
+    scores = Scorer(speed=False)(nlp, docs)["span_attributes"]
+    assert list(scores) == ["gold", "review"]  # "ents": no gold document fills it
+    assert scores["gold"] == scores["review"]
+    text = format_scores({"span_attributes": scores})
+    assert "span_attributes: gold.status\n" in text and "span_attributes: review.status\n" in text
