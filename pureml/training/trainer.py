@@ -436,10 +436,11 @@ class Trainer:
                     "pass --restart (restart=True) to start over there, or choose another "
                     "train.output_dir"
                 )
-        if meta.get("world_size", 1) != self.world.world_size:
+        if (saved_world := meta.get("world_size", 1)) != self.world.world_size:
             self.message(
-                f"warning: checkpoint written with {meta.get('world_size')} processes, resuming "
-                f"with {self.world.world_size}: same updates, but not bitwise"
+                f"warning: checkpoint written with {saved_world} "
+                f"process{'es' if saved_world != 1 else ''}, resuming with "
+                f"{self.world.world_size}: same updates, but not bitwise"
             )
         saved = meta.get("versions", {})
         if saved.get("torch") not in (None, torch.__version__):
