@@ -294,6 +294,9 @@ class ProgressLogger(BaseLogger):
         self.every = max(1, total_steps // 20)
         self.t0 = time.perf_counter()
         self.first_step: int | None = None
+        # a resumed run shows the last validation's score until it validates again
+        saved = (state or {}).get("last_score")
+        self.last_score = (saved[0], float(saved[1])) if saved else None
 
     def line(self, step: int, metrics: Mapping[str, Any], timing: Mapping[str, Any]) -> str:
         done = min(1.0, step / max(1, self.total))
@@ -334,6 +337,9 @@ class ProgressLogger(BaseLogger):
         elif step % self.every == 0 or validation is not None or step == self.total:
             self.stream.write(text + "\n")
         self.stream.flush()
+
+    def state(self) -> dict[str, Any]:
+        return {"last_score": list(self.last_score) if self.last_score else None}
 
     def message(self, text: str) -> None:
         if self._drawn:

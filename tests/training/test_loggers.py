@@ -319,3 +319,16 @@ def test_progress_lines_on_a_file_and_a_live_bar_on_a_terminal(name, tmp_path):
     assert text.count("\r\x1b[2K") == 40
     assert text.count("\n") == 3 and "step 20/40" in text.split("\n")[0].split("\r\x1b[2K")[-1]
     assert text.endswith("\nsaved\n")
+
+
+def test_progress_line_keeps_the_last_score_across_a_resume(tmp_path):
+    from pureml.training.loggers import ProgressLogger
+
+    before = ProgressLogger(stream=io.StringIO())
+    before.start(tmp_path, 40, None)
+    before.log(10, {"loss": 0.5}, {"ner": {"micro": {"f1": 0.75}}}, {})
+    saved = json.loads(json.dumps(before.state()))  # as the checkpoint keeps it
+    after = ProgressLogger(stream=io.StringIO())
+    after.start(tmp_path, 40, saved)  # resumed from step 10: no validation before step 20
+    after.log(12, {"loss": 0.4}, None, {})
+    assert "ner f1 0.7500" in after.stream.getvalue()
