@@ -757,6 +757,8 @@ class Trainer:
             ckpt.remove_stale_temporaries(self.output_dir)
             if resume_from is None:
                 self._clear_run_dir()
+            else:
+                _remove_validations_after(self.output_dir, ckpt.read_meta(resume_from)["step"])
             if self.recipe is not None:
                 from ..toml_writer import dump_toml
 
@@ -929,6 +931,16 @@ class Trainer:
                 if hasattr(it, "close"):
                     it.close()
         return state
+
+
+def _remove_validations_after(run_dir: Path, step: int) -> None:
+    """Remove ``validation/step-N.json`` for N > ``step``: a stopped run's validations after the
+    checkpoint a run resumes from, which the resumed run redoes (or, if ``validation_interval``
+    changed, does not: the folder would list validations that no log has)."""
+    for path in (run_dir / "validation").glob("step-*.json"):
+        n = path.stem.removeprefix("step-")
+        if n.isdigit() and int(n) > step:
+            path.unlink()
 
 
 class _NoRecorder:

@@ -264,3 +264,38 @@ def test_a_python_run_resumes_with_a_new_pipeline_or_the_same_one(tmp_path, caps
         weights = load_file(str(out / "model-last" / "model.safetensors"))
         assert all(weights[k].equal(v) for k, v in reference.items()), name
         assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_resume_with_another_validation_interval_drops_the_stopped_runs_later_validations(
+    tmp_path, corpus
+):
+    """validation/ lists the validations the logs have: a file a stopped run wrote after the
+    checkpoint resumed from goes, even when the resumed run no longer validates at that step."""
+    import shutil
+
+    from pureml.stream import read_standoff
+
+    from .tiny_recipes import tiny_pipeline, train_tiny
+
+    out = tmp_path / "out"
+    dev = read_standoff(corpus / "dev")
+    train_tiny(tiny_pipeline(), corpus / "train", out, max_steps=8, val_data=dev,
+               checkpoint_interval=4, validation_interval=3)  # fmt: skip
+    assert sorted(p.name for p in (out / "validation").iterdir()) == [
+        "step-000003.json",
+        "step-000006.json",
+        "step-000008.json",
+    ]
+    shutil.rmtree(out / "checkpoints" / "step-000008")  # as if stopped after step 8's validation
+    train_tiny(tiny_pipeline(), corpus / "train", out, max_steps=8, val_data=dev,
+               checkpoint_interval=4, validation_interval=10)  # fmt: skip
+    logged = [
+        json.loads(line)["step"]
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if "validation" in json.loads(line)
+    ]
+    assert logged == [3, 8]
+    assert sorted(p.name for p in (out / "validation").iterdir()) == [
+        "step-000003.json",
+        "step-000008.json",
+    ]
