@@ -44,7 +44,9 @@ def plot_run(run: str | os.PathLike, output: str | os.PathLike | None = None) ->
     fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     fig.suptitle(Path(run).resolve().name)
     steps = [r["step"] for r in rows if "loss" in r]
-    ax_loss.plot(steps, [r["loss"] for r in rows if "loss" in r], lw=1)
+    # a line through one point draws nothing: a run of one logged step gets a marker
+    marker = "o" if len(steps) == 1 else None
+    ax_loss.plot(steps, [r["loss"] for r in rows if "loss" in r], lw=1, marker=marker)
     ax_loss.set_title("training loss")
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss (log scale)")

@@ -332,3 +332,17 @@ def test_progress_line_keeps_the_last_score_across_a_resume(tmp_path):
     after.start(tmp_path, 40, saved)  # resumed from step 10: no validation before step 20
     after.log(12, {"loss": 0.4}, None, {})
     assert "ner f1 0.7500" in after.stream.getvalue()
+
+
+def test_plot_of_a_one_step_run_shows_its_loss(tmp_path):
+    pytest.importorskip("matplotlib")
+    import matplotlib.image
+    import numpy as np
+
+    from pureml.training.plot import plot_run
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
+    pixels = matplotlib.image.imread(plot_run(tmp_path))[..., :3]
+    loss_panel = pixels[:, : pixels.shape[1] // 2]
+    blue = np.abs(loss_panel - np.array([0x1F, 0x77, 0xB4]) / 255).max(axis=-1) < 0.05  # C0
+    assert blue.sum() > 20  # the point is drawn, not an empty panel
