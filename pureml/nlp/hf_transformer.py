@@ -144,6 +144,25 @@ def _window_groups(
     return groups, (group, index)
 
 
+def _position_limit(model: Any, config: Any) -> tuple[int | None, str]:
+    """How many tokens (special ones included) a sequence of ``model`` may hold, and why.
+
+    RoBERTa-style embeddings (RoBERTa, CamemBERT, XLM-R: a position table with a
+    ``padding_idx``) number positions from ``padding_idx + 1``, so a RoBERTa with
+    ``max_position_embeddings = 514`` takes 512 tokens.
+    """
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None, ""
+    table = getattr(getattr(model, "embeddings", None), "position_embeddings", None)
+    pad = getattr(table, "padding_idx", None)
+    if pad is not None:
+        return limit - pad - 1, (
+            f"max_position_embeddings {limit}, numbered from padding_idx {pad} + 1"
+        )
+    return limit, f"max_position_embeddings {limit}"
+
+
 def _filler_last(r: int) -> tuple[bool, int]:
     return r < 0, r
 
@@ -208,11 +227,11 @@ class HfTransformer(Component):
             )
         self.tokenizer = tf.AutoTokenizer.from_pretrained(source, local_files_only=True)
         self._word_ids = {}
-        limit = getattr(config, "max_position_embeddings", None)
+        limit, why = _position_limit(self.model, config)
         if limit is not None and self.window + 2 > limit:
             raise ValueError(
-                f"window {self.window} + 2 special tokens exceeds the model's "
-                f"max_position_embeddings {limit} ({source})"
+                f"window {self.window} + 2 special tokens exceeds the model's {limit} positions "
+                f"({why}; {source}): set window <= {limit - 2}"
             )
         self.output_size = config.hidden_size
         self._built = True

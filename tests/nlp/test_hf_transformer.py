@@ -253,3 +253,53 @@ def test_word_cache_emptied_by_another_call_does_not_lose_words(tiny_bert, monke
     emb.tokenizer = Interleaved()
     got = emb._pieces(["fever", "cough", "pain"])  # fever and cough were cached before
     assert got == [expected["fever"], expected["cough"], expected["pain"]]
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(tmp_path_factory):
+    """A RoBERTa with a byte-level BPE tokenizer: <s> </s> <pad>=1, no prefix space, and
+    position ids numbered from padding_idx + 1 (20 positions: 18 tokens)."""
+    path = tmp_path_factory.mktemp("tiny-roberta")
+    tok = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator([d.text for d in make_corpus(50, seed=3)], trainer)
+    specials = dict(bos_token="<s>", eos_token="</s>", cls_token="<s>", sep_token="</s>")
+    fast = transformers.RobertaTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", mask_token="<mask>", **specials
+    )
+    fast.save_pretrained(path)
+    config = transformers.RobertaConfig(
+        vocab_size=len(fast),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=20,
+        pad_token_id=1,
+    )
+    torch.manual_seed(0)
+    transformers.RobertaModel(config).save_pretrained(path)
+    return path
+
+
+def test_roberta_window_limit_counts_the_positions_after_padding_idx(tiny_roberta):
+    # 17 + 2 <= 20 max_position_embeddings, but positions 2..20 overflow the table: the
+    # forward used to fail with "index 20 is out of bounds" at the first long document
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    with pytest.raises(ValueError, match=r"18 positions .*padding_idx 1.*window <= 16"):
+        Pipeline({"embedding": HfTransformer(str(tiny_roberta), window=17, stride=12)})
+    nlp = Pipeline({"embedding": HfTransformer(str(tiny_roberta), window=16, stride=12)})
+    item = nlp.preprocess(Doc(" ".join(["hypokalemia"] * 30)))
+    assert item["stats"]["embedding_tokens"] > 16
+    batch = nlp.collate([item])
+    from pureml.nlp.component import ForwardContext
+
+    out = nlp.get_pipe("embedding")(batch["embedding"], ForwardContext(nlp, batch))
+    assert out["embeddings"].shape[:2] == (1, 32) and torch.isfinite(out["embeddings"]).all()
