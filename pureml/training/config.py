@@ -146,7 +146,9 @@ class TrainConfig:
         ),
     )
     log_interval: int = attrs.field(
-        default=1, validator=_positive, metadata=_doc("write metrics every N steps")
+        default=1,
+        validator=_positive,
+        metadata=_doc("write metrics every N steps, and at the last"),
     )
     record_params_interval: int | None = attrs.field(
         default=None,

@@ -890,7 +890,10 @@ class Trainer:
                     from .loggers import headline_score
 
                     self._last_score = headline_score(validation)
-                if step % self.log_interval == 0 or validation is not None:
+                # each phase's last step too: the progress line ends at max_steps and the
+                # logs hold the final loss whatever log_interval divides
+                last = phase_step == self.max_steps
+                if step % self.log_interval == 0 or validation is not None or last:
                     line = {
                         "phase": phase_idx,
                         **{k: v for k, v in metrics.items()},

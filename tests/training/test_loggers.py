@@ -346,3 +346,11 @@ def test_plot_of_a_one_step_run_shows_its_loss(tmp_path):
     loss_panel = pixels[:, : pixels.shape[1] // 2]
     blue = np.abs(loss_panel - np.array([0x1F, 0x77, 0xB4]) / 255).max(axis=-1) < 0.05  # C0
     assert blue.sum() > 20  # the point is drawn, not an empty panel
+
+
+def test_log_interval_logs_every_nth_step_and_the_last(tmp_path, corpus):
+    from .tiny_recipes import tiny_pipeline, train_tiny
+
+    out = tmp_path / "out"
+    train_tiny(tiny_pipeline(), corpus / "train", out, max_steps=5, log_interval=2)  # no val_data
+    assert [r["step"] for r in metrics(out)] == [2, 4, 5]
