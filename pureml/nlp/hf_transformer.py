@@ -226,6 +226,12 @@ class HfTransformer(Component):
                 source, config=config, local_files_only=True, use_safetensors=True
             )
         self.tokenizer = tf.AutoTokenizer.from_pretrained(source, local_files_only=True)
+        if getattr(self.tokenizer, "add_prefix_space", None) is False:
+            # byte-level BPE (RoBERTa): a word tokenized alone gets the pieces it has in running
+            # text ("Ġpatient", not "pat" "ient") only with a prefix space
+            self.tokenizer = tf.AutoTokenizer.from_pretrained(
+                source, local_files_only=True, add_prefix_space=True
+            )
         self._word_ids = {}
         limit, why = _position_limit(self.model, config)
         if limit is not None and self.window + 2 > limit:
@@ -263,8 +269,9 @@ class HfTransformer(Component):
     def _pieces(self, words: list[str]) -> list[tuple[int, ...]]:
         """Sub-word ids of each word (empty for a word the tokenizer drops).
 
-        Each word is tokenized on its own (as one sequence without special tokens), so its ids
-        do not depend on its neighbours and are cached by word: documents repeat most of their
+        Each word is tokenized on its own (as one sequence without special tokens, with a
+        prefix space where the tokenizer marks word starts by one), so its ids do not depend on
+        its neighbours and are cached by word: documents repeat most of their
         words, and the tokenizer then sees each distinct word once.
         """
         cache = self._word_ids

@@ -303,3 +303,16 @@ def test_roberta_window_limit_counts_the_positions_after_padding_idx(tiny_robert
 
     out = nlp.get_pipe("embedding")(batch["embedding"], ForwardContext(nlp, batch))
     assert out["embeddings"].shape[:2] == (1, 32) and torch.isfinite(out["embeddings"]).all()
+
+
+def test_byte_level_bpe_words_get_their_running_text_pieces(tiny_roberta):
+    # RoBERTa marks a word start with a space ("Ġfever"); a word tokenized alone without a
+    # prefix space got its sentence-initial pieces instead, unlike anything pretraining saw
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    nlp = Pipeline({"embedding": HfTransformer(str(tiny_roberta), window=16, stride=12)})
+    words = ["patient", "with", "fever", "and", "cough"]
+    raw = transformers.AutoTokenizer.from_pretrained(tiny_roberta)
+    in_text = raw(" " + " ".join(words), add_special_tokens=False)["input_ids"]
+    assert raw.convert_ids_to_tokens(in_text)[0].startswith("Ġ")
+    assert nlp.preprocess(Doc(" ".join(words)))["embedding"]["ids"] == in_text
