@@ -232,6 +232,17 @@ class HfTransformer(Component):
             self.tokenizer = tf.AutoTokenizer.from_pretrained(
                 source, local_files_only=True, add_prefix_space=True
             )
+        missing = [
+            name
+            for name in ("cls_token", "sep_token", "pad_token")
+            if getattr(self.tokenizer, name + "_id", None) is None
+        ]
+        if missing:  # each window is [CLS] pieces [SEP], padded with the pad token
+            raise ValueError(
+                f"the tokenizer in {source} has no {', '.join(missing)}: hf_transformer frames "
+                "each window with cls_token and sep_token and pads with pad_token; set them in "
+                "its tokenizer_config.json"
+            )
         self._word_ids = {}
         limit, why = _position_limit(self.model, config)
         if limit is not None and self.window + 2 > limit:

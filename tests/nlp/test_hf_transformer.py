@@ -316,3 +316,18 @@ def test_byte_level_bpe_words_get_their_running_text_pieces(tiny_roberta):
     in_text = raw(" " + " ".join(words), add_special_tokens=False)["input_ids"]
     assert raw.convert_ids_to_tokens(in_text)[0].startswith("Ġ")
     assert nlp.preprocess(Doc(" ".join(words)))["embedding"]["ids"] == in_text
+
+
+def test_tokenizer_without_special_tokens_is_a_clear_error(tiny_bert, tmp_path):
+    import shutil
+
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    shutil.copytree(tiny_bert, tmp_path / "bert")
+    (tmp_path / "bert" / "tokenizer_config.json").unlink()
+    bare = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(tmp_path / "bert" / "tokenizer.json"), unk_token="[UNK]"
+    )
+    bare.save_pretrained(tmp_path / "bert")
+    with pytest.raises(ValueError, match="has no cls_token, sep_token, pad_token"):
+        Pipeline({"embedding": HfTransformer(str(tmp_path / "bert"), window=8, stride=6)})
