@@ -304,6 +304,11 @@ class Trainer:
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{key}: expected a positive number, got {value!r}")
+        for i, item in enumerate(logger if isinstance(logger, list | tuple) else ()):
+            # else refused once the folder is set up: with resume=False, after its files went
+            if isinstance(item, str) and item not in logger_registry:
+                known = ", ".join(logger_registry.names())
+                raise ValueError(f"logger[{i}]: unknown logger {item!r} (known: {known})")
         for comp in loss_scales or {}:
             if comp not in nlp.pipe_names:
                 raise ValueError(f"loss_scales: unknown component {comp!r} (have {nlp.pipe_names})")

@@ -73,6 +73,8 @@ def test_a_bare_stream_as_train_data_is_refused_with_the_fix(tmp_path):
         ({"loss_scales": {"nerr": 2.0}}, "loss_scales: unknown component 'nerr'"),
         ({"validation_interval": -1}, "validation_interval: expected a positive number"),
         ({"checkpoint_interval": 0}, "checkpoint_interval: expected a positive number"),
+        # was refused only once the folder was set up: after resume=False had emptied it
+        ({"logger": ["json", "jsn"]}, r"logger\[1\]: unknown logger 'jsn' \(known: csv, json"),
     ],
 )
 def test_bad_options_are_refused_as_the_recipe_refuses_them(tmp_path, option, message):
