@@ -567,6 +567,12 @@ def recipe_reference() -> str:
         ("Scorers (`scorer.factory`)", registry.scorers),
         ("Loggers (`train.logger`)", registry.loggers),
     ):
-        out += [f"### {title}", "", "| name | what | keys |", "|---|---|---|"]
+        # a recipe names its loggers; their options are for instances passed from Python
+        keys = (
+            "options (Python: `train(logger=[...])` instances)"
+            if reg is registry.loggers
+            else "keys"
+        )
+        out += [f"### {title}", "", f"| name | what | {keys} |", "|---|---|---|"]
         out += _factory_rows(reg) + [""]
     return "\n".join(out)

@@ -20,6 +20,7 @@ from pureml.cli import main
 from pureml.training.loggers import (
     CsvLogger,
     JsonLogger,
+    ProgressLogger,
     TensorBoardLogger,
     tensorboard_available,
 )
@@ -354,3 +355,18 @@ def test_log_interval_logs_every_nth_step_and_the_last(tmp_path, corpus):
     out = tmp_path / "out"
     train_tiny(tiny_pipeline(), corpus / "train", out, max_steps=5, log_interval=2)  # no val_data
     assert [r["step"] for r in metrics(out)] == [2, 4, 5]
+
+
+def test_a_logger_instance_from_python_takes_the_options_the_reference_lists(corpus, tmp_path):
+    # README's logger reference: a recipe names loggers, Python passes instances with options
+    from .tiny_recipes import tiny_pipeline, train_tiny
+
+    out = io.StringIO()
+    train_tiny(
+        tiny_pipeline(),
+        corpus / "train",
+        tmp_path / "run",
+        logger=[ProgressLogger(stream=out, width=7)],
+    )
+    bars = [line for line in out.getvalue().splitlines() if line.startswith("step 6/6 ")]
+    assert bars and "[" + "#" * 7 + "]" in bars[-1]
