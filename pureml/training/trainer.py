@@ -301,6 +301,9 @@ class Trainer:
         for key, value in (
             ("validation_interval", validation_interval),
             ("checkpoint_interval", checkpoint_interval),
+            ("log_interval", log_interval),
+            ("record_params_interval", record_params_interval),
+            ("keep_checkpoints", keep_checkpoints),
         ):
             if value is not None and value < 1:
                 raise ValueError(f"{key}: expected a positive number, got {value!r}")

@@ -73,6 +73,10 @@ def test_a_bare_stream_as_train_data_is_refused_with_the_fix(tmp_path):
         ({"loss_scales": {"nerr": 2.0}}, "loss_scales: unknown component 'nerr'"),
         ({"validation_interval": -1}, "validation_interval: expected a positive number"),
         ({"checkpoint_interval": 0}, "checkpoint_interval: expected a positive number"),
+        # ZeroDivisionError at step 1, once the folder was set up
+        ({"log_interval": 0}, "log_interval: expected a positive number"),
+        ({"record_params_interval": 0}, "record_params_interval: expected a positive number"),
+        ({"keep_checkpoints": 0}, "keep_checkpoints: expected a positive number"),
         # was refused only once the folder was set up: after resume=False had emptied it
         ({"logger": ["json", "jsn"]}, r"logger\[1\]: unknown logger 'jsn' \(known: csv, json"),
     ],
