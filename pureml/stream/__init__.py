@@ -11,8 +11,10 @@
 ...     .split("2 splits")
 ...     .prefetch(2)
 ... )
->>> state = stream.state_dict()  # small JSON-able position, after the last batch handed out
+>>> state = stream.state_dict()  # doctest: +SKIP
 >>> stream.load_state_dict(state)  # doctest: +SKIP
+
+``state_dict()`` is a small JSON-able position, after the last batch handed out.
 
 :func:`training_stream` builds exactly this chain from a TrainingData's fields.
 """
