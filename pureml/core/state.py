@@ -184,6 +184,15 @@ def state_from_flat(template: TrainState, flat: Mapping[str, Tensor]) -> TrainSt
 
     Tensors are moved to the device of the template's leaf. Raises :class:`CheckpointError`
     naming the first missing, unexpected or mismatched path.
+
+    >>> state = TrainState.create(params={"w": torch.ones(2)})
+    >>> flat = state_to_flat(state)
+    >>> state_from_flat(state, {**flat, "params.w": torch.full((2,), 3.0)}).params["w"]
+    tensor([3., 3.])
+    >>> state_from_flat(state, {**flat, "params.w": torch.ones(3)})
+    Traceback (most recent call last):
+    ...
+    pureml.core.state.CheckpointError: 'params.w': expected torch.float32 (2,), got torch.float32 (3,)
     """
     expected = state_to_flat(template)
     missing = [p for p in expected if p not in flat]
@@ -301,6 +310,14 @@ def save_state(
     Files go to a temporary sibling directory first, which then replaces ``directory`` by
     renames: a crash leaves either the previous checkpoint or the new one, never a mix.
     The JSON holds a fingerprint of the tensors so that :func:`load_state` detects corruption.
+
+    >>> import tempfile
+    >>> state = TrainState.create(params={"w": torch.arange(3.0)})
+    >>> with tempfile.TemporaryDirectory() as root:
+    ...     save_state(state, f"{root}/step-1", extra_json={"note": "first"})
+    ...     restored, extra = load_state(state, f"{root}/step-1")
+    >>> restored.params["w"], extra["note"]
+    (tensor([0., 1., 2.]), 'first')
     """
     from safetensors.torch import save_file
 
@@ -337,7 +354,12 @@ def load_state(template: TrainState, directory: str | os.PathLike) -> tuple[Trai
     """Read a checkpoint written by :func:`save_state` into the structure of ``template``.
 
     Returns ``(state, extra_json)``. Raises :class:`CheckpointError` if files are missing,
-    unreadable, or the tensors do not match the stored checksum.
+    unreadable, or the tensors do not match the stored checksum (an example: :func:`save_state`).
+
+    >>> load_state(TrainState.create(params={}), "no/such/checkpoint")
+    Traceback (most recent call last):
+    ...
+    pureml.core.state.CheckpointError: cannot read checkpoint metadata no/such/checkpoint/state.json: ...
     """
     from safetensors.torch import load_file
 

@@ -24,7 +24,13 @@ from .tokenizer import tokenize
 
 @attrs.define(eq=False)
 class Span:
-    """A labelled character span with attributes (``{"type": "SpecificDisease"}``)."""
+    """A labelled character span with attributes (``{"type": "SpecificDisease"}``).
+
+    >>> doc = Doc("No chest pain.")
+    >>> span = Span(3, 13, "problem", {"status": "negated"})
+    >>> doc.text[span.start : span.end], span.attributes["status"]
+    ('chest pain', 'negated')
+    """
 
     start: int
     end: int
@@ -41,7 +47,18 @@ class Span:
 
 @attrs.define(eq=False)
 class Doc:
-    """A text with its words, span groups and free metadata."""
+    """A text with its words, span groups and free metadata.
+
+    Words are character offsets, computed on first use by pureml's tokenizer; span groups are
+    named lists (readers fill ``"gold"``, an NER head writes ``"ents"``).
+
+    >>> doc = Doc("Mother had diabetes.", id="note-1")
+    >>> doc.word_texts()
+    ['Mother', 'had', 'diabetes', '.']
+    >>> doc.spans["gold"] = [Span(11, 19, "problem", {"status": "family"})]
+    >>> [(doc.text[s.start : s.end], s.label) for s in doc.spans["gold"]]
+    [('diabetes', 'problem')]
+    """
 
     text: str
     id: str = ""

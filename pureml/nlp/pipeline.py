@@ -426,7 +426,21 @@ class ModelError(ValueError):
 
 
 def load(path: str | os.PathLike) -> Pipeline:
-    """Load a pipeline saved with ``nlp.to_disk(path)``."""
+    """Load a pipeline saved with ``nlp.to_disk(path)`` (weights read with safetensors).
+
+    >>> import tempfile, torch
+    >>> from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+    >>> _ = torch.manual_seed(0)
+    >>> nlp = Pipeline({"embedding": ScratchEncoder(width=8), "ner": NerCrf(labels=["problem"])})
+    >>> nlp.initialize()
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     nlp.to_disk(folder)
+    ...     again = load(folder)
+    >>> again.pipe_names
+    ['embedding', 'ner']
+    >>> all(torch.equal(a, b) for a, b in zip(nlp.state_dict().values(), again.state_dict().values()))
+    True
+    """
     return Pipeline.from_disk(path)
 
 
