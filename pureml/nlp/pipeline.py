@@ -373,10 +373,11 @@ class Pipeline(torch.nn.Module):
         """Rebuild a pipeline saved by ``to_disk``; errors name the missing or broken file."""
         path = Path(path)
         cfg_path = path / CONFIG
+        # a run folder (its config.toml, if any, is the recipe) holds its model in model-last
+        hint = ""
+        if (path / "model-last").is_dir():
+            hint = f" (a run folder? its model is {path / 'model-last'})"
         if not cfg_path.is_file():
-            hint = ""
-            if (path / "model-last").is_dir():  # a run folder (train() from Python: no config)
-                hint = f" (a run folder? its model is {path / 'model-last'})"
             raise FileNotFoundError(f"no pipeline config at {cfg_path}{hint}")
         try:
             config = tomllib.loads(cfg_path.read_text(encoding="utf-8"))
@@ -384,9 +385,6 @@ class Pipeline(torch.nn.Module):
             raise ModelError(f"{cfg_path}: invalid TOML: {e}") from None
         pipeline = config.get("nlp", {}).get("pipeline")
         if not isinstance(pipeline, list) or not isinstance(config.get("components"), dict):
-            hint = ""
-            if (path / "model-last").is_dir():  # a run folder: its config.toml is the recipe
-                hint = f" (a run folder? its model is {path / 'model-last'})"
             raise ModelError(f"{cfg_path} is not a saved pipeline's config{hint}")
         comps = {}
         for name in pipeline:
