@@ -13,13 +13,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from torchrun_launch import clean_env, launcher
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "quickstart.toml"
@@ -48,27 +48,13 @@ def _overrides(out: Path, corpus: Path, *extra: str) -> list[str]:
 
 
 def _command(nproc: int, out: Path, corpus: Path, *extra: str) -> list[str]:
-    launcher = (
-        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        if nproc > 1
-        else []
-    )
-    return [
-        sys.executable,
-        *launcher,
-        "-m",
-        "pureml.train",
-        str(RECIPE),
-        *_overrides(out, corpus, *extra),
-    ]
+    return [*launcher(nproc), "-m", "pureml.train", str(RECIPE), *_overrides(out, corpus, *extra)]
 
 
 def _env(trace: Path, sleep_s: float = 0.0) -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PUREML_RANK_TRACE=str(trace))
+    env = clean_env(PUREML_RANK_TRACE=str(trace))
     if sleep_s:
         env["PUREML_RANK_TRACE_SLEEP"] = str(sleep_s)
-    for v in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(v, None)
     return env
 
 
@@ -221,12 +207,7 @@ def test_resume_two_rank_checkpoint_in_one_process_reshards(runs):
 
 
 def _replay(nproc: int, run: Path, step: int) -> subprocess.CompletedProcess:
-    launcher = (
-        ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        if nproc > 1
-        else []
-    )
-    cmd = [sys.executable, *launcher, "-m", "pureml.cli", "replay", str(run), "--step", str(step)]
+    cmd = [*launcher(nproc), "-m", "pureml.cli", "replay", str(run), "--step", str(step)]
     env = _env(run.parent / f"replay{nproc}_trace")
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
 

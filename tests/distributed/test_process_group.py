@@ -1,9 +1,9 @@
 import json
 import subprocess
-import sys
 import textwrap
 
 import pytest
+from torchrun_launch import launcher
 
 from pureml.distributed import DistributedSetupError, init_distributed
 from pureml.distributed.process_group import collective_timeout_s
@@ -70,15 +70,7 @@ def _run_two_ranks(folder, name: str, body: str) -> None:
     script = folder / name
     script.write_text(SCRIPT_HEAD + textwrap.dedent(body))
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(script),
-            str(folder),
-        ],
+        [*launcher(2), str(script), str(folder)],
         capture_output=True,
         text=True,
         timeout=240,
