@@ -427,3 +427,24 @@ def structure_recipe(data: dict[str, Any]) -> Recipe:
 def unstructure(obj: Any) -> Any:
     """The plain-dict form of a config record (what config.toml shows)."""
     return converter.unstructure(obj)
+
+
+def check_train_values(values: collections.abc.Mapping[str, Any]) -> None:
+    """Run the ``[train]`` table's validators on ``values`` (``train()``'s keyword arguments of
+    the same names), so that a Python caller meets the checks a recipe meets; raises
+    ``ValueError("name: problem")``.
+
+    >>> check_train_values({"log_interval": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: log_interval: expected a positive number, got 0
+    """
+    fields = attrs.fields_dict(TrainConfig)
+    for name, value in values.items():
+        validator = fields[name].validator
+        if validator is None:
+            continue
+        try:
+            validator(None, fields[name], value)
+        except _FieldError as e:
+            raise ValueError(f"{name}: {e}") from None

@@ -291,22 +291,18 @@ class Trainer:
         if max_steps < 1:
             raise ValueError(f"max_steps: expected a positive number, got {max_steps}")
         # what the recipe's [train] table checks (config.TrainConfig), for Python callers too
-        from .config import MIXED_PRECISION
+        from .config import check_train_values
 
-        if mixed_precision not in MIXED_PRECISION:
-            expected = ", ".join(map(repr, MIXED_PRECISION))
-            raise ValueError(
-                f"mixed_precision: expected one of {expected}, got {mixed_precision!r}"
-            )
-        for key, value in (
-            ("validation_interval", validation_interval),
-            ("checkpoint_interval", checkpoint_interval),
-            ("log_interval", log_interval),
-            ("record_params_interval", record_params_interval),
-            ("keep_checkpoints", keep_checkpoints),
-        ):
-            if value is not None and value < 1:
-                raise ValueError(f"{key}: expected a positive number, got {value!r}")
+        check_train_values(
+            {
+                "mixed_precision": mixed_precision,
+                "validation_interval": validation_interval,
+                "checkpoint_interval": checkpoint_interval,
+                "log_interval": log_interval,
+                "record_params_interval": record_params_interval,
+                "keep_checkpoints": keep_checkpoints,
+            }
+        )
         for i, item in enumerate(logger if isinstance(logger, list | tuple) else ()):
             # else refused once the folder is set up: with resume=False, after its files went
             if isinstance(item, str) and item not in logger_registry:
