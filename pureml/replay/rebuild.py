@@ -80,8 +80,12 @@ class Phase:
         return self.next_phase_step > self.trainer.max_steps
 
     def draw(self) -> tuple[list[dict], dict[str, dict], list[str]]:
-        """The next batch, exactly as the trainer draws it: ``(sub_batches, streams, doc_ids)``."""
-        return self.trainer._draw(self.iterators)
+        """The next batch, exactly as the trainer draws it: ``(sub_batches, streams, doc_ids)``,
+        the sub-batches on the run's device."""
+        from ..training.trainer import _to_device
+
+        subs, streams, ids = self.trainer._draw(self.iterators)
+        return [_to_device(sb, self.trainer.device) for sb in subs], streams, ids
 
     @property
     def first_index(self) -> int:

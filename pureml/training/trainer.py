@@ -558,7 +558,8 @@ class Trainer:
         return stream
 
     def _draw(self, iterators: dict[str, Any]) -> tuple[list[dict], dict[str, dict], list[str]]:
-        """One batch from each stream: collated sub-batches with global stats, and the record."""
+        """One batch from each stream: collated sub-batches with global stats (on the host),
+        and the record."""
         subs: list[dict] = []
         record: dict[str, dict] = {}
         ids: list[str] = []
@@ -578,8 +579,7 @@ class Trainer:
             for k, v in sb["stats"].items():
                 totals[k] = totals[k] + v if k in totals else v.clone()
         totals, self.first_index = self.reduce_stats(totals, len(subs))
-        device = self.device
-        subs = [_to_device({**sb, "stats": dict(totals)}, device) for sb in subs]
+        subs = [{**sb, "stats": dict(totals)} for sb in subs]
         return subs, record, ids
 
     def reduce_stats(
@@ -840,18 +840,22 @@ class Trainer:
         offset = phase_idx * self.max_steps
         words_seen, t_start = 0, time.perf_counter()
 
-        def draw() -> tuple[list[dict], dict[str, dict], list[str], int, dict]:
-            drawn = self._draw(iterators)
+        def draw() -> tuple[list[dict], dict[str, dict], list[str], str, int, dict]:
+            subs, streams_rec, ids = self._draw(iterators)
+            # Hashed here, from the host tensors, while an accelerator runs the previous step:
+            # after the step it would cost a device-to-host copy on the path between two steps.
+            batch_fp = batch_fingerprint(ids, subs)
+            subs = [_to_device(sb, self.device) for sb in subs]
             # where the streams stand after this batch: what a checkpoint at its step records
             positions = {name: it.state_dict() for name, it in iterators.items()}
-            return *drawn, self.first_index, positions
+            return subs, streams_rec, ids, batch_fp, self.first_index, positions
 
         try:
             ahead: Any = draw() if first_step < self.max_steps else None
             for phase_step in range(first_step + 1, self.max_steps + 1):
                 step = offset + phase_step
                 t0 = time.perf_counter()
-                subs, streams_rec, ids, first_index, positions = ahead
+                subs, streams_rec, ids, batch_fp, first_index, positions = ahead
                 trace.step(step, ids, first_index, len(subs))
                 state, metrics = step_fn(state, subs, first_index=first_index)
                 # The next batch is read and collated while an accelerator runs this step
@@ -884,7 +888,7 @@ class Trainer:
                         phase_step=phase_step,
                         metrics=metrics,
                         streams=streams_rec,
-                        batch=batch_fingerprint(ids, subs),
+                        batch=batch_fp,
                         params=params_fp,
                     )
                 )
