@@ -76,6 +76,22 @@ class Pipeline(torch.nn.Module):
     Args:
         components: ``{name: component}`` in pipeline order (embeddings before their users).
         loss_scales: per-component multiplier of its loss in ``forward`` (default 1).
+
+    Calling it on a document predicts (an untrained head's spans are noise, possibly none);
+    ``pipe`` does the same over many documents in batches, ``to_disk`` / ``pureml.load``
+    save and load it:
+
+    >>> from pureml.nlp import Doc, NerCrf, ScratchEncoder
+    >>> nlp = Pipeline({"embedding": ScratchEncoder(width=16, depth=1),
+    ...                 "ner": NerCrf(labels=["Disease"])})
+    >>> doc = nlp(Doc("Familial breast cancer."))
+    >>> nlp.pipe_names, list(doc.spans), len(doc.words)
+    (['embedding', 'ner'], ['ents'], 4)
+    >>> docs = list(nlp.pipe([Doc("No disease."), Doc("")], batch_size="32 docs"))
+    >>> nlp.to_disk("model")
+    >>> import pureml
+    >>> pureml.load("model").get_pipe("ner").labels
+    ['Disease']
     """
 
     def __init__(
