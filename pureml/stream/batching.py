@@ -142,7 +142,8 @@ def greedy_batches(
     items: Iterable[Any], size: StatSize, *, drop_last: bool = False
 ) -> Iterator[list[Any]]:
     """Add items while the stat total stays within ``size``; an item larger than the budget gets
-    a batch of its own. The last partial batch is yielded unless ``drop_last``."""
+    a batch of its own. The last batch, when partial (under the budget), is yielded unless
+    ``drop_last``."""
     batch: list[Any] = []
     total = 0
     for item in items:
@@ -152,7 +153,7 @@ def greedy_batches(
             batch, total = [], 0
         batch.append(item)
         total += value
-    if batch and not drop_last:
+    if batch and not (drop_last and total < size.amount):
         yield batch
 
 

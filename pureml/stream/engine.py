@@ -146,7 +146,8 @@ def batches(pairs: Iterator[tuple[Any, Pos]], stage: Batch) -> Iterator[tuple[An
             total += value
         batch.append(item)
         last = pos
-    if batch and not (stage.drop_last and isinstance(size, StatSize)):
+    # drop_last drops a partial batch only: one that reached its budget is kept
+    if batch and not (stage.drop_last and isinstance(size, StatSize) and total < size.amount):
         yield batch, last
 
 

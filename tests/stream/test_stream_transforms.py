@@ -9,6 +9,8 @@ from pureml.stream import (
     StreamError,
     balanced_bounds,
     from_iterable,
+    greedy_batches,
+    parse_size,
     read_standoff,
     shard_range,
     stats_of,
@@ -293,3 +295,17 @@ def test_sharding_too_few_sub_batches_warns():
         UserWarning, match=r"split\('1 splits'\)\.shard\(rank, 2\): 1 sub-batches do not divide"
     ):
         s.shard(1, 2)
+
+
+def test_drop_last_keeps_a_full_last_batch():
+    items = [{"id": str(i), "stats": {"docs": 1, "words": 2}} for i in range(6)]
+    # 6 docs in batches of 3: the last batch is full, not partial
+    assert [ids(b) for b in from_iterable(items).batch(3, drop_last=True)] == [
+        ["0", "1", "2"],
+        ["3", "4", "5"],
+    ]
+    assert len(list(from_iterable(items).batch("6 words", drop_last=True))) == 2
+    # greedy batches of 4 words out of 5: only the last one is partial (nothing ended the others)
+    assert len(list(from_iterable(items).batch("5 words", drop_last=True))) == 2
+    assert len(list(from_iterable(items[:5]).batch("6 words", drop_last=True))) == 1
+    assert len(list(greedy_batches(items, parse_size("3 docs"), drop_last=True))) == 2
