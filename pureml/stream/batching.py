@@ -120,7 +120,16 @@ def stats_of(item: Any) -> Mapping[str, int]:
 
 
 def stat_value(item: Any, stat: str, expr: object = None) -> int:
-    """``stats_of(item)[stat]``; "docs" counts 1 when not reported; a clear error otherwise."""
+    """``stats_of(item)[stat]``; "docs" counts 1 when not reported (or when the item has no
+    stats at all: ``batch(32)`` works on any items); a clear error otherwise.
+
+    >>> stat_value("any item", "docs")
+    1
+    """
+    if stat == "docs" and not isinstance(item, Doc):
+        stats = item.get("stats") if isinstance(item, Mapping) else None
+        value = stats.get("docs") if isinstance(stats, Mapping) else None
+        return 1 if value is None else int(value)
     stats = stats_of(item)
     value = stats.get(stat)
     if value is None:

@@ -309,3 +309,16 @@ def test_drop_last_keeps_a_full_last_batch():
     assert len(list(from_iterable(items).batch("5 words", drop_last=True))) == 2
     assert len(list(from_iterable(items[:5]).batch("6 words", drop_last=True))) == 1
     assert len(list(greedy_batches(items, parse_size("3 docs"), drop_last=True))) == 2
+
+
+def test_docs_budgets_count_any_item():
+    # "N docs" counts items: it needs no stats, so any items can be batched, split and sharded
+    s = from_iterable(range(5)).shuffle("2 docs", seed=0).batch(2)
+    assert sorted(x for b in s for x in b) == [0, 1, 2, 3, 4]
+    assert list(from_iterable(range(5)).batch(2)) == [[0, 1], [2, 3], [4]]
+    assert list(from_iterable(["a", "b", "c"]).batch("3 docs").split("2 splits")) == [
+        [["a"], ["b", "c"]]
+    ]
+    assert list(from_iterable([(1, 2), (3, 4)]).batch(2).shard(1, 2)) == [[(3, 4)]]
+    with pytest.raises(StreamError, match="cannot measure an item of type int"):
+        list(from_iterable(range(5)).batch("2 words"))
