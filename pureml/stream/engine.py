@@ -151,6 +151,47 @@ def batches(pairs: Iterator[tuple[Any, Pos]], stage: Batch) -> Iterator[tuple[An
         yield batch, last
 
 
+class Cursor:
+    """Where one iteration stands: the position after the last element handed out.
+
+    A :class:`Stream` keeps its latest iteration's cursor, not the iterator itself, so an
+    iteration abandoned by ``break`` is collected (stopping its prefetch threads) while
+    ``stream.state_dict()`` still describes where it stopped.
+    """
+
+    def __init__(self, stages: tuple[Any, ...], signature: dict[str, Any], start: Any) -> None:
+        self._sig = signature
+        if start is None:
+            start = {"epoch": 0, "block": [0, None], "offset": 0, "skip": 0}
+        self.anchor: Pos = (
+            int(start["epoch"]),
+            int(start["block"][0]),
+            None if start["block"][1] is None else int(start["block"][1]),
+            int(start["offset"]),
+        )
+        self.skip = int(start.get("skip", 0))
+        self.replay = any(isinstance(s, Apply) for s in stages)
+        self.pos: Pos = self.anchor
+        self.count = 0  # elements handed out (used when replaying apply)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.replay:
+            epoch, start, stop, offset = self.anchor
+            skip = self.skip + self.count
+        else:
+            epoch, start, stop, offset = self.pos
+            skip = 0
+        return {
+            "version": STATE_VERSION,
+            "epoch": epoch,
+            "block": [start, stop],
+            "offset": offset,
+            "skip": skip,
+            "items": self._sig["items"],
+            "chain": list(self._sig["chain"]),
+        }
+
+
 class StreamIterator(Iterator[Any]):
     """One pass over a stream; knows the position after what it handed out."""
 
@@ -161,19 +202,8 @@ class StreamIterator(Iterator[Any]):
         signature: dict[str, Any],
         start: dict[str, Any] | None,
     ) -> None:
-        self.source, self.stages, self._sig = source, stages, signature
-        if start is None:
-            start = {"epoch": 0, "block": [0, None], "offset": 0, "skip": 0}
-        self._anchor: Pos = (
-            int(start["epoch"]),
-            int(start["block"][0]),
-            None if start["block"][1] is None else int(start["block"][1]),
-            int(start["offset"]),
-        )
-        self._skip = int(start.get("skip", 0))
-        self._replay = any(isinstance(s, Apply) for s in stages)
-        self._pos: Pos = self._anchor
-        self._count = 0  # elements handed out (used when replaying apply)
+        self.source, self.stages = source, stages
+        self.cursor = Cursor(stages, signature, start)
         self._it: Iterator[Any] | None = None
 
     def _build(self) -> Iterator[Any]:
@@ -182,7 +212,7 @@ class StreamIterator(Iterator[Any]):
         while n_indexed < len(stages) and isinstance(stages[n_indexed], INDEXED):
             n_indexed += 1
         indexed = Indexed(self.source, stages[:n_indexed])
-        it: Iterator[Any] = indexed.items(self._anchor)
+        it: Iterator[Any] = indexed.items(self.cursor.anchor)
         kind = "items"
         for stage in stages[n_indexed:]:
             it = self._stage(it, stage, kind)
@@ -192,8 +222,8 @@ class StreamIterator(Iterator[Any]):
                 kind = "sub_batches"
             elif isinstance(stage, Apply):
                 kind = "opaque"
-        if self._skip:
-            it = _skip(it, self._skip)
+        if self.cursor.skip:
+            it = _skip(it, self.cursor.skip)
         return it
 
     def _stage(self, it: Iterator[Any], stage: Any, kind: str) -> Iterator[Any]:
@@ -224,8 +254,8 @@ class StreamIterator(Iterator[Any]):
             self._it = self._build()
         value, pos = next(self._it)
         if pos is not None:
-            self._pos = pos
-        self._count += 1
+            self.cursor.pos = pos
+        self.cursor.count += 1
         return value
 
     def close(self) -> None:
@@ -234,21 +264,7 @@ class StreamIterator(Iterator[Any]):
             self._it.close()
 
     def state_dict(self) -> dict[str, Any]:
-        if self._replay:
-            epoch, start, stop, offset = self._anchor
-            skip = self._skip + self._count
-        else:
-            epoch, start, stop, offset = self._pos
-            skip = 0
-        return {
-            "version": STATE_VERSION,
-            "epoch": epoch,
-            "block": [start, stop],
-            "offset": offset,
-            "skip": skip,
-            "items": self._sig["items"],
-            "chain": list(self._sig["chain"]),
-        }
+        return self.cursor.state_dict()
 
 
 def _skip(it: Iterator[Any], n: int) -> Iterator[Any]:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .batching import DatasetSize, SplitCount, StatSize, parse_size
-from .engine import STATE_VERSION, StreamIterator
+from .engine import STATE_VERSION, Cursor, StreamIterator
 from .errors import StreamError
 from .sources import ListSource, Source
 from .stages import (
@@ -64,7 +64,7 @@ class Stream:
         self.source = source
         self.stages = stages
         self._start: dict[str, Any] | None = None  # set by load_state_dict
-        self._last: StreamIterator | None = None
+        self._last: Cursor | None = None  # the latest iteration's position (not the iterator)
 
     # -- construction ----------------------------------------------------------------------
 
@@ -228,7 +228,7 @@ class Stream:
 
     def __iter__(self) -> StreamIterator:
         it = StreamIterator(self.source, self.stages, self._signature(), self._start)
-        self._last = it
+        self._last = it.cursor
         return it
 
     def state_dict(self) -> dict[str, Any]:
@@ -238,7 +238,7 @@ class Stream:
             return self._last.state_dict()
         if self._start is not None:
             return dict(self._start)
-        return StreamIterator(self.source, self.stages, self._signature(), None).state_dict()
+        return Cursor(self.stages, self._signature(), None).state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Start the next iteration where the stream that saved ``state`` stopped.

@@ -164,3 +164,26 @@ def test_closed_prefetch_iterators_leave_no_threads(corpus_dir):
             break
         time.sleep(0.02)
     assert threading.active_count() <= before
+
+
+def test_breaking_out_of_a_prefetched_stream_stops_its_thread(corpus_dir):
+    import gc
+    import threading
+    import time
+
+    before = threading.active_count()
+    s = build(corpus_dir)  # endless (loop) and prefetched; the stream itself stays alive
+    for i, _ in enumerate(s):
+        if i == 3:
+            break
+    gc.collect()
+    for _ in range(100):  # threads notice the stop flag within one put timeout
+        if threading.active_count() <= before:
+            break
+        time.sleep(0.02)
+    assert threading.active_count() <= before
+    # the stream still knows where the abandoned iteration stopped
+    fresh = build(corpus_dir, prefetch=False)
+    fresh.load_state_dict(s.state_dict())
+    reference = list(itertools.islice(build(corpus_dir, prefetch=False), 4, 8))
+    assert [ids(b) for b in itertools.islice(fresh, 4)] == [ids(b) for b in reference]
