@@ -51,7 +51,7 @@ def parse_doc(obj: Any, *, path: str, line: int, default_id: str) -> Doc:
         if not isinstance(raw, dict):
             raise fail(f"span #{j}: expected an object")
         start, end, label = raw.get("start"), raw.get("end"), raw.get("label")
-        if not (isinstance(start, int) and isinstance(end, int)) or isinstance(start, bool):
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (start, end)):
             raise fail(f'span #{j}: "start" and "end" must be integers')
         if not 0 <= start <= end <= len(text):
             raise fail(

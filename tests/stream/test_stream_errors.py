@@ -80,6 +80,10 @@ def test_empty_directory(tmp_path):
             '{"text": "ab", "spans": [{"start": 0, "end": 1}]}',
             r'c\.jsonl:2: span #0: "label" must be a string',
         ),
+        (
+            '{"text": "ab", "spans": [{"start": 0, "end": true, "label": "X"}]}',
+            r'c\.jsonl:2: span #0: "start" and "end" must be integers',
+        ),
     ],
 )
 def test_bad_json_lines_name_file_and_line(tmp_path, line, message):
