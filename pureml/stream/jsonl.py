@@ -2,7 +2,8 @@
 
 Each line is an object ``{"text": str, "id"?: str, "spans"?: [...], "meta"?: {...}}`` where a
 span is ``{"start": int, "end": int, "label": str, "attributes"?: {...}, "id"?: str}``. Spans
-go in ``doc.spans["gold"]``. A document without ``"id"`` gets ``"<file stem>:<line>"``.
+go in ``doc.spans["gold"]``. A document without ``"id"`` (or with ``null``) gets
+``"<file stem>:<line>"``.
 Blank lines are skipped; anything else that is not such an object raises :class:`DataError`
 naming ``file:line``.
 
@@ -40,8 +41,10 @@ def parse_doc(obj: Any, *, path: str, line: int, default_id: str) -> Doc:
     text = obj.get("text")
     if not isinstance(text, str):
         raise fail('missing "text" (a string)' if text is None else '"text" must be a string')
-    doc_id = obj.get("id", default_id)
-    if not isinstance(doc_id, str):
+    doc_id = obj.get("id")
+    if doc_id is None:  # absent or null
+        doc_id = default_id
+    elif not isinstance(doc_id, str):
         doc_id = str(doc_id)
     raw_spans = obj.get("spans", [])
     if not isinstance(raw_spans, list):

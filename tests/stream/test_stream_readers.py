@@ -106,6 +106,9 @@ def test_jsonl_round_trip(tmp_path):
 def test_jsonl_default_ids_and_blank_lines(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"text": "a"}\n\n{"text": "b", "spans": []}\n')
     assert [d.id for d in read_jsonl(tmp_path / "c.jsonl")] == ["c:1", "c:3"]
+    # an explicit null id is no id: every such document would otherwise be called "None"
+    (tmp_path / "n.jsonl").write_text('{"text": "a", "id": null}\n{"text": "b", "id": 7}\n')
+    assert [d.id for d in read_jsonl(tmp_path / "n.jsonl")] == ["n:1", "7"]
 
 
 def test_predictions_written_from_another_group(tmp_path):
