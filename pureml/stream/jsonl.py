@@ -97,6 +97,8 @@ class JsonlSource(Source):
         self._lines: list[tuple[str, int, str]] = []  # (file, line number, content)
         for file in files:
             text = read_text(file)
+            if text.startswith("\ufeff"):  # a BOM some editors add (as .ann files may have)
+                text = text[1:]
             for lineno, line in enumerate(text.split("\n"), start=1):
                 if line.strip():
                     self._lines.append((str(file), lineno, line))

@@ -129,3 +129,8 @@ def test_ann_with_a_byte_order_mark(tmp_path):
     (tmp_path / "b.ann").write_bytes("\ufeffT1\tDisease 7 13\tcancer\n".encode())
     (doc,) = read_standoff(tmp_path)
     assert doc.spans["gold"][0].label == "Disease"
+
+
+def test_jsonl_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "b.jsonl").write_bytes('\ufeff{"id": "b", "text": "Breast cancer."}\n'.encode())
+    assert [d.id for d in read_jsonl(tmp_path / "b.jsonl")] == ["b"]
