@@ -240,6 +240,11 @@ def write_standoff(
         if not doc.id:
             raise DataError(f"document #{count} has no id: cannot name its files", path=str(root))
         txt = root / f"{doc.id}.txt"
+        # ids become paths ("sub/name" makes a sub-folder), but never outside the folder
+        if Path(doc.id).is_absolute() or not txt.resolve().is_relative_to(root.resolve()):
+            raise DataError(
+                f"document id {doc.id!r} would write outside the folder", path=str(root)
+            )
         txt.parent.mkdir(parents=True, exist_ok=True)
         lines: list[str] = []
         spans = doc.spans.get(span_group, [])

@@ -134,3 +134,12 @@ def test_ann_with_a_byte_order_mark(tmp_path):
 def test_jsonl_with_a_byte_order_mark(tmp_path):
     (tmp_path / "b.jsonl").write_bytes('\ufeff{"id": "b", "text": "Breast cancer."}\n'.encode())
     assert [d.id for d in read_jsonl(tmp_path / "b.jsonl")] == ["b"]
+
+
+@pytest.mark.parametrize("doc_id", ["../escape", "/tmp/escape", "a/../../escape"])
+def test_write_standoff_keeps_files_inside_the_folder(tmp_path, doc_id):
+    from pureml.stream import DataError
+
+    with pytest.raises(DataError, match="outside"):
+        write_standoff([Doc("abc", id=doc_id)], tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()
