@@ -236,9 +236,13 @@ def write_standoff(
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     count = 0
+    written: set[str] = set()
     for doc in docs:
         if not doc.id:
             raise DataError(f"document #{count} has no id: cannot name its files", path=str(root))
+        if doc.id in written:  # its files would replace the earlier document's
+            raise DataError(f"document #{count}: duplicate id {doc.id!r}", path=str(root))
+        written.add(doc.id)
         txt = root / f"{doc.id}.txt"
         # ids become paths ("sub/name" makes a sub-folder), but never outside the folder
         if Path(doc.id).is_absolute() or not txt.resolve().is_relative_to(root.resolve()):

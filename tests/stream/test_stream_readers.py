@@ -143,3 +143,11 @@ def test_write_standoff_keeps_files_inside_the_folder(tmp_path, doc_id):
     with pytest.raises(DataError, match="outside"):
         write_standoff([Doc("abc", id=doc_id)], tmp_path / "out")
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_write_standoff_refuses_two_documents_with_one_id(tmp_path):
+    from pureml.stream import DataError
+
+    docs = [Doc("first", id="a"), Doc("second", id="a")]
+    with pytest.raises(DataError, match="document #1: duplicate id 'a'"):
+        write_standoff(docs, tmp_path)
