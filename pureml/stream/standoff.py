@@ -224,6 +224,30 @@ def _fmt_attr_value(value: Any) -> str:
     return str(value)
 
 
+def _unwritable(value: str, *, spaces: bool = False, tabs: bool = False) -> str | None:
+    """Why ``value`` cannot be one brat field (``None`` when it can): fields are separated by
+    spaces (unless ``spaces``) and tabs (unless ``tabs``: a note runs to the end of its line),
+    and an annotation is one line."""
+    if any(c in value for c in "\n\r"):
+        return "contains a line break"
+    if not spaces and (not value or any(c.isspace() for c in value)):
+        return "is empty or contains whitespace"
+    if not tabs and "\t" in value:
+        return "contains a tab"
+    return None
+
+
+def _check_writable(value: str, what: str, doc_id: str, ident: str, root: Path, **kw: bool) -> str:
+    reason = _unwritable(value, **kw)
+    if reason is not None:
+        raise DataError(
+            f"document {doc_id!r}, span {ident}: {what} {value!r} {reason}; "
+            "brat standoff cannot store it",
+            path=str(root),
+        )
+    return value
+
+
 def write_standoff(
     docs: Iterable[Doc], path: str | os.PathLike[str], *, span_group: str = "gold"
 ) -> int:
@@ -231,7 +255,10 @@ def write_standoff(
 
     Span ids are kept when present and unique; attributes are written back as the reader reads
     them (``norm`` as N lines, ``note`` as ``#`` lines, ``fragments`` as discontinuous offsets,
-    other values as A lines; ``False``/``None`` attributes are left out).
+    other values as A lines; ``False``/``None`` attributes are left out). What brat cannot
+    store (a label or attribute value with whitespace, a note with a line break, an id
+    outside ``path``, two documents with one id) raises :class:`DataError` instead of writing
+    a file that reads back differently.
     """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
@@ -257,6 +284,8 @@ def write_standoff(
         n_attr = n_norm = n_note = 0
         for i, span in enumerate(spans, start=1):
             ident = span.id if unique else f"T{i}"
+            where = (doc.id, ident, root)
+            _check_writable(span.label, "label", *where)
             frags = span.attributes.get("fragments") or [[span.start, span.end]]
             offsets = ";".join(f"{s} {e}" for s, e in frags)
             surface = " ".join(doc.text[s:e] for s, e in frags).replace("\n", " ")
@@ -268,14 +297,24 @@ def write_standoff(
                     names = str(span.attributes.get("norm_name", "")).split("|")
                     for j, ref in enumerate(str(value).split("|")):
                         n_norm += 1
-                        tail = f"\t{names[j]}" if "norm_name" in span.attributes else ""
+                        _check_writable(ref, "norm", *where)
+                        tail = ""
+                        if "norm_name" in span.attributes:
+                            tail = "\t" + _check_writable(
+                                names[j], "norm_name", *where, spaces=True
+                            )
                         lines.append(f"N{n_norm}\tReference {ident} {ref}{tail}")
                 elif name == "note":
                     n_note += 1
+                    _check_writable(str(value), "note", *where, spaces=True, tabs=True)
                     lines.append(f"#{n_note}\tAnnotatorNotes {ident}\t{value}")
                 else:
                     n_attr += 1
-                    tail = "" if value is True else f" {_fmt_attr_value(value)}"
+                    _check_writable(name, "attribute name", *where)
+                    tail = ""
+                    if value is not True:
+                        text = _fmt_attr_value(value)
+                        tail = " " + _check_writable(text, f"attribute {name!r} value", *where)
                     lines.append(f"A{n_attr}\t{name} {ident}{tail}")
         lines.extend(doc.meta.get("standoff_lines", []))
         txt.write_text(doc.text, encoding="utf-8", newline="")

@@ -151,3 +151,31 @@ def test_write_standoff_refuses_two_documents_with_one_id(tmp_path):
     docs = [Doc("first", id="a"), Doc("second", id="a")]
     with pytest.raises(DataError, match="document #1: duplicate id 'a'"):
         write_standoff(docs, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "span, message",
+    [
+        (Span(0, 6, "Specific Disease"), r"label 'Specific Disease'"),
+        (Span(0, 6, "Disease", {"type": "Specific Disease"}), r"attribute 'type' value"),
+        (Span(0, 6, "Disease", {"has type": True}), r"attribute name 'has type'"),
+        (Span(0, 6, "Disease", {"note": "line one\nline two"}), r"note 'line one\\nline two'"),
+        (Span(0, 6, "Disease", {"norm": "MeSH: D1"}), r"norm 'MeSH: D1'"),
+        (Span(0, 6, "Disease", {"norm": "D1", "norm_name": "a\tb"}), r"norm_name 'a\\tb'"),
+    ],
+)
+def test_write_standoff_refuses_what_brat_cannot_read_back(tmp_path, span, message):
+    # brat fields are space- and tab-separated, one annotation per line: writing these would
+    # give a file that read_standoff (and brat) reject or misread
+    from pureml.stream import DataError
+
+    doc = Doc("Breast cancer.", id="d", spans={"gold": [span]})
+    with pytest.raises(DataError, match=r"document 'd', span T1: " + message):
+        write_standoff([doc], tmp_path)
+
+
+def test_write_standoff_keeps_spaces_and_tabs_where_brat_can(tmp_path):
+    span = Span(0, 6, "Disease", {"norm": "D1", "norm_name": "breast cancer", "note": "a\tb c"})
+    write_standoff([Doc("Breast cancer.", id="d", spans={"gold": [span]})], tmp_path)
+    (doc,) = read_standoff(tmp_path)
+    assert doc.spans["gold"][0].attributes == span.attributes
