@@ -27,6 +27,7 @@ it was started at and skipping the elements already consumed: exact, but not fre
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -103,12 +104,14 @@ class Stream:
         >>> calls
         [1, 2]
         """
+        _check_fn("map", fn)
         if cache and self._sequential:
             raise StreamError("map(cache=True) caches items by source index: use it before batch()")
         return self._with(Map(fn, {} if cache else None))
 
     def filter(self, fn: Callable[[Any], bool]) -> Stream:
         """Keep the items (or batches) for which ``fn`` is true."""
+        _check_fn("filter", fn)
         return self._with(Filter(fn))
 
     def shuffle(self, mode: str | int | bool = "dataset", *, seed: int = 0) -> Stream:
@@ -122,6 +125,7 @@ class Stream:
         The order of epoch ``e`` depends only on (seed, e); ``loop()`` reshuffles every epoch
         whether it comes before or after ``shuffle``.
         """
+        seed = _int(seed, f"shuffle(seed={seed!r}): seed must be an int")
         if mode is False or mode is None:
             return self
         if self._sequential:
@@ -193,7 +197,8 @@ class Stream:
         kind = self._kind()
         if kind not in ("batch", "sub_batches"):
             raise StreamError("shard() works on batches or sub-batches: put it after batch()")
-        if not (isinstance(rank, int) and isinstance(world_size, int) and 0 <= rank < world_size):
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in (rank, world_size))
+        if not (ints and 0 <= rank < world_size):
             raise StreamError(f"shard({rank}, {world_size}): need 0 <= rank < world_size")
         split = next((s for s in reversed(self.stages) if isinstance(s, Split)), None)
         if kind == "sub_batches" and isinstance(split.size, SplitCount):  # type: ignore[union-attr]
@@ -211,8 +216,10 @@ class Stream:
     def prefetch(self, n: int = 2) -> Stream:
         """Compute everything upstream in a background thread, up to ``n`` elements ahead.
         Never changes what is yielded nor ``state_dict()``."""
+        message = f"prefetch({n!r}): n must be an int >= 1"
+        n = _int(n, message)
         if n < 1:
-            raise StreamError(f"prefetch({n}): n must be >= 1")
+            raise StreamError(message)
         return self._with(Prefetch(n))
 
     def apply(self, fn: Callable[[Iterator[Any]], Iterable[Any]]) -> Stream:
@@ -222,6 +229,7 @@ class Stream:
         stream that contains ``apply`` replays from where the iteration started and skips
         what was consumed (exact, cost proportional to the distance).
         """
+        _check_fn("apply", fn)
         return self._with(Apply(fn))
 
     # -- iteration and state --------------------------------------------------------------
@@ -267,3 +275,17 @@ class Stream:
     def __repr__(self) -> str:
         chain = ".".join(describe(s) for s in self.stages)
         return f"Stream({self.source.name}{'.' if chain else ''}{chain})"
+
+
+def _check_fn(name: str, fn: Any) -> None:
+    # checked here, where the chain is built, rather than when the first item reaches it
+    if not callable(fn):
+        raise StreamError(f"{name}({fn!r:.60}): expected a function, got {type(fn).__name__}")
+
+
+def _int(value: Any, message: str) -> int:
+    # any integer (numpy's too), not a float or string that int() would quietly convert
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise StreamError(message) from None

@@ -133,3 +133,19 @@ def test_state_from_another_stream_is_refused():
     b = from_iterable(preprocessed(10)).shuffle(seed=2).batch(2)
     with pytest.raises(StreamError, match="built differently"):
         b.load_state_dict(a.state_dict())
+
+
+def test_wrong_argument_types_are_named_where_the_chain_is_built():
+    s = from_iterable(preprocessed(5))
+    with pytest.raises(StreamError, match=r"map\(5\): expected a function"):
+        s.map(5)
+    with pytest.raises(StreamError, match=r"filter\('x'\): expected a function"):
+        s.batch(2).filter("x")
+    with pytest.raises(StreamError, match=r"apply\(None\): expected a function"):
+        s.apply(None)
+    with pytest.raises(StreamError, match=r"prefetch\('2'\): n must be an int >= 1"):
+        s.prefetch("2")
+    with pytest.raises(StreamError, match=r"shuffle\(seed='a'\): seed must be an int"):
+        s.shuffle(seed="a")
+    with pytest.raises(StreamError, match=r"shard\(True, 2\): need 0 <= rank < world_size"):
+        s.batch(2).shard(True, 2)
