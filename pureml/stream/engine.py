@@ -83,11 +83,16 @@ class Indexed:
         for op in ops[first:]:
             if value is DROP:
                 break
+            try:
+                result = op.fn(value)
+            except Exception as e:  # the user's own exception, told which document raised it
+                e.add_note(f"while running map/filter on {self.source.describe(index)}")
+                raise
             if isinstance(op, Map):
-                value = op.fn(value)
+                value = result
                 if op.cache is not None:
                     op.cache[index] = value
-            elif not op.fn(value):
+            elif not result:
                 value = DROP
         return value
 

@@ -109,6 +109,10 @@ class JsonlSource(Source):
     def __len__(self) -> int:
         return len(self._lines)
 
+    def describe(self, index: int) -> str:
+        file, lineno, _ = self._lines[index]
+        return f"{file}:{lineno}"
+
     def _load(self, index: int) -> Doc:
         file, lineno, line = self._lines[index]
         try:

@@ -43,6 +43,10 @@ class Source:
                 self._cache[index] = self._load(index)
             return self._cache[index]
 
+    def describe(self, index: int) -> str:
+        """Where item ``index`` comes from, for error messages (a file, ``file:line``)."""
+        return f"item {index} of {self.name}"
+
     @property
     def n_parsed(self) -> int:
         """How many items were parsed so far (resume tests check that skipped ones were not)."""

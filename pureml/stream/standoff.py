@@ -206,6 +206,9 @@ class StandoffSource(Source):
     def __len__(self) -> int:
         return len(self._ids)
 
+    def describe(self, index: int) -> str:
+        return str(self._root / f"{self._ids[index]}.txt")
+
     def _load(self, index: int) -> Doc:
         doc_id = self._ids[index]
         return read_standoff_doc(self._root / f"{doc_id}.txt", doc_id)

@@ -149,3 +149,30 @@ def test_wrong_argument_types_are_named_where_the_chain_is_built():
         s.shuffle(seed="a")
     with pytest.raises(StreamError, match=r"shard\(True, 2\): need 0 <= rank < world_size"):
         s.batch(2).shard(True, 2)
+
+
+def test_an_exception_in_map_or_filter_names_the_document(tmp_path):
+    from pureml.stream import read_standoff
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.txt").write_text("Breast cancer.")
+
+    def preprocess(doc):
+        if doc.id == "b":
+            raise KeyError("no such label")
+        return doc
+
+    for s in (
+        read_standoff(tmp_path).map(preprocess, cache=True).batch(1).prefetch(2),
+        read_standoff(tmp_path).filter(lambda d: preprocess(d) is d).batch(1),
+    ):
+        with pytest.raises(KeyError, match="no such label") as info:
+            list(s)
+        assert info.value.__notes__ == [f"while running map/filter on {tmp_path / 'b.txt'}"]
+    (tmp_path / "c.jsonl").write_text('{"text": "a"}\n\n{"text": "b"}\n')
+    with pytest.raises(ZeroDivisionError) as info:
+        list(read_jsonl(tmp_path / "c.jsonl").map(lambda d: d.text == "b" and 1 / 0))
+    assert info.value.__notes__ == [f"while running map/filter on {tmp_path / 'c.jsonl'}:3"]
+    with pytest.raises(ZeroDivisionError) as info:
+        list(from_iterable([1, 0]).map(lambda x: 1 / x))
+    assert info.value.__notes__ == ["while running map/filter on item 1 of iterable"]
