@@ -25,7 +25,7 @@ from typing import Any
 from ..nlp.doc import Doc, Span
 from ..registry import readers
 from .errors import DataError
-from .sources import Source
+from .sources import Source, folder_files
 from .standoff import read_text
 from .stream import Stream
 
@@ -89,7 +89,7 @@ class JsonlSource(Source):
         root = Path(path)
         self.name = f"jsonl:{root}"
         if root.is_dir():
-            files = sorted(root.rglob("*.jsonl"))
+            files = [root / name for name in folder_files(root, ".jsonl")]
         elif root.exists():
             files = [root]
         else:

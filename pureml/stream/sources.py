@@ -12,9 +12,36 @@ will yield.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+
+def folder_files(root: Path, suffix: str | tuple[str, ...]) -> list[str]:
+    """Paths (relative, ``/``-separated, sorted) of the files named ``*suffix`` under ``root``
+    (``suffix`` may be a tuple of suffixes).
+
+    Hidden files and folders are not data: a notebook's ``.ipynb_checkpoints/`` holds copies of
+    the documents beside it, and macOS writes ``._name.txt`` resource files on shared drives;
+    read, they would train on duplicates or fail on binary bytes.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for name in ("b.txt", "a/c.txt", ".ipynb_checkpoints/b.txt", "._b.txt", "b.ann"):
+    ...     (root / name).parent.mkdir(parents=True, exist_ok=True)
+    ...     _ = (root / name).write_text("x")
+    >>> folder_files(root, ".txt")
+    ['a/c.txt', 'b.txt']
+    """
+    found: list[str] = []
+    for folder, dirs, names in os.walk(root):  # one listing; nothing is opened here
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        rel = os.path.relpath(folder, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        found.extend(prefix + n for n in names if n.endswith(suffix) and not n.startswith("."))
+    return sorted(found)
 
 
 class Source:

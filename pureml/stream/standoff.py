@@ -39,7 +39,7 @@ from typing import Any
 from ..nlp.doc import Doc, Span
 from ..registry import readers
 from .errors import DataError
-from .sources import Source
+from .sources import Source, folder_files
 from .stream import Stream
 
 
@@ -182,16 +182,9 @@ class StandoffSource(Source):
         if not root.is_dir():
             raise DataError("not a directory", path=str(root))
         self._root = root
-        txts: list[str] = []
-        anns: list[str] = []
-        for folder, _, names in os.walk(root):  # one listing; nothing is opened here
-            rel = os.path.relpath(folder, root)
-            prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-            for name in names:
-                if name.endswith(".txt"):
-                    txts.append(prefix + name[:-4])
-                elif name.endswith(".ann"):
-                    anns.append(prefix + name[:-4])
+        files = folder_files(root, (".txt", ".ann"))
+        txts = [name[:-4] for name in files if name.endswith(".txt")]
+        anns = [name[:-4] for name in files if name.endswith(".ann")]
         if not txts:
             raise DataError("no documents (.txt files) found", path=str(root))
         # ids are file stems, with sub-folders kept so that they stay unique

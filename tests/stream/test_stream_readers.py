@@ -91,6 +91,27 @@ def test_standoff_txt_without_ann_and_nested_ids(tmp_path):
     assert all(d.spans["gold"] == [] for d in docs)
 
 
+def test_hidden_files_and_folders_are_not_documents(tmp_path):
+    # a notebook's checkpoint copies and macOS resource files beside a corpus
+    (tmp_path / "corpus" / ".ipynb_checkpoints").mkdir(parents=True)
+    corpus = tmp_path / "corpus"
+    (corpus / "n.txt").write_text("Breast cancer.")
+    (corpus / "n.ann").write_text("T1\tDisease 0 13\tBreast cancer\n")
+    (corpus / ".ipynb_checkpoints" / "n-checkpoint.txt").write_text("Breast cancer.")
+    (corpus / "._n.txt").write_bytes(b"\x00\x05\x16\x07\xff")
+    (corpus / "._n.ann").write_bytes(b"\x00\x05\x16\x07\xff")
+    assert [d.id for d in read_standoff(corpus)] == ["n"]
+    write_jsonl(read_standoff(corpus), tmp_path / "j" / "d.jsonl")
+    (tmp_path / "j" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "j" / ".ipynb_checkpoints" / "d-checkpoint.jsonl").write_text('{"text": "a"}\n')
+    (tmp_path / "j" / "._d.jsonl").write_bytes(b"\x00\x05\x16\x07\xff")
+    assert [d.id for d in read_jsonl(tmp_path / "j")] == ["n"]
+    # a hidden folder named by the user is read: only what lies below it is filtered
+    hidden = tmp_path / ".data"
+    corpus.rename(hidden)
+    assert [d.id for d in read_standoff(hidden)] == ["n"]
+
+
 def test_jsonl_round_trip(tmp_path):
     docs = make_docs(5)
     docs[0].spans["gold"][0].attributes["norm"] = "MeSH:D1"
