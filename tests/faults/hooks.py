@@ -16,6 +16,10 @@
     function multiplies its loss by a value the test put into the batch's stats.
 ``PUREML_FAULT_FSIZE=bytes``
     ``RLIMIT_FSIZE``: a larger write fails with EFBIG (the disk-full fallback when no tmpfs).
+``PUREML_FAULT_RANK="rank:step:raise"`` (or ``...:kill``)
+    Under torchrun, the process of that ``RANK`` raises a ``RuntimeError`` (or SIGKILLs itself)
+    once it has drawn the batch of that step (counted in this process; the draw's collectives
+    done), so its peers wait for it in the gradient all-reduce: one rank failing mid-run.
 
 A hook only wraps functions; it never changes what an unfaulted run computes.
 """
@@ -60,6 +64,11 @@ def install() -> None:
             step, value = item.split(":")
             steps[int(step)] = float(value)
         _install_bad_batches(steps)
+    if "PUREML_FAULT_RANK" in os.environ:
+        rank, step, how = os.environ["PUREML_FAULT_RANK"].split(":")
+        assert how in ("raise", "kill"), how
+        if os.environ.get("RANK") == rank:
+            _install_rank_failure(int(rank), int(step), how)
     if "PUREML_FAULT_FSIZE" in os.environ:
         import resource
 
@@ -176,3 +185,21 @@ def _install_bad_batches(steps: dict[int, float]) -> None:
 
     trainer.Trainer._draw = faulty_draw
     trainer.Trainer._loss_fn = faulty_loss_fn
+
+
+def _install_rank_failure(rank: int, step: int, how: str) -> None:
+    from pureml.training import trainer
+
+    draw = trainer.Trainer._draw
+    count = {"draws": 0}
+
+    def failing_draw(self: Any, iterators: Any) -> Any:
+        drawn = draw(self, iterators)
+        count["draws"] += 1
+        if count["draws"] == step:
+            if how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected fault on rank {rank} at step {step}")
+        return drawn
+
+    trainer.Trainer._draw = failing_draw
