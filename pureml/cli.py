@@ -75,6 +75,12 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 if _speaks_for_node():
                     click.echo(f"error: {e}", err=True)
                 sys.exit(EXIT_BAD_INPUT)
+            from .distributed.process_group import lost_peers_message
+
+            # under torchrun: the backend's words on a rank whose peer died blame no one
+            if (lost := lost_peers_message(e)) is not None:
+                click.echo(f"error: {lost}", err=True)
+                sys.exit(1)
             click.echo(
                 f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True
             )

@@ -13,6 +13,7 @@ from .process_group import (
     DistributedSetupError,
     init_distributed,
     is_node_leader,
+    lost_peers_message,
     shutdown,
 )
 from .trace import RankTrace
@@ -26,6 +27,7 @@ __all__ = [
     "global_stats",
     "init_distributed",
     "is_node_leader",
+    "lost_peers_message",
     "make_all_reduce",
     "RankTrace",
     "shutdown",

@@ -68,6 +68,58 @@ def is_node_leader(env: Mapping[str, str] | None = None) -> bool:
     return (os.environ if env is None else env).get("LOCAL_RANK", "0").strip() in ("0", "")
 
 
+# Substrings (lower case) of what a collective raises on a rank whose peer is gone or silent.
+# Matched in the message, not by type: gloo raises a plain RuntimeError, NCCL a DistBackendError,
+# and a DistBackendError alone does not tell a dead peer from a local fault ("unhandled cuda
+# error", "invalid usage"), which must keep its own message.
+_LOST_PEER_MARKERS = (
+    "connection closed by peer",  # gloo: the peer's sockets closed (its process ended)
+    "connection closed by remote peer",  # NCCL's socket transport
+    "connection reset by peer",  # gloo, the TCP store
+    "broken pipe",
+    "remote process",  # NCCL: "remote process exited or there was a network error"
+    "timed out waiting",  # gloo: PUREML_COLLECTIVE_TIMEOUT_S ran out on a silent peer
+    "collective operation timeout",  # NCCL's watchdog, the same
+    "pair closure",  # gloo: "Application timeout caused pair closure"
+    "communicator was aborted",  # NCCL, after another rank's failure
+    "got 0 bytes",  # the TCP store: "Failed to recv, got 0 bytes"
+)
+
+
+def lost_peers_message(exc: BaseException, env: Mapping[str, str] | None = None) -> str | None:
+    """One line naming this rank if ``exc`` means it lost contact with the other ranks, else None.
+
+    When a rank dies (an error, the OOM killer), the others fail in their next collective with
+    the backend's words ("Connection closed by peer"), which do not say that the cause is another
+    rank's. The line says so and keeps the backend's first line. Only in a multi-rank job, and
+    only for RuntimeErrors (torch.distributed's errors included; the exception's causes too):
+    an OSError such as a reset download is this rank's own error.
+
+    >>> gloo = RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:9605")
+    >>> lost_peers_message(gloo, {"RANK": "0", "WORLD_SIZE": "2"})
+    'rank 0: lost contact with the other ranks: ...: [pair.cc:553] Connection closed by peer ...'
+    >>> lost_peers_message(gloo, {}) is None  # no torchrun: no peers to lose
+    True
+    """
+    env = os.environ if env is None else env
+    if env.get("WORLD_SIZE", "1").strip() in ("", "0", "1"):
+        return None
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        if isinstance(e, RuntimeError) and any(m in text.lower() for m in _LOST_PEER_MARKERS):
+            first = text.strip().splitlines()[0].strip()
+            return (
+                f"rank {env.get('RANK', '?')}: lost contact with the other ranks: another rank "
+                "stopped or stopped answering (its own error is above or in its log); this rank "
+                f"cannot go on: {first}"
+            )
+        e = e.__cause__ or e.__context__
+    return None
+
+
 TIMEOUT_VAR = "PUREML_COLLECTIVE_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800.0
 

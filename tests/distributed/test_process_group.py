@@ -3,10 +3,11 @@ import subprocess
 import textwrap
 
 import pytest
+import torch.distributed
 from torchrun_launch import launcher
 
 from pureml.distributed import DistributedSetupError, init_distributed
-from pureml.distributed.process_group import collective_timeout_s
+from pureml.distributed.process_group import collective_timeout_s, lost_peers_message
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -44,6 +45,63 @@ def test_collective_timeout_from_environment():
     assert collective_timeout_s({"PUREML_COLLECTIVE_TIMEOUT_S": "90"}) == 90.0
     with pytest.raises(DistributedSetupError, match="PUREML_COLLECTIVE_TIMEOUT_S='soon'"):
         collective_timeout_s({"PUREML_COLLECTIVE_TIMEOUT_S": "soon"})
+
+
+RANK_1_OF_2 = {"RANK": "1", "WORLD_SIZE": "2"}
+NCCL_REMOTE = (
+    "NCCL error in: ProcessGroupNCCL.cpp:1970, remote process exited or there was a network "
+    "error, NCCL version 2.21.5\nncclRemoteError: A call failed possibly due to a network error "
+    "or a remote process exiting prematurely.\nException raised from ... frame #0: ..."
+)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:9605. GLHF!"),
+        RuntimeError("[pair.cc:537] Read error [127.0.0.1]:22939: Connection reset by peer."),
+        RuntimeError("[unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation"),
+        torch.distributed.DistBackendError(NCCL_REMOTE),
+        torch.distributed.DistBackendError(
+            "Watchdog caught collective operation timeout: WorkNCCL(SeqNum=9, OpType=ALLREDUCE)"
+        ),
+        torch.distributed.DistNetworkError("Failed to recv, got 0 bytes. Connection was likely"),
+    ],
+)
+def test_a_lost_peer_is_one_line_naming_this_rank_with_the_backends_first_line(error):
+    line = lost_peers_message(error, RANK_1_OF_2)
+    assert line is not None and "\n" not in line
+    assert line.startswith("rank 1: lost contact with the other ranks: another rank stopped")
+    assert line.endswith(str(error).splitlines()[0])
+
+
+def test_a_lost_peer_is_found_behind_the_error_that_wraps_it():
+    try:
+        try:
+            raise RuntimeError("Connection closed by peer [127.0.0.1]:9605")
+        except RuntimeError as e:
+            raise ValueError("while tracing the step") from e
+    except ValueError as wrapped:
+        line = lost_peers_message(wrapped, RANK_1_OF_2)
+    assert line is not None and line.endswith("Connection closed by peer [127.0.0.1]:9605")
+
+
+@pytest.mark.parametrize(
+    "error, env",
+    [
+        # a local backend fault keeps its own message
+        (torch.distributed.DistBackendError("NCCL error: unhandled cuda error"), RANK_1_OF_2),
+        # this rank's own I/O (a download, a file), not a collective
+        (ConnectionResetError(104, "Connection reset by peer"), RANK_1_OF_2),
+        (TimeoutError("Timed out waiting for the tokenizer"), RANK_1_OF_2),
+        (RuntimeError("CUDA out of memory"), RANK_1_OF_2),
+        # no torchrun, or a single rank: no peer to lose
+        (RuntimeError("Connection closed by peer"), {}),
+        (RuntimeError("Connection closed by peer"), {"RANK": "0", "WORLD_SIZE": "1"}),
+    ],
+)
+def test_a_local_error_is_not_blamed_on_another_rank(error, env):
+    assert lost_peers_message(error, env) is None
 
 
 # The torchrun scripts' common head: OUT (the test's folder, argv[1]) and open_sockets(), the
