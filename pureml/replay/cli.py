@@ -40,6 +40,12 @@ def _fail(e: BaseException, debug: bool) -> None:
         if is_node_leader():  # under torchrun every rank meets it: one line per machine
             click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_BAD_INPUT)
+    from ..distributed.process_group import lost_peers_message
+
+    # a replay under torchrun whose peer died: say so, as training does
+    if (lost := lost_peers_message(e)) is not None:
+        click.echo(f"error: {lost}", err=True)
+        sys.exit(3)
     click.echo(f"error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", err=True)
     sys.exit(EXIT_MISMATCH if isinstance(e, AssertionError) else 3)
 

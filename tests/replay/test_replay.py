@@ -137,3 +137,19 @@ def test_replay_crosses_into_the_next_phase_with_the_runs_loss_scale(tmp_path, c
     result = CliRunner().invoke(replay_cli, ["replay", str(out), "--step", "6"])
     assert result.exit_code == 0, result.output
     assert "all 2 steps (5..6) match the record bit for bit" in result.output
+
+
+def test_a_replay_rank_whose_peer_died_says_so(quick_run, monkeypatch) -> None:
+    # under torchrun, a replay rank fails in a collective when another rank dies: gloo's words
+    # alone read like this rank's own bug
+    def lost(*args, **kwargs):
+        raise RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:9605\nmore")
+
+    monkeypatch.setattr("pureml.replay.rebuild.RebuiltRun", lost)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    result = CliRunner().invoke(replay_cli, ["replay", str(quick_run), "--step", "5"])
+    assert result.exit_code == 3
+    line = result.output.splitlines()[-1]
+    assert line.startswith("error: rank 1: lost contact with the other ranks")
+    assert line.endswith("Connection closed by peer [127.0.0.1]:9605")
