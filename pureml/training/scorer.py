@@ -12,22 +12,30 @@ The metric functions compare gold documents with predicted ones (same order)::
     (0.0, 0.5)
 
 The default scorer scores each task on copies of the validation documents with that task's gold
-removed and the unrelated components disabled (so one head cannot see another's answers).
+removed and the unrelated components disabled (so one head cannot see another's answers). Under
+torchrun each rank predicts its share of the documents (:func:`validation_share`) and the ranks
+exchange their predictions as text (:func:`encode_predictions`, :func:`merge_predictions`), so
+every rank scores all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from ..distributed.collectives import gather_strings
+from ..distributed.process_group import DistInfo
 from ..nlp.doc import Doc, Span
 from ..nlp.pipeline import INFERENCE_BATCH_SIZE, check_inference_batch_size
 from ..registry import scorers
+from ..stream.batching import balanced_bounds
 
 
 def prf(tp: int, n_pred: int, n_gold: int) -> dict[str, float]:
@@ -126,6 +134,111 @@ def strip_counts(scores: Any) -> Any:
     return scores
 
 
+# --- validation split across ranks ------------------------------------------------------------
+
+
+def validation_share(docs: Sequence[Doc], rank: int, world_size: int) -> range:
+    """The indices of the documents rank ``rank`` of ``world_size`` predicts.
+
+    Contiguous parts with about equal numbers of words: inference time grows with words, not
+    documents, and contiguous parts merge back in order by concatenation, each rank batching its
+    documents in the order one process would. A rank gets an empty range when there are fewer
+    documents than ranks (it still takes part in the gather).
+
+    >>> docs = [Doc("a b c d e f"), Doc("g"), Doc("h"), Doc("i j k l m n")]
+    >>> [validation_share(docs, r, 2) for r in range(2)]
+    [range(0, 2), range(2, 4)]
+    >>> validation_share(docs[:1], 1, 2)
+    range(1, 1)
+    """
+    bounds = balanced_bounds([len(d.words) for d in docs], world_size)
+    return range(bounds[rank], bounds[rank + 1])
+
+
+def encode_predictions(docs: Sequence[Doc], groups: Mapping[str, Sequence[str]]) -> str:
+    """What scoring reads from predicted documents, as JSON: per document and per span group in
+    ``groups``, each span's start, end, label and the attributes ``groups`` names for it.
+
+    Attribute values go as ``str``: the scores compare ``str(value)``, and JSON would change
+    some values (a tuple comes back a list, printed differently).
+
+    >>> doc = Doc("No chest pain.")
+    >>> doc.spans["ents"] = [Span(3, 13, "problem", {"status": "negated", "score": 0.9})]
+    >>> encode_predictions([doc], {"ents": ["status"]})
+    '[{"ents": [[3, 13, "problem", {"status": "negated"}]]}]'
+    """
+    out = []
+    for doc in docs:
+        entry = {}
+        for group, attributes in groups.items():
+            entry[group] = [
+                [
+                    span.start,
+                    span.end,
+                    span.label,
+                    {
+                        a: str(span.attributes[a])
+                        for a in attributes
+                        if span.attributes.get(a) is not None
+                    },
+                ]
+                for span in doc.spans.get(group, [])
+            ]
+        out.append(entry)
+    return json.dumps(out)
+
+
+def merge_predictions(
+    docs: Sequence[Doc], parts: Sequence[str], groups: Mapping[str, Sequence[str]]
+) -> list[Doc]:
+    """Copies of ``docs`` holding the predictions of ``parts``: the :func:`encode_predictions`
+    of consecutive shares (:func:`validation_share`), in rank order. The span groups named in
+    ``groups`` are replaced; the others are kept as they are in ``docs``.
+
+    >>> docs = [Doc("No chest pain."), Doc("Fever.")]
+    >>> docs[1].spans["ents"] = [Span(0, 5, "problem")]
+    >>> groups = {"ents": []}
+    >>> parts = [encode_predictions(docs[:1], groups), encode_predictions(docs[1:], groups)]
+    >>> [[s.key() for s in d.spans["ents"]] for d in merge_predictions(docs, parts, groups)]
+    [[], [(0, 5, 'problem')]]
+    """
+    entries = [entry for part in parts for entry in json.loads(part)]
+    if len(entries) != len(docs):
+        raise RuntimeError(
+            f"the ranks returned predictions for {len(entries)} of {len(docs)} validation "
+            "documents (do they all read the same validation data?)"
+        )
+    merged = []
+    for doc, entry in zip(docs, entries):
+        copy = doc.copy(drop=tuple(groups))
+        for group in groups:
+            copy.spans[group] = [
+                Span(start, end, label, attributes)
+                for start, end, label, attributes in entry[group]
+            ]
+        merged.append(copy)
+    return merged
+
+
+def accepts_world(scorer: Callable[..., Any]) -> bool:
+    """Whether ``scorer`` takes a ``world`` keyword (the trainer then passes its
+    :class:`~pureml.distributed.DistInfo`). A ``**kwargs`` catch-all does not count: such a
+    scorer never asked to be told, and may pass its keywords on to code that does not expect it.
+
+    >>> accepts_world(Scorer()), accepts_world(lambda nlp, docs, **kw: {})
+    (True, False)
+    """
+    try:
+        params = inspect.signature(scorer).parameters
+    except (TypeError, ValueError):  # no signature to read (some builtins): call it as before
+        return False
+    param = params.get("world")
+    return param is not None and param.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
 # --- the default scorer ------------------------------------------------------------------------
 
 
@@ -172,6 +285,15 @@ class Scorer:
             (``"2000 words"``, the default: bounded memory whatever the documents' lengths) or
             a number of documents (an int or ``"32 docs"``).
 
+    Called as ``scorer(nlp, docs, mixed_precision=..., world=...)``. With a distributed
+    ``world`` (the trainer passes its :class:`~pureml.distributed.DistInfo` to any scorer whose
+    signature names a ``world`` keyword, see :func:`accepts_world`), every rank must call it
+    with the same documents: each predicts its :func:`validation_share`, the ranks gather the
+    predictions, and every rank returns the scores one process would compute over all the
+    documents. Speed is then all the documents' words (and documents) over the time from the
+    start of the timed pass to the end of its gather, the slowest rank's. A registered scorer
+    without a ``world`` keyword is called as before: every rank scores every document.
+
     >>> Scorer(speed=False).batch_size
     '2000 words'
     """
@@ -194,8 +316,45 @@ class Scorer:
         dtype = torch.bfloat16 if mixed_precision == "bf16" else torch.float16
         return torch.autocast(device.type, dtype=dtype)
 
+    def _predict(
+        self,
+        nlp: Any,
+        inputs: list[Doc],
+        enable: list[str],
+        world: DistInfo | None,
+        groups: Mapping[str, Sequence[str]],
+    ) -> list[Doc]:
+        """``inputs`` annotated by the heads among ``enable``: here, or this rank's share here
+        and the others' through the gather (``groups``: what scoring reads of them)."""
+        if world is None or not world.is_distributed:
+            return _run(nlp, inputs, enable, self.batch_size)
+        share = validation_share(inputs, world.rank, world.world_size)
+        preds = _run(nlp, inputs[share.start : share.stop], enable, self.batch_size)
+        parts = gather_strings(world, encode_predictions(preds, groups))
+        return merge_predictions(inputs, parts, groups)
+
+    def _time_pipeline(self, nlp: Any, inputs: list[Doc], world: DistInfo | None) -> float:
+        """Seconds the full pipeline takes over ``inputs`` (over every rank's share, with
+        a world: until the slowest rank is done, the same number on every rank)."""
+        t0 = time.perf_counter()
+        if world is None or not world.is_distributed:
+            _run(nlp, inputs, list(nlp.pipe_names), self.batch_size)
+            return max(time.perf_counter() - t0, 1e-9)
+        share = validation_share(inputs, world.rank, world.world_size)
+        _run(nlp, inputs[share.start : share.stop], list(nlp.pipe_names), self.batch_size)
+        gather_strings(world, "")  # returns once every rank has finished its share
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        # ranks leave the gather a little apart: agree on the longest, so every rank's scores
+        # (logged by rank 0, given to each rank's callback) are the same
+        return max(float(v) for v in gather_strings(world, repr(elapsed)))
+
     def __call__(
-        self, nlp: Any, docs: Sequence[Doc], *, mixed_precision: str = "no"
+        self,
+        nlp: Any,
+        docs: Sequence[Doc],
+        *,
+        mixed_precision: str = "no",
+        world: DistInfo | None = None,
     ) -> dict[str, Any]:
         docs = list(docs)
         tasks = [(n, _task_of(nlp.get_pipe(n))) for n in nlp.pipe_names]
@@ -215,7 +374,7 @@ class Scorer:
                         pred_group = "ents"
                     gold_group = getattr(comp, "target_group", "gold")
                     inputs = [d.copy(drop=(gold_group, pred_group)) for d in docs]
-                    preds = _run(nlp, inputs, enable, self.batch_size)
+                    preds = self._predict(nlp, inputs, enable, world, {pred_group: ()})
                     labels = getattr(comp, "labels", None)
                     scores[key] = ner_scores(
                         docs, preds, gold_group=gold_group, pred_group=pred_group, labels=labels
@@ -232,10 +391,12 @@ class Scorer:
                                 for a in attributes:
                                     span.attributes.pop(a, None)
                         inputs.append(c)
-                    preds = _run(nlp, inputs, enable, self.batch_size)
                     # a group no gold document fills (the NER head's "ents", read at inference)
                     # has nothing to score against
                     scored = [g for g in groups if any(d.spans.get(g) for d in docs)] or groups
+                    preds = self._predict(
+                        nlp, inputs, enable, world, {g: attributes for g in scored}
+                    )
                     per_group = [
                         span_attribute_scores(docs, preds, attributes, gold_group=g, pred_group=g)
                         for g in scored
@@ -243,9 +404,7 @@ class Scorer:
                     scores[key] = per_group[0] if len(scored) == 1 else dict(zip(scored, per_group))
             if self.speed and docs:
                 inputs = [d.copy(drop=tuple(d.spans)) for d in docs]
-                t0 = time.perf_counter()
-                _run(nlp, inputs, list(nlp.pipe_names), self.batch_size)
-                elapsed = max(time.perf_counter() - t0, 1e-9)
+                elapsed = self._time_pipeline(nlp, inputs, world)
                 scores["speed"] = {
                     "words_per_s": count_words(docs) / elapsed,
                     "docs_per_s": len(docs) / elapsed,

@@ -41,7 +41,7 @@ from ..stream import Stream
 from . import checkpoint as ckpt
 from .loggers import BaseLogger, ProgressLogger
 from .records import StepRecorder, batch_fingerprint, params_fingerprint, step_record
-from .scorer import Scorer
+from .scorer import Scorer, accepts_world
 
 FORMAT = "pureml.run/1"
 RUN_FILES = (
@@ -705,7 +705,10 @@ class Trainer:
         if not self.val_docs:
             return None, {}
         self._sync_module(state)
-        scores = self.scorer(self.nlp, self.val_docs, mixed_precision=self.mixed_precision)
+        # the default scorer splits the documents across ranks; a scorer that cannot be told the
+        # world (written before it could) scores them all on every rank, as it always did
+        world = {"world": self.world} if accepts_world(self.scorer) else {}
+        scores = self.scorer(self.nlp, self.val_docs, mixed_precision=self.mixed_precision, **world)
         timing = {"validation/" + k: v for k, v in scores.get("speed", {}).items()}
         exact = {k: v for k, v in scores.items() if k != "speed"}
         if self.on_validation_callback is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from pureml.nlp.doc import Doc, Span
@@ -148,3 +150,90 @@ def test_span_classifier_over_two_gold_groups_is_scored_and_printed_per_group():
     assert scores["gold"] == scores["review"]
     text = format_scores({"span_attributes": scores})
     assert "span_attributes: gold.status\n" in text and "span_attributes: review.status\n" in text
+
+
+def test_validation_shares_cover_the_documents_in_order_balanced_by_words():
+    from pureml.nlp.synthetic import make_corpus
+    from pureml.training.scorer import validation_share
+
+    docs = make_corpus(30, seed=5)
+    words = [len(d.words) for d in docs]
+    for world_size in (1, 2, 3, 7):
+        shares = [validation_share(docs, r, world_size) for r in range(world_size)]
+        assert [i for s in shares for i in s] == list(range(len(docs)))
+        # contiguous cuts: each part is within one document's words of an equal split
+        for s in shares:
+            assert abs(sum(words[i] for i in s) - sum(words) / world_size) <= max(words)
+    # fewer documents than ranks: the last ranks get nothing, every document once
+    shares = [validation_share(docs[:2], r, 4) for r in range(4)]
+    assert [list(s) for s in shares] == [[0], [1], [], []]
+
+
+def _scored_view(doc, groups):
+    """What the scores read of a predicted document: spans of ``groups``, their attributes
+    as strings."""
+    return {
+        group: [
+            (s.key(), {a: str(s.attributes[a]) for a in attributes if a in s.attributes})
+            for s in doc.spans.get(group, [])
+        ]
+        for group, attributes in groups.items()
+    }
+
+
+def test_predictions_of_each_share_merge_into_the_predictions_of_all():
+    """What ranks exchange: each share predicted alone, encoded, then merged in rank order,
+    gives the spans, attributes and scores of predicting every document at once."""
+    import torch
+
+    from pureml.nlp import NerCrf, Pipeline, ScratchEncoder, SpanClassifier
+    from pureml.nlp.synthetic import make_corpus
+    from pureml.training.scorer import (
+        _run,
+        encode_predictions,
+        merge_predictions,
+        validation_share,
+    )
+
+    torch.manual_seed(0)
+    docs = make_corpus(25, seed=4)
+    nlp = Pipeline(
+        {
+            "embedding": ScratchEncoder(width=16, depth=1),
+            "ner": NerCrf(),
+            "status": SpanClassifier(attributes=["status"]),
+        }
+    )
+    nlp.post_init(docs)
+
+    def inputs():  # the scorer's span-classifier inputs: gold spans, their status removed
+        out = [d.copy(drop=("ents",)) for d in docs]
+        for d in out:
+            for span in d.spans["gold"]:
+                span.attributes.pop("status", None)
+        return out
+
+    groups = {"gold": ["status"], "ents": []}
+    with torch.no_grad():
+        everything = _run(nlp, inputs(), nlp.pipe_names, "2000 words")
+        # random weights still predict some entities, and statuses that vary by span
+        assert any(d.spans["ents"] for d in everything)
+        statuses = Counter(s.attributes["status"] for d in everything for s in d.spans["gold"])
+        assert len(statuses) > 1, statuses
+        for world_size in (2, 3, 40):  # 40: more ranks than documents
+            todo = inputs()
+            parts = []
+            for rank in range(world_size):
+                share = validation_share(todo, rank, world_size)
+                preds = _run(nlp, todo[share.start : share.stop], nlp.pipe_names, "2000 words")
+                parts.append(encode_predictions(preds, groups))
+            merged = merge_predictions(inputs(), parts, groups)
+            assert [_scored_view(d, groups) for d in merged] == [
+                _scored_view(d, groups) for d in everything
+            ]
+            assert ner_scores(docs, merged) == ner_scores(docs, everything)
+            assert span_attribute_scores(docs, merged, ["status"]) == span_attribute_scores(
+                docs, everything, ["status"]
+            )
+    with pytest.raises(RuntimeError, match="predictions for 24 of 25 validation documents"):
+        merge_predictions(docs, [encode_predictions(docs[1:], groups)], groups)
