@@ -98,3 +98,39 @@ def test_val_data_that_is_looped_or_batched_is_refused_before_the_run(tmp_path):
         train(
             _nlp(), TrainingData(make_corpus(5)), val_data=dev.batch(2), output_dir=tmp_path, **RUN
         )
+
+
+def test_the_world_goes_to_scorers_that_take_it_and_not_to_the_others(tmp_path):
+    """A scorer written before the world was passed keeps working; one that names ``world``
+    (as the default scorer does) gets the trainer's, to split validation across ranks."""
+    from pureml.distributed import DistInfo
+
+    calls = []
+
+    def old_scorer(nlp, docs, *, mixed_precision="no"):
+        calls.append(("old", len(docs)))
+        return {"ner": {"micro": {"f1": 0.5}}}
+
+    def new_scorer(nlp, docs, *, mixed_precision="no", world=None):
+        calls.append(("new", world))
+        return {"ner": {"micro": {"f1": 0.5}}}
+
+    docs = make_corpus(8, seed=2)
+    run = {**RUN, "validation_interval": 3}
+    train(
+        _nlp(),
+        TrainingData(docs),
+        val_data=docs,
+        scorer=old_scorer,
+        output_dir=tmp_path / "a",
+        **run,
+    )
+    train(
+        _nlp(),
+        TrainingData(docs),
+        val_data=docs,
+        scorer=new_scorer,
+        output_dir=tmp_path / "b",
+        **run,
+    )
+    assert calls == [("old", 8), ("new", DistInfo())]
