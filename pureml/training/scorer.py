@@ -290,9 +290,11 @@ class Scorer:
     signature names a ``world`` keyword, see :func:`accepts_world`), every rank must call it
     with the same documents: each predicts its :func:`validation_share`, the ranks gather the
     predictions, and every rank returns the scores one process would compute over all the
-    documents. Speed is then all the documents' words (and documents) over the time from the
-    start of the timed pass to the end of its gather, the slowest rank's. A registered scorer
-    without a ``world`` keyword is called as before: every rank scores every document.
+    documents (a rank batches only its share: predictions move as little as with another
+    ``batch_size``, float rounding at most). Speed is then all the documents' words (and
+    documents) over the time from the start of the timed pass to the end of its gather, the
+    slowest rank's. A registered scorer without a ``world`` keyword is called as before: every
+    rank scores every document.
 
     >>> Scorer(speed=False).batch_size
     '2000 words'
