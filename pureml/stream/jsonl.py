@@ -78,7 +78,8 @@ def parse_doc(obj: Any, *, path: str, line: int, default_id: str) -> Doc:
 
 
 class JsonlSource(Source):
-    """Lines of one ``.jsonl`` file or of all ``*.jsonl`` files under a folder (sorted).
+    """Lines of one ``.jsonl`` file or of all ``*.jsonl`` files under a folder (sorted, hidden
+    ones skipped).
 
     The files are read once at construction to find the lines (bytes only); each line is
     decoded and parsed on first access.
@@ -126,7 +127,11 @@ class JsonlSource(Source):
 
 @readers.register("jsonl")
 def read_jsonl(path: str | os.PathLike[str]) -> Stream:
-    """A stream of the documents of a JSON lines file (or folder of them); spans in "gold"."""
+    """A stream of the documents of a JSON lines file (or folder of them); spans in "gold".
+
+    A folder is read with its sub-folders, without hidden files and folders
+    (``.ipynb_checkpoints/``).
+    """
     return Stream(JsonlSource(path))
 
 

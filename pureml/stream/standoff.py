@@ -173,7 +173,8 @@ def read_standoff_doc(txt_path: Path, doc_id: str) -> Doc:
 
 
 class StandoffSource(Source):
-    """The ``.txt`` files under a folder (recursively, sorted); parsed one by one on demand."""
+    """The ``.txt`` files under a folder (recursively, sorted, hidden ones skipped); parsed one by
+    one on demand."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         super().__init__()
@@ -211,7 +212,8 @@ class StandoffSource(Source):
 def read_standoff(path: str | os.PathLike[str]) -> Stream:
     """A stream of the documents of a brat folder; ids are file stems; entities in "gold".
 
-    Files are parsed lazily, once per run (the stream keeps them).
+    Files are parsed lazily, once per run (the stream keeps them). Sub-folders are read too;
+    hidden files and folders (``.ipynb_checkpoints/``, ``._name.txt``) are not.
     """
     return Stream(StandoffSource(path))
 
