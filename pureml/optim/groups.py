@@ -200,6 +200,17 @@ class GroupedOptimizer:
         return {k: updates[k] for k in grads}, new_state
 
 
+def _default_learning_rate(factory: Callable[..., Any]) -> float | None:
+    try:
+        param = inspect.signature(factory).parameters.get("learning_rate")
+    except (TypeError, ValueError):
+        return None
+    default = None if param is None else param.default
+    if isinstance(default, int | float) and not isinstance(default, bool):
+        return float(default)
+    return None
+
+
 def _make_group(
     selector: str,
     spec: Mapping[str, Any],
@@ -212,10 +223,14 @@ def _make_group(
     name = str(spec.get("name", default_name))
     kwargs = {**optimizer_kwargs, **{k: v for k, v in spec.items() if k not in _GROUP_KEYS}}
     lr = spec.get("lr", kwargs.pop("learning_rate", None))
+    factory = get_optimizer(optimizer)
+    if lr is None:
+        # The group trains at the optimizer's default rate: a schedule peaks there too (not at
+        # the schedule's own default, linear's max=1.0).
+        lr = _default_learning_rate(factory)
     if lr is not None:
         lr = check_lr(lr, f"lr of parameter group {name!r}")
     schedule = _build_schedule(spec.get("schedule"), lr, total_steps, name)
-    factory = get_optimizer(optimizer)
     if schedule is not None:
         kwargs["learning_rate"] = schedule
     elif lr is not None:
@@ -242,7 +257,8 @@ def param_groups(
     a group named ``"default"`` (from ``optimizer_kwargs`` and the dict), ``False`` freezes them.
     ``names``, if given, are checked right away: a selector that selects nothing is an error.
     A group spec's ``schedule`` is a callable, a registered name or ``{"name": ..., **args}``
-    whose ``max``/``value`` default to the group lr and ``total_steps`` to ``total_steps``.
+    whose ``max``/``value`` default to the group lr (without one, the optimizer's default lr)
+    and ``total_steps`` to ``total_steps``.
 
     >>> opt = param_groups({"^a": {"lr": 0.1}, "^b": False}, names=["a.w", "b.w", "c.w"])
     >>> [getattr(opt.group_of(n), "name", None) for n in ("a.w", "b.w", "c.w")]

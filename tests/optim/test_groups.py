@@ -111,3 +111,22 @@ def test_errors_name_the_culprit():
     opt = optim.param_groups({"^ner": {"lr": 1e-3}})
     with pytest.raises(ValueError, match="ner"):
         opt.partition({"embedding.w": torch.zeros(1)})
+
+
+def test_a_schedule_without_lr_peaks_at_the_optimizers_default_lr():
+    # A group (or the default) with a schedule but no lr: the schedule's peak is the lr the group
+    # would train at without the schedule (the optimizer's default), not linear's own max=1.0.
+    for optimizer, lr in (("adamw", 1e-3), ("sgd", 1e-2)):
+        opt = optim.param_groups(
+            {
+                r"^ner\.crf": {"name": "crf", "schedule": {"name": "linear", "warmup_rate": 0.0}},
+                r"^ner\.": {"name": "ner", "schedule": "cosine"},
+                r"transformer": {"name": "tr"},
+            },
+            default={"schedule": "constant"},
+            optimizer=optimizer,
+            total_steps=10,
+        )
+        state = opt.init(_params())
+        lrs = {k: float(v) for k, v in optim.learning_rates(state).items()}
+        assert lrs == {"crf": lr, "ner": lr, "tr": lr, "default": lr}, optimizer
