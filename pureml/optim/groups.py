@@ -304,6 +304,11 @@ def param_groups(
             optimizer_kwargs=optimizer_kwargs,
             total_steps=total_steps,
         )
+        if default_group.name in seen:
+            raise ValueError(
+                f"two parameter groups are named {default_group.name!r} (the default group "
+                "and a selector's): rename the selector's group or pass default=False"
+            )
     opt = GroupedOptimizer(built, default_group)
     if names is not None:
         opt.check_names(names)

@@ -130,3 +130,13 @@ def test_a_schedule_without_lr_peaks_at_the_optimizers_default_lr():
         state = opt.init(_params())
         lrs = {k: float(v) for k, v in optim.learning_rates(state).items()}
         assert lrs == {"crf": lr, "ner": lr, "tr": lr, "default": lr}, optimizer
+
+
+def test_a_group_named_like_the_default_group_is_refused():
+    # Its state would share the key "default" with the default group's: one group's lr and
+    # moments silently replaced the other's.
+    with pytest.raises(ValueError, match="two parameter groups are named 'default'"):
+        optim.param_groups({r"^ner\.": {"name": "default", "lr": 1e-2}}, default={"lr": 1e-4})
+    # without a default group the name is free
+    opt = optim.param_groups({r"^ner\.": {"name": "default", "lr": 1e-2}}, default=False)
+    assert opt.group_of("ner.linear.w").name == "default"
