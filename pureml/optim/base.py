@@ -132,7 +132,10 @@ def per_step_scalar(x: Tensor) -> Tensor:
 
 def check_lr(value: float, what: str = "learning rate") -> float:
     """Reject negative or non-finite learning rates with a message naming ``what``."""
-    value = float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}") from None
     if not value >= 0.0 or value == float("inf"):
         raise ValueError(f"{what} must be a finite number >= 0, got {value}")
     return value

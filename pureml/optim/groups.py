@@ -239,6 +239,8 @@ def _make_group(
         transform = factory(**kwargs)
     except TypeError as e:
         raise ValueError(f"parameter group {name!r}: bad {optimizer} argument: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"parameter group {name!r}: {e}") from None
     return Group(selector, name, transform, bool(spec.get("optional", False)))
 
 

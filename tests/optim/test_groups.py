@@ -140,3 +140,20 @@ def test_a_group_named_like_the_default_group_is_refused():
     # without a default group the name is free
     opt = optim.param_groups({r"^ner\.": {"name": "default", "lr": 1e-2}}, default=False)
     assert opt.group_of("ner.linear.w").name == "default"
+
+
+@pytest.mark.parametrize(
+    "spec, optimizer, problem",
+    [
+        ({"lr": 1e-3, "weight_decay": -1}, "adamw", "weight_decay"),
+        ({"lr": 1e-3, "b1": 1.5}, "adamw", "b1"),
+        ({"lr": 0.1, "momentum": 1.0}, "sgd", "momentum"),
+        ({"lr": "fast"}, "adamw", "'fast'"),
+    ],
+)
+def test_a_bad_group_argument_names_the_group_in_one_line(spec, optimizer, problem):
+    # with several groups in a recipe, "weight_decay must be >= 0" alone does not say where
+    with pytest.raises(ValueError) as e:
+        optim.param_groups({r"^ner\.": {"name": "ner", **spec}}, optimizer=optimizer)
+    message = str(e.value)
+    assert "'ner'" in message and problem in message and "\n" not in message, message
