@@ -215,7 +215,11 @@ def tree_select(pred: Tensor, on_true: Any, on_false: Any) -> Any:
     return tree_map(lambda a, b: torch.where(pred, a, b), on_true, on_false)
 
 
-def _find_lr_states(state: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+# A path into an optimizer state: dict keys are str, tuple and list indices int.
+Path = tuple[str | int, ...]
+
+
+def _find_lr_states(state: Any, path: Path = ()) -> list[tuple[Path, Any]]:
     found = []
     if isinstance(state, ScaleByLrState):
         return [(path, state)]
@@ -224,14 +228,14 @@ def _find_lr_states(state: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[
             found += _find_lr_states(v, (*path, str(k)))
     elif isinstance(state, tuple | list):
         for i, v in enumerate(state):
-            found += _find_lr_states(v, (*path, str(i)))
+            found += _find_lr_states(v, (*path, i))
     return found
 
 
-def _group_name(path: tuple[str, ...]) -> str:
+def _group_name(path: Path) -> str:
     # Grouped optimizers keep their state in a dict keyed by group name: the first dict key on
-    # the path (tuple indices are digits).
-    names = [p for p in path if not p.isdigit()]
+    # the path (a name may be all digits: only tuple indices are ints).
+    names = [p for p in path if isinstance(p, str)]
     return names[0] if names else "default"
 
 
@@ -252,7 +256,7 @@ def set_learning_rate(opt_state: Any, lr: float | Tensor, group: str | None = No
     recomputed from the count at each update and would override the value set here.
     """
 
-    def visit(state: Any, path: tuple[str, ...]) -> Any:
+    def visit(state: Any, path: Path) -> Any:
         if isinstance(state, ScaleByLrState):
             if group is None or _group_name(path) == group:
                 value = torch.as_tensor(lr, dtype=state.lr.dtype, device=state.lr.device)
@@ -261,9 +265,9 @@ def set_learning_rate(opt_state: Any, lr: float | Tensor, group: str | None = No
         if isinstance(state, Mapping):
             return {k: visit(v, (*path, str(k))) for k, v in state.items()}
         if isinstance(state, tuple) and hasattr(state, "_fields"):
-            return type(state)(*(visit(v, (*path, str(i))) for i, v in enumerate(state)))
+            return type(state)(*(visit(v, (*path, i)) for i, v in enumerate(state)))
         if isinstance(state, tuple | list):
-            return type(state)(visit(v, (*path, str(i))) for i, v in enumerate(state))
+            return type(state)(visit(v, (*path, i)) for i, v in enumerate(state))
         return state
 
     if not isinstance(lr, Tensor):

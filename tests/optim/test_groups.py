@@ -157,3 +157,20 @@ def test_a_bad_group_argument_names_the_group_in_one_line(spec, optimizer, probl
         optim.param_groups({r"^ner\.": {"name": "ner", **spec}}, optimizer=optimizer)
     message = str(e.value)
     assert "'ner'" in message and problem in message and "\n" not in message, message
+
+
+def test_learning_rates_of_a_group_named_with_digits():
+    # the group name is the state's dict key, even when it reads like a tuple index
+    opt = optim.param_groups(
+        {r"^ner\.": {"name": "2", "lr": 0.5}}, default={"lr": 0.1}, optimizer="sgd"
+    )
+    state = opt.init(_params())
+    assert {k: float(v) for k, v in optim.learning_rates(state).items()} == {
+        "2": 0.5,
+        "default": 0.1,
+    }
+    state = optim.set_learning_rate(state, 0.25, group="2")
+    assert {k: float(v) for k, v in optim.learning_rates(state).items()} == {
+        "2": 0.25,
+        "default": 0.1,
+    }
