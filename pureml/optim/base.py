@@ -101,7 +101,10 @@ def clip_coefficient(norm: Tensor, max_norm: float | Tensor) -> Tensor:
 
 
 def clip_by_global_norm(max_norm: float) -> GradientTransformation:
-    """Scale all gradients together so their global L2 norm is at most ``max_norm``."""
+    """Scale all gradients together so their global L2 norm is at most ``max_norm`` (``>= 0``;
+    ``0`` zeroes them, as ``torch.nn.utils.clip_grad_norm_`` does)."""
+    if not isinstance(max_norm, int | float) or not max_norm >= 0:
+        raise ValueError(f"clip_by_global_norm: max_norm must be a number >= 0, got {max_norm!r}")
 
     def init(params: Params) -> tuple:
         return ()

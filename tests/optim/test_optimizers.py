@@ -138,3 +138,14 @@ def test_chain_clip_and_set_learning_rate():
     assert updates["b"].item() == pytest.approx(-0.25 * 4 / 5, rel=1e-5)
     with pytest.raises(ValueError, match="-1"):
         optim.set_learning_rate(state, -1.0)
+
+
+def test_clip_by_global_norm_refuses_a_negative_or_missing_max_norm():
+    # a negative max_norm made the coefficient negative: every gradient reversed, silently
+    for bad in (-1.0, float("nan"), None):
+        with pytest.raises(ValueError, match="max_norm"):
+            optim.clip_by_global_norm(bad)
+    # 0 is torch's clip_grad_norm_(max_norm=0): all gradients zeroed
+    t = optim.clip_by_global_norm(0.0)
+    updates, _ = t.update({"a": torch.tensor([3.0, 4.0])}, t.init({}))
+    assert updates["a"].tolist() == [0.0, 0.0]
