@@ -294,6 +294,10 @@ def param_groups(
         if built[-1].name in seen:
             raise ValueError(f"two parameter groups are named {built[-1].name!r}")
         seen.add(built[-1].name)
+    if default is not None and default is not False and not isinstance(default, Mapping):
+        raise ValueError(
+            f"parameter groups default: expected a dict of options, False or None, got {default!r}"
+        )
     if default is False:
         default_group = None
     else:

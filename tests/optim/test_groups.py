@@ -174,3 +174,10 @@ def test_learning_rates_of_a_group_named_with_digits():
         "2": 0.25,
         "default": 0.1,
     }
+
+
+@pytest.mark.parametrize("default", [3e-4, True, "adamw"])
+def test_a_default_that_is_not_a_dict_false_or_none_is_refused(default):
+    # default=3e-4 (meant as its lr) silently became the optimizer's default lr
+    with pytest.raises(ValueError, match="default"):
+        optim.param_groups({r"^ner\.": {"lr": 1e-3}}, default=default)
