@@ -149,3 +149,78 @@ def test_clip_by_global_norm_refuses_a_negative_or_missing_max_norm():
     t = optim.clip_by_global_norm(0.0)
     updates, _ = t.update({"a": torch.tensor([3.0, 4.0])}, t.init({}))
     assert updates["a"].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    "grads",
+    [
+        {"a": torch.tensor([3.0, 0.5]), "b": torch.tensor([[4.0, -1.0]], dtype=torch.float64)},
+        {"a": torch.tensor([1.0, float("nan")]), "b": torch.ones(2)},
+        {"a": torch.tensor([1.0, float("inf")]), "b": torch.ones(2)},
+        {"a": torch.zeros(3)},
+    ],
+)
+@pytest.mark.parametrize("max_norm", [0.0, 1.0, 1e6])
+def test_clip_by_global_norm_is_torch_clip_grad_norm(grads, max_norm):
+    ref = {k: torch.nn.Parameter(torch.zeros_like(v)) for k, v in grads.items()}
+    for k, p in ref.items():
+        p.grad = grads[k].clone()
+    norm = torch.nn.utils.clip_grad_norm_(list(ref.values()), max_norm)
+    t = optim.clip_by_global_norm(max_norm)
+    clipped, _ = t.update(grads, t.init({}))
+    assert torch.equal(optim.global_norm(grads), norm) or norm.isnan()
+    for k, p in ref.items():
+        assert clipped[k].dtype == p.grad.dtype
+        assert torch.equal(clipped[k].isnan(), p.grad.isnan())
+        assert torch.equal(clipped[k].nan_to_num(), p.grad.nan_to_num())
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_grouped_adamw_matches_torch_param_groups(dtype, tol):
+    # per-group lr, weight decay only where asked, a scheduled group, an lr-0 group, a frozen one
+    total = 30
+    warm = optim.linear(0.0, 1e-2, 0.0, 0.2, total)
+    opt = optim.param_groups(
+        {
+            r"bias$": {"name": "bias", "lr": 3e-3, "weight_decay": 0.0},
+            r"^enc": {
+                "name": "enc",
+                "lr": 1e-2,
+                "schedule": {"name": "linear", "warmup_rate": 0.2},
+            },
+            r"^still": {"name": "still", "lr": 0.0},
+            r"^frozen": False,
+        },
+        default={"lr": 3e-3},
+        total_steps=total,
+        weight_decay=0.1,
+    )
+    g = torch.Generator().manual_seed(0)
+    names = ["enc.w", "enc.bias", "head.w", "head.bias", "still.w", "frozen.w"]
+    start = {n: torch.randn(4, 3, generator=g, dtype=dtype) for n in names}
+    params, frozen = opt.partition(start)
+    assert list(frozen) == ["frozen.w"]
+    ref = {n: torch.nn.Parameter(v.clone()) for n, v in params.items()}
+    topt = torch.optim.AdamW(
+        [
+            {"params": [ref["enc.bias"], ref["head.bias"]], "lr": 3e-3, "weight_decay": 0.0},
+            {"params": [ref["enc.w"]], "lr": 1.0},
+            {"params": [ref["still.w"]], "lr": 0.0},
+            {"params": [ref["head.w"]], "lr": 3e-3},
+        ],
+        weight_decay=0.1,
+    )
+    lambdas = [lambda i: 1.0, lambda i: float(warm(torch.tensor(i))), lambda i: 1.0, lambda i: 1.0]
+    sched = torch.optim.lr_scheduler.LambdaLR(topt, lambdas)
+    state = opt.init(params)
+    for _ in range(total + 5):  # past the end of the schedule
+        grads = {n: torch.randn(4, 3, generator=g, dtype=dtype) for n in params}
+        for n, p in ref.items():
+            p.grad = grads[n].clone()
+        topt.step()
+        sched.step()
+        updates, state = opt.update(grads, state, params)
+        params = optim.apply_updates(params, updates)
+    assert _rel(params, {k: v.detach() for k, v in ref.items()}) < tol
+    assert torch.equal(params["still.w"], start["still.w"])
+    assert _rel(start, {k: v.detach() for k, v in ref.items() if k != "still.w"}) > 1e-2
