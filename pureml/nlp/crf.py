@@ -253,7 +253,14 @@ def log_partition(
     dtype = emissions.dtype
     emissions, transitions, start, end = (t.double() for t in (emissions, transitions, start, end))
     bsz, length, n = emissions.shape
-    alpha = start + emissions[:, 0]  # [B, T]
+    # A row whose first positions are masked starts at its first real position: the running
+    # score before it is a vector of total weight one under ``end`` (log Z 0, what an empty row
+    # gets), and that position is a sequence start, whose matrix sums ``end`` out.
+    lead = mask & (mask.cumsum(-1) == 1) & ~mask[:, :1]
+    first = lead if first is None else first | lead
+    alpha = torch.where(
+        mask[:, :1], start + emissions[:, 0], -torch.logsumexp(end, -1).expand(bsz, n)
+    )  # [B, T]
     if length > 1:
         # Padded positions become the identity (0 on the diagonal, NEG elsewhere) so they pass
         # the running score through unchanged.
@@ -268,7 +275,7 @@ def log_partition(
         last_first = None if first is None else first[:, -1]
         alpha = _vec_mat(alpha, chain.transfer(emissions[:, -1], mask[:, -1], last_first))
     logz = torch.logsumexp(alpha + end, dim=-1)
-    return torch.where(mask[:, 0], logz, torch.zeros_like(logz)).to(dtype)
+    return torch.where(mask.any(-1), logz, torch.zeros_like(logz)).to(dtype)
 
 
 def packed_log_likelihood(

@@ -211,3 +211,43 @@ def test_packed_float32_batch_of_2000_words_matches_float64_recursion():
     (grad,) = torch.autograd.grad(logz.sum(), emissions)
     (ref_grad,) = torch.autograd.grad(ref, rows)
     assert torch.allclose(grad.double(), ref_grad[mask], atol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_log_partition_skips_masked_positions_before_the_first_real_one(packed):
+    # "Masked positions are skipped wherever they are": a row whose first positions are masked
+    # (left padding) is the sequence of its real positions, not an empty one (log Z was 0).
+    g = torch.Generator().manual_seed(5)
+    n_labels = 2
+    trans, start, end = _random_potentials(g, n_labels, constrained=True)
+    emissions = torch.randn(4, 6, crf.num_tags(n_labels), generator=g, dtype=torch.float64)
+    mask = torch.tensor(
+        [
+            [False, True, True, True, True, True],
+            [False, False, False, True, False, True],
+            [False] * 6,
+            [True, False, True, True, False, True],
+        ]
+    )
+    first = None
+    if packed:  # a second sequence starts at position 3 (the first real one of row 1)
+        first = torch.zeros(4, 6, dtype=torch.bool)
+        first[:, [0, 3]] = True
+    emissions.requires_grad_()
+    logz = crf.log_partition(emissions, mask, trans, start, end, first)
+    rows = []
+    for b in range(4):
+        steps = [t for t in range(6) if mask[b, t]]
+        cut = 3 if packed and steps and steps[0] < 3 else 99  # where the second sequence starts
+        parts = [[t for t in steps if t < cut], [t for t in steps if t >= cut]]
+        total = torch.zeros((), dtype=torch.float64)
+        for part in parts:
+            if part:
+                total = total + _brute(emissions[b, part], len(part), trans, start, end)[0]
+        rows.append(total)
+    ref = torch.stack(rows)
+    assert torch.allclose(logz, ref, rtol=1e-10, atol=1e-10)
+    (grad,) = torch.autograd.grad(logz.sum(), emissions)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), emissions)
+    assert torch.allclose(grad, ref_grad, atol=1e-10)
+    assert grad[~mask].abs().max() == 0
