@@ -83,7 +83,8 @@ class SpanClassifier(Component):
         for doc in docs:
             for span in get_spans(doc, self.span_getter):
                 for k, v in span.attributes.items():
-                    if self._names is None or k in self._names:
+                    # None is no value (as in the loss and the scorer), not a class to predict
+                    if v is not None and (self._names is None or k in self._names):
                         seen.setdefault(k, set()).add(v)
         attrs = dict(self.attributes or {})
         for k in self._names or sorted(seen):

@@ -1,0 +1,29 @@
+"""Span classifier: attribute values inferred from training spans."""
+
+from pureml.nlp import Doc, Pipeline, ScratchEncoder, Span, SpanClassifier, load
+
+
+def _pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        {
+            "embedding": ScratchEncoder(width=8, depth=1, rows=[50, 20, 20, 10]),
+            "clf": SpanClassifier(**kwargs),
+        }
+    )
+
+
+def test_null_attribute_values_are_absent_not_a_class(tmp_path):
+    # a JSONL span with "attributes": {"status": null} has no status: None is neither a value
+    # to predict nor a target (saving the model failed: "cannot write NoneType to TOML")
+    docs = []
+    for value in ["negated", None, "affirmed", None]:
+        doc = Doc("No chest pain.")
+        doc.spans["gold"] = [Span(3, 13, "problem", {"status": value})]
+        docs.append(doc)
+    nlp = _pipeline()
+    nlp.post_init(docs)
+    assert nlp.get_pipe("clf").attributes == {"status": ["affirmed", "negated"]}
+    item = nlp.preprocess(docs[1], supervision=True)
+    assert item["clf"]["targets"]["status"] == [-100]
+    nlp.to_disk(tmp_path / "model")
+    assert load(tmp_path / "model").get_pipe("clf").attributes == nlp.get_pipe("clf").attributes
