@@ -85,6 +85,12 @@ class SpanClassifier(Component):
                 for k, v in span.attributes.items():
                     # None is no value (as in the loss and the scorer), not a class to predict
                     if v is not None and (self._names is None or k in self._names):
+                        if not isinstance(v, str | int | float):  # bool is an int
+                            raise ValueError(
+                                f"{self.name}: attribute {k!r} of a span in doc {doc.id!r} has "
+                                f"the value {v!r}; only str, int, float and bool values can be "
+                                "predicted: name the attributes to predict (attributes=[...])"
+                            )
                         seen.setdefault(k, set()).add(v)
         attrs = dict(self.attributes or {})
         for k in self._names or sorted(seen):

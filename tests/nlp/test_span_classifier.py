@@ -1,5 +1,7 @@
 """Span classifier: attribute values inferred from training spans."""
 
+import pytest
+
 from pureml.nlp import Doc, Pipeline, ScratchEncoder, Span, SpanClassifier, load
 
 
@@ -27,3 +29,15 @@ def test_null_attribute_values_are_absent_not_a_class(tmp_path):
     assert item["clf"]["targets"]["status"] == [-100]
     nlp.to_disk(tmp_path / "model")
     assert load(tmp_path / "model").get_pipe("clf").attributes == nlp.get_pipe("clf").attributes
+
+
+def test_non_scalar_attribute_values_are_a_clear_error():
+    # brat discontinuous entities carry attributes["fragments"] (a list): inferring every
+    # attribute failed with "unhashable type: 'list'"
+    doc = Doc("pain here and there")
+    doc.spans["gold"] = [Span(0, 19, "X", {"status": "a", "fragments": [[0, 4], [14, 19]]})]
+    with pytest.raises(ValueError, match=r"'fragments'.*\[\[0, 4\], \[14, 19\]\].*attributes="):
+        _pipeline().post_init([doc])
+    nlp = _pipeline(attributes=["status"])  # naming the attributes leaves the others alone
+    nlp.post_init([doc])
+    assert nlp.get_pipe("clf").attributes == {"status": ["a"]}
