@@ -12,17 +12,45 @@ punctuation mark, hyphens included, so that entity boundaries that fall on a hyp
 from __future__ import annotations
 
 import re
+import sys
+import unicodedata
 
+
+def _mark_class() -> str:
+    """A regex class of the combining marks (categories Mn, Mc, Me): accents of decomposed
+    (NFD) text, Indic vowel signs. ``re`` has no ``\\p{M}``; marks lie in planes 0, 1 and 14."""
+    ranges: list[list[int]] = []
+    for lo, hi in ((0, 0x20000), (0xE0000, min(0xE1000, sys.maxunicode + 1))):
+        for c in range(lo, hi):
+            if unicodedata.category(chr(c))[0] == "M":
+                if ranges and ranges[-1][1] == c - 1:
+                    ranges[-1][1] = c
+                else:
+                    ranges.append([c, c])
+    return "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in ranges)
+
+
+_M = _mark_class()
 _WORD = re.compile(
-    r"""
+    rf"""
     \d+(?:[.,]\d+)+          # numbers with decimal or thousand separators: 2.5 1,000
-  | [^\W_]+                  # letters/digits runs (unicode aware)
-  | \S                       # any other single non-space character
+  | (?:[^\W_][{_M}]*)+        # letters/digits runs (unicode aware), with their combining marks
+  | \S[{_M}]*                # any other single non-space character
     """,
     re.VERBOSE,
 )
 
 
 def tokenize(text: str) -> list[tuple[int, int]]:
-    """Return the (start, end) character offsets of the words of ``text``."""
+    """Return the (start, end) character offsets of the words of ``text``.
+
+    Combining marks stay in their word, so decomposed (NFD) text gets the words of composed
+    text:
+
+    >>> import unicodedata
+    >>> text = unicodedata.normalize("NFD", "Évaluée à l'hôpital")
+    >>> [text[s:e] == unicodedata.normalize("NFD", w) for (s, e), w in zip(tokenize(text),
+    ...     ["Évaluée", "à", "l", "'", "hôpital"])]
+    [True, True, True, True, True]
+    """
     return [m.span() for m in _WORD.finditer(text)]

@@ -1,0 +1,29 @@
+"""Words of a document: the tokenizer on unicode text."""
+
+import unicodedata
+
+import pytest
+
+from pureml.nlp import Doc
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Évaluée à l'hôpital Pitié-Salpêtrière, œdème aigu.",
+        "Müller's naïve café: 38,5°C",
+        "हिन्दी भाषा",  # Devanagari vowel signs and virama are combining marks even composed
+    ],
+)
+def test_decomposed_text_has_the_words_of_composed_text(text):
+    # combining marks (NFD accents, Indic vowel signs) belong to their word: they were split
+    # off as one-character words, "hôpital" in NFD was "ho", "̂", "pital"
+    nfc, nfd = unicodedata.normalize("NFC", text), unicodedata.normalize("NFD", text)
+    words = Doc(nfc).word_texts()
+    assert [unicodedata.normalize("NFC", w) for w in Doc(nfd).word_texts()] == words
+    assert all(unicodedata.category(w[0])[0] != "M" for w in words)
+
+
+def test_whitespace_and_symbols_split_words():
+    doc = Doc("a\r\nb\tc  d\u00a0e 😀 ok")
+    assert doc.word_texts() == ["a", "b", "c", "d", "e", "😀", "ok"]
