@@ -15,13 +15,27 @@ import json
 import math
 from typing import Any
 
+_BARE_KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def quote_string(text: str) -> str:
+    """A TOML basic string: JSON's escapes are TOML's, but TOML also forbids a raw DEL."""
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
 
 def format_key(key: Any) -> str:
-    """A dotted-path component, quoted as TOML would if it is not a bare key."""
+    """A dotted-path component, quoted as TOML would if it is not a bare key.
+
+    Bare keys are ASCII letters, digits, ``_`` and ``-`` only (``str.isalnum`` would let
+    ``entités`` through, which TOML cannot read back)::
+
+        >>> format_key("ner"), format_key("entités"), format_key("a b")
+        ('ner', '"entités"', '"a b"')
+    """
     key = str(key)
-    if key and all(c.isalnum() or c in "_-" for c in key):
+    if key and all(c in _BARE_KEY_CHARS for c in key):
         return key
-    return '"' + key.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return quote_string(key)
 
 
 def join_path(prefix: str, key: Any) -> str:
@@ -40,7 +54,7 @@ def toml_scalar(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return quote_string(value)
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_scalar(v) for v in value) + "]"
     if isinstance(value, dict):

@@ -142,6 +142,22 @@ def test_dump_toml_round_trips_the_resolved_recipe():
     assert "output_model_dir" not in resolved["train"]  # unset stays unset (TOML has no null)
 
 
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("entités", "médicament"),  # a French component name: TOML bare keys are ASCII only
+        ("tab\tkey", "del \x7f and nul \x00"),  # control characters must be escaped
+        ("line\nbreak", "bell \x07 esc \x1b"),
+        ('quote"back\\slash', "☃ 😀 \u2028"),
+    ],
+)
+def test_dump_toml_writes_any_key_and_string_readably(key, value):
+    """A component, path or label with any characters makes a config.toml TOML reads back equal
+    (a saved model whose component is named "entités" must load for ``pureml evaluate``)."""
+    data = {"nlp": {"components": {key: {"factory": "ner_crf", "labels": [value]}}}, key: value}
+    assert tomllib.loads(dump_toml(data)) == data
+
+
 def test_hash_ignores_output_locations_only():
     a = resolved_dict(structure_recipe(BASE))
     b = resolved_dict(structure_recipe(apply_overrides(BASE, ["train.output_dir=elsewhere"])))
