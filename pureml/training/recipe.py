@@ -19,10 +19,12 @@ Overrides use dotted key paths and TOML values (a bare word is taken as a string
 
 from __future__ import annotations
 
+import collections.abc
 import copy
 import hashlib
 import inspect
 import json
+import os
 import re
 import types
 import typing
@@ -315,6 +317,42 @@ def _simple_hint(hint: Any) -> bool:
     return False
 
 
+_NOT_FROM_TOML = object()
+
+
+def _toml_hint(hint: Any) -> Any:
+    """The part of a factory's type hint that a TOML value can take, to check values against.
+
+    A recipe cannot write a callable (``learning_rate: float | Schedule`` takes only the float
+    there) and writes a path as a str (``str | os.PathLike``); a bare ``list`` or ``dict`` is
+    ``list[Any]`` or ``dict[str, Any]``. None where part of the hint is some other type: then
+    the value is not checked here (the factory converts it).
+    """
+    if hint is list:
+        return list[Any]
+    if hint is dict:
+        return dict[str, Any]
+    origin = typing.get_origin(hint)
+    if origin is collections.abc.Callable or hint is collections.abc.Callable:
+        return _NOT_FROM_TOML
+    if origin is os.PathLike or hint is os.PathLike:
+        return _NOT_FROM_TOML
+    if origin in (Union, types.UnionType):
+        args = [_toml_hint(a) for a in typing.get_args(hint)]
+        if any(a is None for a in args):
+            return None
+        args = [a for a in args if a is not _NOT_FROM_TOML]
+        if not args:
+            return None
+        return args[0] if len(args) == 1 else Union[tuple(args)]  # noqa: UP007
+    if origin in (list, dict, tuple):
+        args = [_toml_hint(a) if a is not Ellipsis else a for a in typing.get_args(hint)]
+        if any(a is None or a is _NOT_FROM_TOML for a in args):
+            return None
+        return origin[tuple(args)] if args else hint
+    return hint if _simple_hint(hint) else None
+
+
 def _check_literal(value: Any, hint: Any, path: str) -> None:
     choices = typing.get_args(hint)
     if value not in choices or type(value) not in {type(c) for c in choices}:
@@ -380,8 +418,8 @@ def check_factory_table(
             continue
         if typing.get_origin(hint) is Literal:
             _check_literal(value, hint, where)
-        elif _simple_hint(hint):
-            structure(value, hint, where)
+        elif (checkable := _toml_hint(hint)) is not None:
+            structure(value, checkable, where)
     for pname, param in params.items():
         if (
             param.default is inspect.Parameter.empty

@@ -60,6 +60,11 @@ CASES = [
         [],
         "optimizer.factory: unknown optimizer factory 'adamz'",
     ),
+    (
+        {"learning_rate = 3e-3": 'learning_rate = "3e-3"'},
+        [],
+        "optimizer.learning_rate: expected float, got '3e-3'",
+    ),
     ({"[train]": "[train"}, [], "invalid TOML"),
     ({'logger = ["json"]': 'logger = ["jsn"]'}, [], "train.logger[0]: unknown logger 'jsn'"),
 ]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Callable
 
 import pytest
 
@@ -196,6 +198,34 @@ def test_factory_tables_are_checked_against_the_signature():
     ]
     for table, message in cases:
         assert error_of(check_factory_table, table, reg, "nlp.components.ner") == message
+
+
+def test_factory_values_are_checked_against_the_toml_part_of_a_union():
+    """``learning_rate: float | Schedule``: a recipe can only give the float, so a string is
+    refused (float("3e-3") would have taken it); so are ``str | os.PathLike`` and bare ``list``."""
+    reg = Registry("optimizer")
+
+    @reg.register("opt")
+    def opt(
+        learning_rate: float | Callable[[float], float] = 1e-3,
+        path: str | os.PathLike[str] = ".",
+        attributes: dict[str, list] | list[str] | None = None,
+    ) -> None:
+        """An optimizer."""
+
+    for good in (3e-3, 1, {}):
+        key = "attributes" if good == {} else "learning_rate"
+        check_factory_table({"factory": "opt", key: good}, reg, "optimizer")
+    check_factory_table({"factory": "opt", "attributes": {"a": ["x", 1]}}, reg, "optimizer")
+    cases = [
+        ({"learning_rate": "3e-3"}, "optimizer.learning_rate: expected float, got '3e-3'"),
+        ({"learning_rate": True}, "optimizer.learning_rate: expected float, got True"),
+        ({"path": 3}, "optimizer.path: expected str, got 3"),
+        ({"attributes": "status"}, "optimizer.attributes: expected dict[str, list[any]] | "),
+    ]
+    for kwargs, message in cases:
+        got = error_of(check_factory_table, {"factory": "opt", **kwargs}, reg, "optimizer")
+        assert got.startswith(message), got
 
 
 def test_recipe_reference_lists_every_train_key():
