@@ -21,7 +21,7 @@ import torch
 from .. import registry
 from ..stream import Source, Stream
 from ..toml_writer import join_path
-from .config import Recipe, RecipeError
+from .config import Recipe, RecipeError, structure
 from .recipe import SUPPLIED, check_factory_table, load_recipe
 
 
@@ -215,6 +215,7 @@ def build_optimizer(table: dict[str, Any] | None, nlp: Any = None) -> Any:
     factory, kwargs = check_factory_table(
         table, registry.optimizers, "optimizer", supplied=SUPPLIED["optimizer"]
     )
+    takes = _factory_params_of(factory)
     groups: dict[str, Any] = {}
     for selector, spec in groups_table.items():
         where = join_path("optimizer.groups", selector)
@@ -225,13 +226,14 @@ def build_optimizer(table: dict[str, Any] | None, nlp: Any = None) -> Any:
         if spec is False:
             groups[selector] = False
         elif isinstance(spec, dict):
+            if "names" not in takes:  # else refused below: the factory builds its own groups
+                _check_group(spec, table["factory"], factory, where)
             spec = dict(spec)
             if "schedule" in spec:
                 spec["schedule"] = _schedule_spec(spec["schedule"], f"{where}.schedule")
             groups[selector] = spec
         else:
             raise RecipeError(where, f"expected a table of options or false, got {spec!r}")
-    takes = _factory_params_of(factory)
     takes_names = "names" in takes
     if "transformer" in takes and "transformer" not in kwargs and nlp is not None:
         from ..nlp.hf_transformer import encoder_selector
@@ -269,6 +271,39 @@ def build_optimizer(table: dict[str, Any] | None, nlp: Any = None) -> Any:
 
     make(None, 10)  # fail now, before anything is written, on a bad value
     return make
+
+
+# A parameter group's own keys; its other keys are arguments of the optimizer factory.
+GROUP_KEYS: dict[str, Any] = {"lr": float, "schedule": None, "name": str, "optional": bool}
+
+
+def _check_group(spec: dict[str, Any], opt_name: str, factory: Any, where: str) -> None:
+    """Check a ``[optimizer.groups."REGEX"]`` table: its keys and value types, by key path."""
+    import inspect
+
+    params = [
+        n
+        for n, p in inspect.signature(factory).parameters.items()
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and n not in SUPPLIED["optimizer"]
+    ]
+    for key, value in spec.items():
+        if key in GROUP_KEYS:
+            if GROUP_KEYS[key] is not None:
+                structure(value, GROUP_KEYS[key], join_path(where, key))
+        elif key not in params:
+            known = ", ".join([*GROUP_KEYS, *params])
+            raise RecipeError(
+                join_path(where, key),
+                f"unknown key for a parameter group of {opt_name!r} (expected one of: {known})",
+            )
+    options = {k: v for k, v in spec.items() if k not in GROUP_KEYS}
+    check_factory_table(
+        {"factory": opt_name, **options},
+        registry.optimizers,
+        where,
+        supplied=SUPPLIED["optimizer"],
+    )
 
 
 def _factory_params_of(factory: Callable[..., Any]) -> set[str]:

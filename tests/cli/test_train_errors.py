@@ -65,6 +65,17 @@ CASES = [
         [],
         "optimizer.learning_rate: expected float, got '3e-3'",
     ),
+    (
+        {"learning_rate = 3e-3": 'learning_rate = 3e-3\n[optimizer.groups."^ner"]\nlr = "1e-3"'},
+        [],
+        "optimizer.groups.\"^ner\".lr: expected float, got '1e-3'",
+    ),
+    (
+        {"learning_rate = 3e-3": 'learning_rate = 3e-3\n[optimizer.groups."^ner"]\nlrr = 1e-3'},
+        [],
+        "optimizer.groups.\"^ner\".lrr: unknown key for a parameter group of 'adamw' "
+        "(expected one of: lr, schedule, name, optional, learning_rate, b1, b2, eps, weight_decay)",
+    ),
     ({"[train]": "[train"}, [], "invalid TOML"),
     ({'logger = ["json"]': 'logger = ["jsn"]'}, [], "train.logger[0]: unknown logger 'jsn'"),
 ]
