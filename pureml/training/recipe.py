@@ -248,7 +248,11 @@ def resolve_references(data: dict[str, Any]) -> dict[str, Any]:
 
     def lookup(ref: str, where: str) -> Any:
         node: Any = data
-        for part in split_key_path(ref):
+        try:
+            parts = split_key_path(ref)
+        except RecipeError as e:
+            raise RecipeError(where, f"bad reference ${{{ref}}}: {e.message}") from None
+        for part in parts:
             if not isinstance(node, dict) or part not in node:
                 raise RecipeError(where, f"unknown reference ${{{ref}}}")
             node = node[part]
@@ -262,12 +266,23 @@ def resolve_references(data: dict[str, Any]) -> dict[str, Any]:
         if isinstance(node, str) and "${" in node:
             if depth > 10:
                 raise RecipeError(where, "references nest too deeply (a cycle?)")
+            if "${" in _REFERENCE.sub("", node):
+                raise RecipeError(where, f"unterminated reference: {node!r}")
             whole = _REFERENCE.fullmatch(node)
             if whole:  # a lone reference keeps the referenced value's type
                 return visit(lookup(whole.group(1), where), where, depth + 1)
-            return _REFERENCE.sub(
-                lambda m: str(visit(lookup(m.group(1), where), where, depth + 1)), node
-            )
+
+            def text(m: re.Match[str]) -> str:
+                value = visit(lookup(m.group(1), where), where, depth + 1)
+                if isinstance(value, dict | list):
+                    kind = "table" if isinstance(value, dict) else "list"
+                    raise RecipeError(
+                        where,
+                        f"{m.group(0)} is a {kind}: only a whole-string reference takes it",
+                    )
+                return str(value)
+
+            return _REFERENCE.sub(text, node)
         return node
 
     return visit(data, "")

@@ -128,6 +128,33 @@ def test_references_resolve_after_overrides():
     assert resolve_references({"a": {"n": 3}, "b": {"m": "${a.n}"}})["b"]["m"] == 3
 
 
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        # Python's repr of a table or list would become a folder name like "{'factory': ...}-run"
+        ("${optimizer}-run", "${optimizer} is a table: only a whole-string reference takes it"),
+        ("${train.logger}/x", "${train.logger} is a list: only a whole-string reference takes it"),
+        ("${}", "bad reference ${}: empty key in key path"),
+        ('${"a}', 'bad reference ${"a}: unterminated quote in key path'),
+        # a typo that would otherwise be a literal folder named "${paths.root/run"
+        ("${paths.root/run", "unterminated reference: '${paths.root/run'"),
+        ("${paths.root}/${x", "unterminated reference: '${paths.root}/${x'"),
+    ],
+)
+def test_bad_references_name_the_key_path(value, message):
+    data = {
+        "paths": {"root": "/data"},
+        "optimizer": {"factory": "adamw"},
+        "train": {"logger": ["json"], "output_dir": value},
+    }
+    assert error_of(resolve_references, data) == f"train.output_dir: {message}"
+    # ints and floats read as text inside a longer string; a whole reference keeps any value
+    data["train"]["output_dir"] = "${paths.root}/${train.seed}-${train.lr}"
+    data["train"] |= {"seed": 3, "lr": 1e-3, "copy": "${optimizer}"}
+    resolved = resolve_references(data)["train"]
+    assert resolved["output_dir"] == "/data/3-0.001" and resolved["copy"] == {"factory": "adamw"}
+
+
 def test_invalid_toml_names_the_line():
     message = error_of(parse_recipe_text, "[train]\nmax_steps = = 3\n", source="r.toml")
     assert message.startswith("r.toml: invalid TOML:") and "line 2" in message
