@@ -139,8 +139,15 @@ def train_main(recipe: Path, overrides: tuple[str, ...], restart: bool, debug: b
 
 @friendly_errors
 def _run_evaluate(model: Path, data: Path, as_json: bool, reader: str | None) -> None:
+    from . import registry
+    from .training.build import register_defaults
+    from .training.config import RecipeError
     from .training.evaluate import evaluate, format_scores
 
+    register_defaults()
+    if reader is not None and reader not in registry.readers:
+        known = ", ".join(registry.readers.names())
+        raise RecipeError("--reader", f"unknown reader {reader!r} (known: {known})")
     scores = evaluate(model, data, reader=reader)
     if as_json:
         click.echo(json.dumps(scores, indent=1))

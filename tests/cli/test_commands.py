@@ -41,6 +41,19 @@ def test_evaluate_missing_model_is_one_line(tmp_path, corpus):
     assert result.stderr == f"error: no model at {tmp_path / 'nope'}\n"
 
 
+def test_evaluate_unknown_reader_is_bad_input(trained, corpus):
+    """A misspelt --reader is the user's input (exit 2, one line), not a crash asking for
+    --debug."""
+    result = CliRunner().invoke(
+        main, ["evaluate", str(trained / "model-last"), str(corpus / "dev"), "--reader", "jsonll"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "error: --reader: unknown reader 'jsonll' "
+        "(known: jsonl, quickstart_corpus, standoff, standoff_label_as_attribute)\n"
+    )
+
+
 def test_run_folder_layout(trained):
     names = {p.name for p in trained.iterdir()}
     assert {"config.toml", "metrics.jsonl", "steps.jsonl", "checkpoints", "model-last"} <= names
