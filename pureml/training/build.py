@@ -331,6 +331,29 @@ def build_training(path: str | os.PathLike, overrides: Sequence[str] = ()) -> di
     return build_from_recipe(recipe, resolved, Pipeline, TrainingData)
 
 
+def _check_dependencies(recipe: Recipe, comps: dict[str, Any]) -> None:
+    """Each component's embedding must be another component, above it: named by key path."""
+    names = list(comps)
+    for i, (name, comp) in enumerate(comps.items()):
+        deps = comp.dependencies() if callable(getattr(comp, "dependencies", None)) else []
+        for dep in deps:
+            table = recipe.nlp.components[name]
+            key = next((k for k, v in table.items() if k != "factory" and v == dep), None)
+            where = join_path("nlp.components", name)
+            where = join_path(where, key) if key is not None else where
+            if dep not in comps:
+                known = ", ".join(names)
+                raise RecipeError(where, f"unknown component {dep!r} (components: {known})")
+            if dep == name:
+                raise RecipeError(where, f"component {name!r} cannot use itself")
+            if names.index(dep) > i:
+                raise RecipeError(
+                    where,
+                    f"component {dep!r} must come before {name!r}: move its table "
+                    f"[{join_path('nlp.components', dep)}] above [{join_path('nlp.components', name)}]",
+                )
+
+
 def build_from_recipe(recipe: Recipe, resolved: dict, pipeline_cls: Any, td_cls: Any) -> dict:
     t = recipe.train
     for i, name in enumerate(t.logger):
@@ -378,6 +401,7 @@ def build_from_recipe(recipe: Recipe, resolved: dict, pipeline_cls: Any, td_cls:
             table, registry.components, where, supplied=SUPPLIED["component"]
         )
         comps[name] = _call(factory, kwargs, where)
+    _check_dependencies(recipe, comps)
     try:
         nlp = pipeline_cls(comps, loss_scales=t.loss_scales)
     except ValueError as e:

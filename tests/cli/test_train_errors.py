@@ -76,6 +76,16 @@ CASES = [
         "optimizer.groups.\"^ner\".lrr: unknown key for a parameter group of 'adamw' "
         "(expected one of: lr, schedule, name, optional, learning_rate, b1, b2, eps, weight_decay)",
     ),
+    (
+        {'embedding = "embedding"': 'embedding = "embeddin"'},
+        [],
+        "nlp.components.ner.embedding: unknown component 'embeddin' (components: embedding, ner)",
+    ),
+    (
+        {'embedding = "embedding"': 'embedding = "ner"'},
+        [],
+        "nlp.components.ner.embedding: component 'ner' cannot use itself",
+    ),
     ({"[train]": "[train"}, [], "invalid TOML"),
     ({'logger = ["json"]': 'logger = ["jsn"]'}, [], "train.logger[0]: unknown logger 'jsn'"),
 ]
