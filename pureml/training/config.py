@@ -68,6 +68,12 @@ def _non_negative(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise _FieldError(attribute.name, f"expected a number >= 0, got {value!r}")
 
 
+def _folder(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    # "" (an unset shell variable in --set train.output_dir=$OUT) would be the working directory
+    if isinstance(value, str) and not value.strip():
+        raise _FieldError(attribute.name, f"expected a folder path, got {value!r}")
+
+
 def _one_of(*choices: Any) -> Any:
     def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         if value not in choices:
@@ -89,9 +95,13 @@ class TrainConfig:
     max_steps: int = attrs.field(
         default=1000, validator=_positive, metadata=_doc("optimizer steps per phase")
     )
-    output_dir: str = attrs.field(default="artifacts", metadata=_doc("the run folder"))
+    output_dir: str = attrs.field(
+        default="artifacts", validator=_folder, metadata=_doc("the run folder")
+    )
     output_model_dir: str | None = attrs.field(
-        default=None, metadata=_doc("where the pipeline is saved (default OUTPUT_DIR/model-last)")
+        default=None,
+        validator=_folder,
+        metadata=_doc("where the pipeline is saved (default OUTPUT_DIR/model-last)"),
     )
     validation_interval: int | None = attrs.field(
         default=None,

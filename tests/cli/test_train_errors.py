@@ -149,6 +149,20 @@ def test_output_folder_that_is_a_file(tiny_recipe, tmp_path, key, below):
     assert not (tmp_path / "out").exists()
 
 
+def test_empty_output_dir_writes_nothing_in_the_working_directory(
+    tiny_recipe, tmp_path, monkeypatch
+):
+    """``--set train.output_dir=$OUT`` with OUT unset is "": refused, not a run in the cwd."""
+    recipe = tiny_recipe()
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = CliRunner().invoke(main, ["train", str(recipe), "--set", "train.output_dir="])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "error: train.output_dir: expected a folder path, got ''\n"
+    assert list(cwd.iterdir()) == []
+
+
 def test_bad_validation_file_touches_no_run_folder(tiny_recipe, tmp_path, corpus):
     """A broken val_data document is found before the output folder is created or cleared."""
     import shutil

@@ -55,6 +55,9 @@ def error_of(fn, *args, **kwargs) -> str:
         ),
         ({"nlp": {"components": {"ner": 3}}}, "nlp.components.ner: expected a table, got 3"),
         ({"train": 5}, "train: expected a table, got 5"),
+        # `--set train.output_dir=$OUT` with OUT unset: "" would be the working directory
+        ({"train": {"output_dir": ""}}, "train.output_dir: expected a folder path, got ''"),
+        ({"train": {"output_model_dir": " "}}, "train.output_model_dir: expected a folder path"),
     ],
 )
 def test_structuring_errors_name_the_key_path(patch, message):
