@@ -459,6 +459,10 @@ SUPPLIED: dict[str, tuple[str, ...]] = {
 
 def check_factories(recipe: Recipe) -> None:
     """Check every factory table of a recipe (names, keys, value types)."""
+    if not recipe.nlp.components:
+        raise RecipeError("nlp.components", "no components (add a [nlp.components.NAME] table)")
+    if not recipe.train_data:
+        raise RecipeError("train_data", "no training stream (add a [train_data.NAME] table)")
     for name, table in recipe.nlp.components.items():
         check_factory_table(
             table,
@@ -469,6 +473,11 @@ def check_factories(recipe: Recipe) -> None:
     for name, td in recipe.train_data.items():
         check_factory_table(td.data, registry.readers, join_path(f"train_data.{name}", "data"))
         if td.pipe_names is not None:
+            if not td.pipe_names:
+                raise RecipeError(
+                    f"train_data.{join_path('', name)}.pipe_names",
+                    "names no component (leave it out to feed them all)",
+                )
             for i, pipe in enumerate(td.pipe_names):
                 if pipe not in recipe.nlp.components:
                     known = ", ".join(recipe.nlp.components)

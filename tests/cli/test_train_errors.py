@@ -163,6 +163,36 @@ def test_empty_output_dir_writes_nothing_in_the_working_directory(
     assert list(cwd.iterdir()) == []
 
 
+NER = '[nlp.components.embedding]\nfactory = "scratch_encoder"\n[nlp.components.ner]\n'
+NER += 'factory = "ner_crf"\nembedding = "embedding"\n'
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (NER + "[train_data]\n", "train_data: no training stream (add a [train_data.NAME] table)"),
+        (
+            "[nlp.components]\n[train_data.notes]\ndata = {{ factory = 'standoff', path = '{data}' }}\n",
+            "nlp.components: no components (add a [nlp.components.NAME] table)",
+        ),
+        (
+            NER + "[train_data.notes]\ndata = {{ factory = 'standoff', path = '{data}' }}\n"
+            "pipe_names = []\n",
+            "train_data.notes.pipe_names: names no component (leave it out to feed them all)",
+        ),
+    ],
+)
+def test_recipe_that_trains_nothing_is_bad_input(tiny_recipe, tmp_path, corpus, body, message):
+    """No stream, no component, or a stream feeding none: exit 2 and the key path, not exit 1
+    and 'ValueError: ... (rerun with --debug)'."""
+    out = tmp_path / "out"
+    text = body.format(data=corpus / "train") + f'[train]\noutput_dir = "{out}"\n'
+    result = CliRunner().invoke(main, ["train", str(tiny_recipe(text=text))])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"error: {message}\n"
+    assert not out.exists()
+
+
 def test_bad_validation_file_touches_no_run_folder(tiny_recipe, tmp_path, corpus):
     """A broken val_data document is found before the output folder is created or cleared."""
     import shutil
