@@ -306,11 +306,22 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Recipe
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise RecipeError("", f"recipe not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise RecipeError("", f"cannot read recipe {path}: {e}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM, as some Windows editors write, is not TOML
+    except UnicodeDecodeError as e:
+        start = e.start
+        line = raw[:start].count(b"\n") + 1
+        column = start - (raw.rfind(b"\n", 0, start) + 1) + 1
+        raise RecipeError(
+            "",
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[start]:02x} at column {column}): "
+            "save the recipe as UTF-8",
+        ) from None
     data = parse_recipe_text(text, overrides, source=str(path))
     recipe = structure_recipe(data)
     check_factories(recipe)

@@ -163,6 +163,21 @@ def test_invalid_toml_names_the_line():
     assert message.startswith("r.toml: invalid TOML:") and "line 2" in message
 
 
+def test_recipe_file_encoding(tmp_path):
+    """A UTF-8 BOM (Windows editors write one) is not a TOML error at line 1; a file in another
+    encoding is named with the line of its first bad byte."""
+    from pureml.training.recipe import load_recipe
+
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf[train]\nseed = 1\n")
+    assert error_of(load_recipe, bom) == "nlp: missing required key"  # read past the BOM
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b"[train]\nseed = 1\n# caf\xe9\n")
+    assert error_of(load_recipe, latin1) == (
+        f"{latin1}:3: not UTF-8 text (byte 0xe9 at column 6): save the recipe as UTF-8"
+    )
+
+
 def test_dump_toml_round_trips_the_resolved_recipe():
     data = apply_overrides(BASE, ["train.validation_interval=5"])
     data["optimizer"] = {"factory": "adamw", "groups": {"^ner\\.": {"lr": 1e-3}, "emb": False}}
