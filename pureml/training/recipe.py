@@ -319,7 +319,8 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> tuple[Recipe
         column = start - (raw.rfind(b"\n", 0, start) + 1) + 1
         raise RecipeError(
             "",
-            f"{path}:{line}: not UTF-8 text (byte 0x{raw[start]:02x} at column {column}): "
+            f"cannot read recipe {path}:{line}: not UTF-8 text "
+            f"(byte 0x{raw[start]:02x} at column {column}): "
             "save the recipe as UTF-8",
         ) from None
     data = parse_recipe_text(text, overrides, source=str(path))

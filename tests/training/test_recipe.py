@@ -174,7 +174,8 @@ def test_recipe_file_encoding(tmp_path):
     latin1 = tmp_path / "latin1.toml"
     latin1.write_bytes(b"[train]\nseed = 1\n# caf\xe9\n")
     assert error_of(load_recipe, latin1) == (
-        f"{latin1}:3: not UTF-8 text (byte 0xe9 at column 6): save the recipe as UTF-8"
+        f"cannot read recipe {latin1}:3: not UTF-8 text (byte 0xe9 at column 6): "
+        "save the recipe as UTF-8"
     )
 
 
