@@ -189,7 +189,8 @@ def build_optimizer(table: dict[str, Any] | None, nlp: Any = None) -> Any:
     ``factory`` names a registered optimizer; the other keys are its arguments, plus an optional
     ``schedule`` table (its ``max`` defaults to the learning rate, ``total_steps`` to the phase's
     ``max_steps``) and ``groups``: ``{regex on parameter names: {lr, schedule, ...} | false}``
-    (first match wins; false freezes). Example::
+    (first match wins; false freezes; a group takes the top-level arguments, ``learning_rate``
+    included, where it does not set its own, but not the top-level ``schedule``). Example::
 
         [optimizer]
         factory = "adamw"
@@ -254,6 +255,11 @@ def build_optimizer(table: dict[str, Any] | None, nlp: Any = None) -> Any:
         kw = dict(kwargs)
         lr = kw.pop("learning_rate", kw.pop("lr", None))
         default = {"lr": lr} if lr is not None else {}
+        if lr is not None:
+            # like the other top-level arguments (weight_decay...), and like torch.optim's
+            # defaults: a group without its own lr trains at the recipe's, not at the
+            # optimizer's built-in 1e-3 (the schedule stays the default group's, as in EDS-NLP)
+            kw["learning_rate"] = lr
         if schedule is not None:
             default["schedule"] = schedule
         return _call(

@@ -278,3 +278,29 @@ def test_recipe_reference_lists_every_train_key():
     text = recipe_reference()
     for key in ("train.max_steps", "train.output_dir", "train.seed", "train_data.NAME.batch_size"):
         assert f"| `{key}` |" in text
+
+
+def test_optimizer_groups_take_the_recipes_learning_rate():
+    import torch
+
+    from pureml.optim.base import learning_rates
+    from pureml.training.build import build_optimizer
+
+    # a group that only changes the weight decay trained at adamw's built-in 1e-3 instead
+    make = build_optimizer(
+        {
+            "factory": "adamw",
+            "learning_rate": 3e-3,
+            "weight_decay": 0.01,
+            "schedule": {"factory": "linear", "warmup_rate": 0.5},
+            "groups": {"^ner": {"weight_decay": 0.0}, "^emb": {"lr": 1e-4}},
+        }
+    )
+    names = ["ner.w", "emb.w", "other.w"]
+    opt = make(names, 10)
+    state = opt.init({n: torch.zeros(2) for n in names})
+    lrs = {k: float(v) for k, v in learning_rates(state).items()}
+    assert lrs["^ner"] == pytest.approx(3e-3)
+    assert lrs["^emb"] == pytest.approx(1e-4)
+    # the schedule is the default group's: it starts its warm-up at 0
+    assert lrs["default"] == 0.0
