@@ -21,7 +21,7 @@ import torch
 from .. import registry
 from ..stream import Source, Stream
 from ..toml_writer import join_path
-from .config import Recipe, RecipeError, structure
+from .config import Recipe, RecipeError, structure, unknown_key
 from .recipe import SUPPLIED, check_factory_table, load_recipe
 
 
@@ -298,11 +298,9 @@ def _check_group(spec: dict[str, Any], opt_name: str, factory: Any, where: str) 
             if GROUP_KEYS[key] is not None:
                 structure(value, GROUP_KEYS[key], join_path(where, key))
         elif key not in params:
-            known = ", ".join([*GROUP_KEYS, *params])
-            raise RecipeError(
-                join_path(where, key),
-                f"unknown key for a parameter group of {opt_name!r} (expected one of: {known})",
-            )
+            known = [*GROUP_KEYS, *params]
+            what = f"a parameter group of {opt_name!r}"
+            raise unknown_key(join_path(where, key), key, known, what)
     options = {k: v for k, v in spec.items() if k not in GROUP_KEYS}
     check_factory_table(
         {"factory": opt_name, **options},

@@ -50,6 +50,23 @@ class RecipeError(ValueError):
         super().__init__(f"{path}: {message}" if path else message)
 
 
+def unknown_key(path: str, key: str, known: list[str], what: str = "") -> RecipeError:
+    """The error for ``key`` (at ``path``) not among ``known``: the closest known key first (a
+    typo is the usual cause), then all of them.
+
+    >>> print(unknown_key("train.max_step", "max_step", ["max_steps", "seed"]))
+    train.max_step: unknown key (did you mean 'max_steps'? expected one of: max_steps, seed)
+    """
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return RecipeError(
+        path,
+        f"unknown key{' for ' + what if what else ''} ({hint}expected one of: {', '.join(known)})",
+    )
+
+
 class _FieldError(ValueError):
     """Raised by validators: cattrs does not know which field a validator rejected."""
 
@@ -394,8 +411,7 @@ def _first_error(exc: BaseException, path: str, hint_cls: Any = None) -> RecipeE
     if isinstance(exc, ForbiddenExtraKeysError):
         extra = sorted(exc.extra_fields)
         known = sorted(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else []
-        key = join_path(path, extra[0])
-        return RecipeError(key, f"unknown key (expected one of: {', '.join(known)})")
+        return unknown_key(join_path(path, extra[0]), extra[0], known)
     sub = getattr(exc, "exceptions", None)
     if sub:
         return _first_error(sub[0], path)

@@ -49,6 +49,7 @@ from .config import (
     structure,
     structure_recipe,
     type_name,
+    unknown_key,
     unstructure,
 )
 
@@ -434,9 +435,7 @@ def check_factory_table(
                 if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
                 and n not in supplied
             ]
-            raise RecipeError(
-                where, f"unknown key for {reg.kind} {name!r} (expected one of: {', '.join(known)})"
-            )
+            raise unknown_key(where, key, known, f"{reg.kind} {name!r}")
         hint = hints.get(key)
         if hint is None:
             continue

@@ -13,7 +13,11 @@ from pureml.cli import main
 
 CASES = [
     # (replace old -> new in the tiny recipe, extra args, expected start of the message)
-    ({"max_steps = 4": "max_stepz = 4"}, [], "train.max_stepz: unknown key (expected one of:"),
+    (
+        {"max_steps = 4": "max_stepz = 4"},
+        [],
+        "train.max_stepz: unknown key (did you mean 'max_steps'? expected one of:",
+    ),
     (
         {"width = 16": 'width = "forty"'},
         [],
@@ -74,7 +78,8 @@ CASES = [
         {"learning_rate = 3e-3": 'learning_rate = 3e-3\n[optimizer.groups."^ner"]\nlrr = 1e-3'},
         [],
         "optimizer.groups.\"^ner\".lrr: unknown key for a parameter group of 'adamw' "
-        "(expected one of: lr, schedule, name, optional, learning_rate, b1, b2, eps, weight_decay)",
+        "(did you mean 'lr'? expected one of: lr, schedule, name, optional, learning_rate, b1, b2, "
+        "eps, weight_decay)",
     ),
     (
         {'embedding = "embedding"': 'embedding = "embeddin"'},

@@ -41,7 +41,10 @@ def error_of(fn, *args, **kwargs) -> str:
         ({"train": {"max_steps": "forty"}}, "train.max_steps: expected int, got 'forty'"),
         ({"train": {"max_steps": True}}, "train.max_steps: expected int, got True"),
         ({"train": {"max_steps": 0}}, "train.max_steps: expected a positive number, got 0"),
-        ({"train": {"maxsteps": 3}}, "train.maxsteps: unknown key (expected one of: "),
+        (
+            {"train": {"maxsteps": 3}},
+            "train.maxsteps: unknown key (did you mean 'max_steps'? expected one of: ",
+        ),
         ({"train": {"grad_dev_policy": "sometimes"}}, "train.grad_dev_policy: expected one of"),
         (
             {"train": {"loss_scales": {"ner": "x"}}},
@@ -230,7 +233,8 @@ def test_factory_tables_are_checked_against_the_signature():
         ({"factory": "head"}, "nlp.components.ner.window: missing required key for 'head'"),
         (
             {"factory": "head", "window": 3, "widow": 1},
-            "nlp.components.ner.widow: unknown key for component 'head' (expected one of: window, labels, mode)",
+            "nlp.components.ner.widow: unknown key for component 'head' "
+            "(did you mean 'window'? expected one of: window, labels, mode)",
         ),
         (
             {"factory": "hed", "window": 3},
