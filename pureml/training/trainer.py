@@ -535,6 +535,33 @@ class Trainer:
             self.nlp.get_pipe(comp).post_init(docs)
         self.nlp.initialize()
 
+    def _check_batch_stats(self) -> None:
+        """Refuse a ``batch_size`` / ``sub_batch_size`` on a stat the stream's items do not
+        report (``"2000 wrds"``, a component's stat it does not feed) now, on the first
+        document, with the stream's key path: the first batch would raise it only once the run
+        folder is set up."""
+        from ..stream.batching import StatSize, parse_size, stat_value
+        from ..stream.errors import StreamError
+        from ..toml_writer import join_path
+
+        for _phase, feeds in self.plan:
+            for name, td, pipes in feeds:
+                i = self.stream_names.index(name)
+                where = join_path("train_data", td.name) if td.name else f"train_data[{i}]"
+                for key in ("batch_size", "sub_batch_size"):
+                    expr = getattr(td, key)
+                    size = None if expr is None else parse_size(expr, allow_splits=True)
+                    if not isinstance(size, StatSize) or size.stat == "docs":
+                        continue
+                    first = next(iter(td.data), None)
+                    if first is None:  # an empty stream is refused where it is batched
+                        break
+                    item = self.nlp.preprocess(first.copy(), supervision=True, pipe_names=pipes)
+                    try:
+                        stat_value(item, size.stat, expr)
+                    except StreamError as e:
+                        raise StreamError(f"{where}.{key}: {e}") from None
+
     def _training_stream(self, phase: int, name: str, td: TrainingData, pipes: list[str]) -> Stream:
         nlp = self.nlp
 
@@ -734,6 +761,7 @@ class Trainer:
         # components' config, which the hash of a run started from Python covers. Run again in
         # a new process or on the same pipeline object, the hash is then the same.
         self._post_init()
+        self._check_batch_stats()
         # read (and check) the validation documents before the output folder is touched
         self.val_docs = _validation_docs(self.val_data)
         self.recipe_hash()

@@ -10,7 +10,7 @@ import torch
 from pureml import TrainingData, train
 from pureml.nlp import NerCrf, Pipeline, ScratchEncoder, SpanClassifier
 from pureml.nlp.synthetic import make_corpus
-from pureml.stream import Stream
+from pureml.stream import Stream, StreamError
 
 RUN = dict(max_steps=3, compile=False, logger=False, save_model=False, seed=1)
 
@@ -85,6 +85,18 @@ def test_bad_options_are_refused_as_the_recipe_refuses_them(tmp_path, option, me
     docs = make_corpus(5, seed=2)
     with pytest.raises(ValueError, match=message):
         train(_nlp(), TrainingData(docs), output_dir=tmp_path / "run", **{**RUN, **option})
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_batch_size_on_a_stat_no_item_reports_is_refused_before_the_run(tmp_path):
+    # "ner_foo" parses as a stat; only the first batch found no item reports it, once the run
+    # folder was set up
+    docs = make_corpus(5, seed=2)
+    with pytest.raises(StreamError, match=r"^train_data\[0\]\.batch_size: .*'ner_foo'.*ner_words"):
+        train(_nlp(), TrainingData(docs, "300 ner_foo"), output_dir=tmp_path / "run", **RUN)
+    with pytest.raises(StreamError, match=r"^train_data\.notes\.sub_batch_size: .*'wordz'"):
+        data = TrainingData(docs, "300 words", sub_batch_size="100 wordz", name="notes")
+        train(_nlp(), data, output_dir=tmp_path / "run", **RUN)
     assert not (tmp_path / "run").exists()
 
 
