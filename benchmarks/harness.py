@@ -88,6 +88,19 @@ def _tree_rss_kib(pid: int) -> int:
     return total
 
 
+def contender_env(threads: int, rep: int) -> dict[str, str]:
+    """A contender's environment: ``threads`` math threads, and repetition ``rep``'s string-hash
+    seed. Python's randomised ``hash()`` changes the order sets and dicts of strings are built
+    and freed in, and with it the heap's layout: pureml's B2 run peaked at 509 to 613 MiB across
+    identical runs, and at 588-591 with the seed fixed. Every contender of one repetition gets
+    the same seed, and the repetitions different ones, so the medians still span layouts."""
+    return {
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONHASHSEED": str(rep),
+    }
+
+
 def run_contender(
     cmd: list[str], log_path: Path, *, env: dict | None = None, timeout: float = 3600
 ) -> dict:

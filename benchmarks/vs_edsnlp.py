@@ -138,7 +138,7 @@ def main() -> None:
             if name == "pureml_eager":
                 cmd += ["--set=train.compile=false"]
             harness.log(f"rep {rep + 1}/{args.reps}: {name}")
-            env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+            env = harness.contender_env(args.threads, rep)
             proc = harness.run_contender(
                 cmd, out.with_suffix(".log"), env=env, timeout=args.timeout
             )

@@ -106,7 +106,7 @@ def main() -> None:
                 cmd += [f"--set={kv}" for kv in args.pureml_set]
             if name == "pureml_eager":
                 cmd += ["--set=train.compile=false"]
-            env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+            env = harness.contender_env(args.threads, rep)
             harness.log(f"rep {rep + 1}/{args.reps}: {name} for {args.budget:.0f} s")
             proc = harness.run_contender(
                 # past the budget a run only goes on to its next evaluation
