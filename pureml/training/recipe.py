@@ -196,9 +196,17 @@ def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
                 ):
                     hint_text = ""
                     if last and value_hint is not Any and not factory:
-                        # a table of plain values (loss_scales): new keys come as a whole table
+                        # a table of plain values (loss_scales): new keys come as a whole table,
+                        # which replaces the one the recipe has: the hint repeats its entries
                         parent = ".".join(map(join_path_part, parts[:depth]))
-                        hint_text = f" (to add one, set the table: {parent}={{{part} = ...}})"
+                        kept = "".join(
+                            f"{join_path_part(k)} = {toml_scalar(v)}, "
+                            for k, v in (node if isinstance(node, dict) else {}).items()
+                        )
+                        hint_text = (
+                            f" (to add one, set the whole table: "
+                            f"{parent}={{{kept}{join_path_part(part)} = ...}})"
+                        )
                     raise RecipeError(here, "no such key to override" + hint_text)
             hint = value_hint
         elif hint is Any:

@@ -109,13 +109,21 @@ def test_overrides_parse_toml_values_and_bare_strings():
         (
             "train.loss_scales.ner=2.0",
             "train.loss_scales.ner: no such key to override "
-            "(to add one, set the table: train.loss_scales={ner = ...})",
+            "(to add one, set the whole table: train.loss_scales={ner = ...})",
         ),
         ("train.max_steps", "train.max_steps: an override is written key.path=value"),
     ],
 )
 def test_override_of_missing_key_is_refused(override, message):
     assert error_of(apply_overrides, BASE, [override]).startswith(message)
+
+
+def test_the_whole_table_hint_keeps_the_entries_the_recipe_has():
+    # the table set replaces the recipe's: a hint without them dropped the other scales
+    base = {**BASE, "train": {"loss_scales": {"ner": 1.0, "status": 0.5}}}
+    assert error_of(apply_overrides, base, ["train.loss_scales.span=2.0"]).endswith(
+        "(to add one, set the whole table: train.loss_scales={ner = 1.0, status = 0.5, span = ...})"
+    )
 
 
 def test_quoted_key_paths():
