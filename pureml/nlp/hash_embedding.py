@@ -24,6 +24,7 @@ from ..registry import components
 from .component import Component, ForwardContext, pad_length
 from .small_transformer import SelfAttentionLayer
 from .text_cnn import TextCNN
+from .tokenizer import feature_text
 
 FEATURES = ("norm", "prefix", "suffix", "shape")
 
@@ -42,6 +43,7 @@ def word_shape(word: str) -> str:
 
 
 def word_features(word: str) -> tuple[str, str, str, str]:
+    word = feature_text(word)
     low = word.lower()
     return (low, low[:3], low[-3:], word_shape(word))
 

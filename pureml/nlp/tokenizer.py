@@ -31,14 +31,36 @@ def _mark_class() -> str:
 
 
 _M = _mark_class()
+# Invisible characters of exported text (HTML, PDF, word processors). Inside a word, a soft hyphen
+# (a hyphenation point), the zero-width (non-)joiners and the word joiner do not break it:
+# "hyper\u00adtension" is one word. Alone they are no word, nor are the zero-width space and the
+# byte order mark, which separate words without a visible space.
+_JOIN = "\u00ad\u200c\u200d\u2060"
+_INVISIBLE = _JOIN + "\u200b\ufeff"
 _WORD = re.compile(
     rf"""
     \d+(?:[.,]\d+)+          # numbers with decimal or thousand separators: 2.5 1,000
-  | (?:[^\W_][{_M}]*)+        # letters/digits runs (unicode aware), with their combining marks
-  | \S[{_M}]*                # any other single non-space character
+  | (?:[^\W_][{_M}{_JOIN}]*)+  # letters/digits runs (unicode aware), with their combining marks
+  | [^\s{_INVISIBLE}][{_M}]*  # any other single visible non-space character
     """,
     re.VERBOSE,
 )
+
+
+_DROP_INVISIBLE = dict.fromkeys(map(ord, _INVISIBLE))
+
+
+def feature_text(word: str) -> str:
+    """What a word's features read: composed (NFC) and without invisible characters, so that
+    "ho\u0302pital" (decomposed) and "hyper\u00adtension" (soft hyphen) look like the words
+    typed directly.
+
+    >>> feature_text("hyper\u00adtension"), feature_text("ho\u0302pital") == "hôpital"
+    ('hypertension', True)
+    """
+    if word.isascii():  # the common case: nothing to compose or drop
+        return word
+    return unicodedata.normalize("NFC", word).translate(_DROP_INVISIBLE)
 
 
 def tokenize(text: str) -> list[tuple[int, int]]:
@@ -52,5 +74,11 @@ def tokenize(text: str) -> list[tuple[int, int]]:
     >>> [text[s:e] == unicodedata.normalize("NFD", w) for (s, e), w in zip(tokenize(text),
     ...     ["Évaluée", "à", "l", "'", "hôpital"])]
     [True, True, True, True, True]
+
+    Soft hyphens and zero-width joiners stay inside words; zero-width spaces separate them:
+
+    >>> text = "hyper\u00adtension\u200bnoted"
+    >>> [text[s:e] for s, e in tokenize(text)]
+    ['hyper\xadtension', 'noted']
     """
     return [m.span() for m in _WORD.finditer(text)]

@@ -27,3 +27,18 @@ def test_decomposed_text_has_the_words_of_composed_text(text):
 def test_whitespace_and_symbols_split_words():
     doc = Doc("a\r\nb\tc  d\u00a0e 😀 ok")
     assert doc.word_texts() == ["a", "b", "c", "d", "e", "😀", "ok"]
+
+
+def test_invisible_characters_of_exported_text():
+    # HTML/PDF exports: a soft hyphen inside "hypertension" split it in three words (the middle
+    # one invisible); a zero-width space or a byte order mark was a word of its own
+    doc = Doc("\ufeffhyper\u00adtension\u200bnoted \u200b ZW\u200dJ")
+    assert doc.word_texts() == ["hyper\u00adtension", "noted", "ZW\u200dJ"]
+
+
+def test_word_features_read_the_word_as_typed():
+    from pureml.nlp.hash_embedding import word_features
+
+    assert word_features("Hyper\u00adtension") == word_features("Hypertension")
+    assert word_features(unicodedata.normalize("NFD", "Hôpital")) == word_features("Hôpital")
+    assert word_features("BRCA1") == ("brca1", "brc", "ca1", "XXXXd")
