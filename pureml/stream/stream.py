@@ -155,8 +155,9 @@ class Stream:
         budget gets a batch of its own. With ``loop()``, batches run across epoch boundaries
         (the last items of epoch e share a batch with the first of e+1), except ``"dataset"``,
         which is one batch per epoch. Without ``loop()``, the last batch, when partial (under
-        the budget), is yielded unless ``drop_last``. Items reporting 0 of the stat never close a batch ("16 spans"
-        keeps adding documents without spans until one with spans does not fit).
+        the budget), is yielded unless ``drop_last``. Items reporting 0 of the stat never close
+        a batch ("16 spans" keeps adding documents without spans until one with spans does not
+        fit).
         """
         kind = self._kind()
         if kind not in ("items", "opaque") or any(isinstance(s, Batch) for s in self.stages):

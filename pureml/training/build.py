@@ -22,7 +22,13 @@ from .. import registry
 from ..stream import Source, Stream
 from ..toml_writer import join_path
 from .config import Recipe, RecipeError, structure, unknown_key
-from .recipe import SUPPLIED, check_factory_table, load_recipe
+from .recipe import (
+    SUPPLIED,
+    check_factory_table,
+    factory_params,
+    load_recipe,
+    settable_params,
+)
 
 
 def register_defaults() -> None:
@@ -216,7 +222,7 @@ def build_optimizer(table: dict[str, Any] | None, nlp: Any = None) -> Any:
     factory, kwargs = check_factory_table(
         table, registry.optimizers, "optimizer", supplied=SUPPLIED["optimizer"]
     )
-    takes = _factory_params_of(factory)
+    takes = factory_params(factory)
     groups: dict[str, Any] = {}
     for selector, spec in groups_table.items():
         where = join_path("optimizer.groups", selector)
@@ -285,14 +291,7 @@ GROUP_KEYS: dict[str, Any] = {"lr": float, "schedule": None, "name": str, "optio
 
 def _check_group(spec: dict[str, Any], opt_name: str, factory: Any, where: str) -> None:
     """Check a ``[optimizer.groups."REGEX"]`` table: its keys and value types, by key path."""
-    import inspect
-
-    params = [
-        n
-        for n, p in inspect.signature(factory).parameters.items()
-        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        and n not in SUPPLIED["optimizer"]
-    ]
+    params = settable_params(factory, SUPPLIED["optimizer"])
     for key, value in spec.items():
         if key in GROUP_KEYS:
             if GROUP_KEYS[key] is not None:
@@ -308,15 +307,6 @@ def _check_group(spec: dict[str, Any], opt_name: str, factory: Any, where: str) 
         where,
         supplied=SUPPLIED["optimizer"],
     )
-
-
-def _factory_params_of(factory: Callable[..., Any]) -> set[str]:
-    import inspect
-
-    try:
-        return set(inspect.signature(factory).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 def _default_of(factory: Callable[..., Any], name: str) -> Any:

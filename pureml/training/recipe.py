@@ -154,11 +154,23 @@ def _factory_for(parts: tuple[str, ...], table: Any) -> Callable[..., Any] | Non
     return reg.get(table["factory"])
 
 
-def _factory_params(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+def factory_params(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
+    """``factory``'s parameters by name (none when it has no signature to read)."""
     try:
         return dict(inspect.signature(factory).parameters)
     except (TypeError, ValueError):
         return {}
+
+
+def settable_params(factory: Callable[..., Any], supplied: Sequence[str] = ()) -> list[str]:
+    """The arguments a recipe may set on ``factory``: its named parameters, less those the
+    trainer supplies itself (``supplied``)."""
+    return [
+        n
+        for n, p in factory_params(factory).items()
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and n not in supplied
+    ]
 
 
 def _unwrap_optional(hint: Any) -> Any:
@@ -186,7 +198,7 @@ def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
             value_hint = typing.get_args(hint)[1]
             if not (isinstance(node, dict) and part in node):
                 factory = _factory_for(tuple(parts[:depth]), node)
-                params = _factory_params(factory) if factory else {}
+                params = factory_params(factory) if factory else {}
                 is_factory_param = part in params or any(
                     p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
                 )
@@ -425,7 +437,7 @@ def check_factory_table(
         )
     factory = reg.get(name)
     kwargs = {k: v for k, v in table.items() if k != "factory"}
-    params = _factory_params(factory)
+    params = factory_params(factory)
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     hints = _factory_hints(factory)
     for key, value in kwargs.items():
@@ -437,12 +449,7 @@ def check_factory_table(
         ):
             if var_kw:
                 continue
-            known = [
-                n
-                for n, p in params.items()
-                if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-                and n not in supplied
-            ]
+            known = settable_params(factory, supplied)
             raise unknown_key(where, key, known, f"{reg.kind} {name!r}")
         hint = hints.get(key)
         if hint is None:
@@ -605,7 +612,7 @@ def _factory_rows(reg: registry.Registry) -> list[str]:
         factory = reg.get(name)
         hints = _factory_hints(factory)
         params = []
-        for pname, p in _factory_params(factory).items():
+        for pname, p in factory_params(factory).items():
             if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
                 continue
             if pname in SUPPLIED.get(reg.kind, ()) or pname == "self":

@@ -546,19 +546,23 @@ class Trainer:
 
         for _phase, feeds in self.plan:
             for name, td, pipes in feeds:
+                exprs = {k: getattr(td, k) for k in ("batch_size", "sub_batch_size")}
+                exprs = {k: e for k, e in exprs.items() if e is not None}
+                sizes = {k: parse_size(e, allow_splits=True) for k, e in exprs.items()}
+                stats = {
+                    k: s.stat
+                    for k, s in sizes.items()
+                    if isinstance(s, StatSize) and s.stat != "docs"
+                }
+                first = next(iter(td.data), None) if stats else None
+                if first is None:  # nothing to measure; an empty stream fails where it is batched
+                    continue
+                item = self.nlp.preprocess(first.copy(), supervision=True, pipe_names=pipes)
                 i = self.stream_names.index(name)
                 where = join_path("train_data", td.name) if td.name else f"train_data[{i}]"
-                for key in ("batch_size", "sub_batch_size"):
-                    expr = getattr(td, key)
-                    size = None if expr is None else parse_size(expr, allow_splits=True)
-                    if not isinstance(size, StatSize) or size.stat == "docs":
-                        continue
-                    first = next(iter(td.data), None)
-                    if first is None:  # an empty stream is refused where it is batched
-                        break
-                    item = self.nlp.preprocess(first.copy(), supervision=True, pipe_names=pipes)
+                for key, stat in stats.items():
                     try:
-                        stat_value(item, size.stat, expr)
+                        stat_value(item, stat, exprs[key])
                     except StreamError as e:
                         raise StreamError(f"{where}.{key}: {e}") from None
 

@@ -146,10 +146,23 @@ def test_random_chains_resume_exactly():
         assert [ids(b) for b in itertools.islice(fresh, 15)] == reference[k : k + 15], cfg
 
 
-def test_closed_prefetch_iterators_leave_no_threads(corpus_dir):
+def _threads_back_to(count: int) -> bool:
+    """Whether the live threads fall back to ``count`` once garbage is collected (prefetch
+    threads notice their stop flag within one put timeout)."""
     import gc
     import threading
     import time
+
+    gc.collect()
+    for _ in range(100):
+        if threading.active_count() <= count:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_closed_prefetch_iterators_leave_no_threads(corpus_dir):
+    import threading
 
     before = threading.active_count()
     s = build(corpus_dir)
@@ -158,30 +171,18 @@ def test_closed_prefetch_iterators_leave_no_threads(corpus_dir):
         next(it)
         it.close()
     del it, s
-    gc.collect()
-    for _ in range(100):  # threads notice the stop flag within one put timeout
-        if threading.active_count() <= before:
-            break
-        time.sleep(0.02)
-    assert threading.active_count() <= before
+    assert _threads_back_to(before)
 
 
 def test_breaking_out_of_a_prefetched_stream_stops_its_thread(corpus_dir):
-    import gc
     import threading
-    import time
 
     before = threading.active_count()
     s = build(corpus_dir)  # endless (loop) and prefetched; the stream itself stays alive
     for i, _ in enumerate(s):
         if i == 3:
             break
-    gc.collect()
-    for _ in range(100):  # threads notice the stop flag within one put timeout
-        if threading.active_count() <= before:
-            break
-        time.sleep(0.02)
-    assert threading.active_count() <= before
+    assert _threads_back_to(before)
     # the stream still knows where the abandoned iteration stopped
     fresh = build(corpus_dir, prefetch=False)
     fresh.load_state_dict(s.state_dict())

@@ -129,20 +129,13 @@ def test_the_world_goes_to_scorers_that_take_it_and_not_to_the_others(tmp_path):
 
     docs = make_corpus(8, seed=2)
     run = {**RUN, "validation_interval": 3}
-    train(
-        _nlp(),
-        TrainingData(docs),
-        val_data=docs,
-        scorer=old_scorer,
-        output_dir=tmp_path / "a",
-        **run,
-    )
-    train(
-        _nlp(),
-        TrainingData(docs),
-        val_data=docs,
-        scorer=new_scorer,
-        output_dir=tmp_path / "b",
-        **run,
-    )
+    for name, scorer in (("a", old_scorer), ("b", new_scorer)):
+        train(
+            _nlp(),
+            TrainingData(docs),
+            val_data=docs,
+            scorer=scorer,
+            output_dir=tmp_path / name,
+            **run,
+        )
     assert calls == [("old", 8), ("new", DistInfo())]
