@@ -137,32 +137,52 @@ def bioul_constraints(n_labels: int, dtype: torch.dtype = torch.float32):
     return trans, start, end
 
 
-def _log_of_product(prod: torch.Tensor) -> torch.Tensor:
-    """``log`` of a product of shifted exponentials.
-
-    The tree runs in float64 whatever the input dtype: an entry is lost when it lies more than
-    the exponent range below its row and column maxima, 708 nats in float64 but only 87 in
-    float32, where log Z of confident emissions (std 40) came out 62 nats off; and entries of a
-    packed batch's tree reach 1e4 nats, where a float32 ulp is 1e-3. The clamp keeps lost
-    (negligible) entries finite instead of -inf.
-    """
-    return prod.clamp(min=1e-300).log()
-
-
-def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(logsumexp, +) matrix product over the last two dims.
-
-    Computed as a real matrix product of exponentials shifted by row / column maxima: T^2
-    exponentials and a batched matmul instead of T^3 exponentials (10-30x faster on CPU).
-    """
-    m = a.amax(-1, keepdim=True).detach()
-    n = b.amax(-2, keepdim=True).detach()
-    return _log_of_product(torch.exp(a - m) @ torch.exp(b - n)) + m + n
+# Where a row of a scaled product is all zeros (every path through it forbidden or lost), its
+# scale: the log of this stays finite (-690) where log(0) would give NaN gradients.
+TINY = 1e-300
 
 
 def _vec_mat(alpha: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
     """(logsumexp, +) product of row vectors ``[B, T]`` with matrices ``[B, T, T]``."""
     return torch.logsumexp(alpha.unsqueeze(-1) + mats, dim=-2)
+
+
+# A batch of (logsumexp, +) matrices held as real ones (u, R, v): ``log M[i, j] = u[i] + v[j] +
+# log R[i, j]`` with ``R >= 0`` and rows scaled to a maximum of 1. Multiplying two costs one real
+# matrix product, T exponentials and T logarithms, where the log-domain product costs 3 T^2
+# transcendentals (exponentials of both sides shifted by their maxima, the log of the result):
+# the tree spent most of its time in those. The scales are detached: the value is the same
+# whatever they are, so they need no gradient. Entries are lost only where one position's
+# scores spread over more than ~700 nats, as with log-domain shifts (tests/nlp/test_crf.py).
+Scaled = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _scaled(u: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> Scaled:
+    top = r.amax(-1, keepdim=True).clamp(min=TINY).detach()
+    return u + top.squeeze(-1).log(), r / top, v
+
+
+def _scaled_product(a: Scaled, b: Scaled) -> Scaled:
+    """``a (x) b``: sum_k R_a[i, k] exp(v_a[k] + u_b[k]) R_b[k, j], the exponentials shifted by
+    their maximum."""
+    inner = a[2] + b[0]
+    top = inner.amax(-1, keepdim=True).detach()
+    return _scaled(a[0] + top, a[1] @ (torch.exp(inner - top).unsqueeze(-1) * b[1]), b[2])
+
+
+def _scaled_halves(m: Scaled) -> tuple[Scaled, Scaled]:
+    """The even and the odd members of ``[B, 2K, ...]`` matrices, each ``[B, K, ...]``."""
+    u, r, v = m
+    bsz, count, n = u.shape
+    u, v = u.view(bsz, count // 2, 2, n), v.view(bsz, count // 2, 2, n)
+    r = r.view(bsz, count // 2, 2, n, n)
+    return (u[:, :, 0], r[:, :, 0], v[:, :, 0]), (u[:, :, 1], r[:, :, 1], v[:, :, 1])
+
+
+def _scaled_log(m: Scaled) -> torch.Tensor:
+    """The log-domain matrices (forbidden and lost entries about 690 nats below their scales)."""
+    u, r, v = m
+    return u.unsqueeze(-1) + v.unsqueeze(-2) + r.clamp(min=TINY).log()
 
 
 class _Chain:
@@ -181,32 +201,39 @@ class _Chain:
             trans = torch.where(first[..., None, None], self.boundary, trans)
         return torch.where(mask[..., None, None], trans + emissions.unsqueeze(-2), self.eye)
 
-    def first_level(self, emissions, mask, first) -> torch.Tensor:
-        """The pairwise products ``M_2s (x) M_2s+1`` of ``[B, 2K, T]`` emissions, without
-        building the odd matrices.
+    def first_level(self, emissions, mask, first) -> Scaled:
+        """The pairwise products ``M_2s (x) M_2s+1`` of ``[B, 2K, T]`` emissions.
 
-        Shifted by its column maxima ``colmax(trans) + emit[j]``, an odd matrix's exponential
-        is ``exp(trans - colmax(trans))``, the same at every position: the products are one
-        matrix product ``[B*K*T, T] @ [T, T]`` instead of B*K small ones, and half the
-        exponentials go. A sequence start's matrix shifts to ``exp(end - max(end))`` in every
-        column; a masked position's to the identity.
+        Scaled, every transfer matrix is one of three fixed ones, ``exp(trans - rowmax)``
+        (``u`` the row maxima), all ones (a sequence start: ``u = end``, ``v`` adds ``start``)
+        or the identity (masked), with ``v`` the position's emissions: no exponential of a
+        ``T x T`` matrix per position, and where the odd matrix is ``exp(trans - rowmax)`` (all
+        but sequence starts and padding) the products are one matrix product
+        ``[B*K*T, T] @ [T, T]``.
         """
-        odd = slice(1, None, 2)
-        even_first = None if first is None else first[:, 0::2]
-        a = self.transfer(emissions[:, 0::2], mask[:, 0::2], even_first)
-        m = a.amax(-1, keepdim=True).detach()
-        left = torch.exp(a - m)
-        col = self.transitions.amax(-2, keepdim=True).detach()  # [1, T]
-        prod = left @ torch.exp(self.transitions - col)
-        shift = col + emissions[:, odd].unsqueeze(-2)
+        top = self.transitions.amax(-1).detach()
+        chain = torch.exp(self.transitions - top.unsqueeze(-1))
+        eye = torch.eye(len(top), dtype=chain.dtype, device=chain.device)
+        real = mask.unsqueeze(-1)
+        u = torch.where(real, top, 0.0)
+        v = torch.where(real, emissions, 0.0)
+        starts = None
         if first is not None:
-            top = self.end.amax().detach()
-            starts = first[:, odd, None, None]
-            prod = torch.where(starts, left @ torch.exp(self.end - top).unsqueeze(-1), prod)
-            shift = torch.where(starts, top + self.start + emissions[:, odd].unsqueeze(-2), shift)
-        keep = mask[:, odd, None, None]
-        prod = torch.where(keep, prod, left)
-        return _log_of_product(prod) + m + torch.where(keep, shift, 0.0)
+            starts = (first & mask).unsqueeze(-1)
+            u = torch.where(starts, self.end, u)
+            v = torch.where(starts, emissions + self.start, v)
+        even, odd = slice(0, None, 2), slice(1, None, 2)
+        inner = v[:, even] + u[:, odd]
+        shift = inner.amax(-1, keepdim=True).detach()
+        left = torch.where(mask[:, even, None, None], chain, eye)
+        if starts is not None:
+            left = torch.where(starts[:, even, None], 1.0, left)
+        left = left * torch.exp(inner - shift).unsqueeze(-2)
+        prod = left @ chain
+        if starts is not None:  # times a matrix of ones: each row's sum in every column
+            prod = torch.where(starts[:, odd, None], left.sum(-1, keepdim=True), prod)
+        prod = torch.where(mask[:, odd, None, None], prod, left)
+        return _scaled(u[:, even] + shift, prod, v[:, odd])
 
     def tree_product(self, emissions, mask, first) -> torch.Tensor:
         """Ordered (logsumexp, +) product of the transfer matrices of ``[B, K, T]`` emissions.
@@ -228,12 +255,10 @@ class _Chain:
         if first is not None:
             first = torch.cat([first, first.new_zeros(bsz, pad)], dim=1)
         mats = self.first_level(emissions, mask, first)
-        size //= 2
-        while size > 1:
+        while size > 2:
             size //= 2
-            pairs = mats.view(bsz, size, 2, n, n)
-            mats = _log_matmul(pairs[:, :, 0], pairs[:, :, 1])
-        return mats[:, 0]
+            mats = _scaled_product(*_scaled_halves(mats))
+        return _scaled_log(mats)[:, 0]
 
 
 def log_partition(
@@ -251,6 +276,10 @@ def log_partition(
     packed end to end): each row's result is then the sum of its sequences' log Z.
     """
     dtype = emissions.dtype
+    # In float64 whatever the input: an entry of a scaled product is lost when it lies more than
+    # the exponent range below its row's scale, 708 nats in float64 but only 87 in float32,
+    # where log Z of confident emissions (std 40) came out 62 nats off; and log Z of a packed
+    # "2000 words" batch reaches 1e4 nats, where a float32 ulp is 1e-3.
     emissions, transitions, start, end = (t.double() for t in (emissions, transitions, start, end))
     bsz, length, n = emissions.shape
     # A row whose first positions are masked starts at its first real position: the running
