@@ -90,6 +90,8 @@ def _best_window_tensors(n_tokens: int, starts: list[int], window: int) -> tuple
     >>> list(zip(k.tolist(), pos.tolist())) == best_window(5, 3, 2)
     True
     """
+    if not starts:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
     t = torch.arange(n_tokens).unsqueeze(1)
     begin = torch.tensor(starts, dtype=torch.int64)
     end = (begin + window).clamp(max=n_tokens)
@@ -267,14 +269,25 @@ class HfTransformer(Component):
         words = doc.word_texts()
         pieces = self._pieces(words) if words else []
         unk = self.tokenizer.unk_token_id
-        pieces = [p if p else (unk,) for p in pieces]
-        ids = [t for p in pieces for t in p]
+        sizes = [len(p) if p else 1 for p in pieces]
+        ids = [t for p in pieces for t in (p or (unk,))]
+        n = len(ids)
+        # Each token's window is fixed by the document alone: found here, once per training
+        # document (features are cached), not in every batch's collate.
+        starts = window_starts(n, self.window, self.stride)
+        window, position = _best_window_tensors(n, starts, self.window)
         return {
-            "ids": ids,
-            "word_of": [w for w, p in enumerate(pieces) for _ in p],
+            "ids": torch.tensor(ids, dtype=torch.int64),
+            "starts": starts,
+            # int32: these stay cached for the whole run (half the memory of int64)
+            "word_of": torch.tensor(
+                [w for w, size in enumerate(sizes) for _ in range(size)], dtype=torch.int32
+            ),
+            "window": window.to(torch.int32),
+            "position": position.to(torch.int32),
             "n_words": len(words),
             "training": supervision,  # batches of training items keep one structure (collate)
-            "stats": {"words": len(words), "tokens": len(ids)},
+            "stats": {"words": len(words), "tokens": n},
         }
 
     def _pieces(self, words: list[str]) -> list[tuple[int, ...]]:
@@ -300,55 +313,55 @@ class HfTransformer(Component):
         tok = self.tokenizer
         length = pad_length(max((f["n_words"] for f in features), default=0))
         rows: list[torch.Tensor] = []  # each window's sub-word ids, documents in order
-        src, dst = [], []
+        window, position, word = [], [], []  # per token: global window index, place, word slot
         for i, f in enumerate(features):
-            n = len(f["ids"])
-            if n == 0:
+            if not f["starts"]:
                 continue
-            ids = torch.tensor(f["ids"], dtype=torch.int64)
-            starts = window_starts(n, self.window, self.stride)
-            k, pos = _best_window_tensors(n, starts, self.window)
-            src.append((len(rows) + k, pos + 1))
-            dst.append(i * length + torch.tensor(f["word_of"], dtype=torch.int64))
-            rows.extend(ids[s : s + self.window] for s in starts)
+            window.append(f["window"] + len(rows))
+            position.append(f["position"])
+            word.append(f["word_of"] + i * length)
+            rows.extend(f["ids"][s : s + self.window] for s in f["starts"])
         fixed = any(f.get("training", False) for f in features)
-        groups, place = _window_groups([len(r) for r in rows], self.window, fixed)
-        filler = torch.zeros(0, dtype=torch.int64)  # rows numbered -1: [CLS] [SEP] only
-        windows = []
-        for members in groups:
-            longest = max((len(rows[r]) for r in members if r >= 0), default=1)
-            width = min(self.window, pad_length(longest)) + 2
-            input_ids = torch.full((len(members), width), tok.pad_token_id, dtype=torch.int64)
-            attention = torch.zeros(len(members), width, dtype=torch.int64)
-            for j, r in enumerate(members):
-                piece = rows[r] if r >= 0 else filler
-                input_ids[j, 0] = tok.cls_token_id
-                input_ids[j, 1 : 1 + len(piece)] = piece
-                input_ids[j, 1 + len(piece)] = tok.sep_token_id
-                attention[j, : len(piece) + 2] = 1
-            windows.append({"input_ids": input_ids, "attention_mask": attention})
+        sizes = [len(r) for r in rows]
+        groups, (group, index) = _window_groups(sizes, self.window, fixed)
+        windows = [self._frame(rows, sizes, members, tok) for members in groups]
         # where row r's position p lands once both groups' outputs are flattened and concatenated
         base = torch.tensor([0, *[w["input_ids"].numel() for w in windows[:-1]]]).cumsum(0)
         width = torch.tensor([w["input_ids"].shape[1] for w in windows])
-        group, index = place
         empty = torch.zeros(0, dtype=torch.int64)
-        src_t = (
-            torch.cat([base[group[r]] + index[r] * width[group[r]] + p for r, p in src])
-            if src
-            else empty
-        )
-        dst_t = torch.cat(dst) if dst else empty
+        if rows:
+            k = torch.cat(window).long()
+            token_index = base[group[k]] + index[k] * width[group[k]] + torch.cat(position) + 1
+            token_word = torch.cat(word).long()
+        else:
+            token_index, token_word = empty, empty
         count = torch.zeros(len(features) * length).index_add_(
-            0, dst_t, torch.ones(len(dst_t), dtype=torch.float32)
+            0, token_word, torch.ones(len(token_word), dtype=torch.float32)
         )
         mask = torch.arange(length) < torch.tensor([f["n_words"] for f in features]).unsqueeze(-1)
         return {
             "windows": windows,
-            "token_index": src_t,
-            "token_word": dst_t,
+            "token_index": token_index,
+            "token_word": token_word,
             "word_weight": 1.0 / count.clamp(min=1.0),
             "mask": mask,
         }
+
+    def _frame(
+        self, rows: list[torch.Tensor], sizes: list[int], members: list[int], tok: Any
+    ) -> dict[str, torch.Tensor]:
+        """One group's windows as ``[CLS] pieces [SEP]`` rows padded to the group's width
+        (members numbered -1 are filler: ``[CLS] [SEP]`` only)."""
+        n = torch.tensor([sizes[r] if r >= 0 else 0 for r in members])
+        width = min(self.window, pad_length(max(int(n.max()), 1))) + 2
+        input_ids = torch.full((len(members), width), tok.pad_token_id, dtype=torch.int64)
+        real = [rows[r] for r in members if r >= 0]
+        if real:  # row-major order of the mask is the order of the rows' pieces end to end
+            input_ids[:, 1 : width - 1][torch.arange(width - 2) < n.unsqueeze(-1)] = torch.cat(real)
+        input_ids[:, 0] = tok.cls_token_id
+        input_ids[torch.arange(len(members)), n + 1] = tok.sep_token_id
+        attention = (torch.arange(width) < (n + 2).unsqueeze(-1)).to(torch.int64)
+        return {"input_ids": input_ids, "attention_mask": attention}
 
     # -- model ------------------------------------------------------------------------------
     def forward(self, batch: dict[str, Any], ctx: ForwardContext) -> dict[str, Any]:

@@ -116,13 +116,13 @@ def test_word_vectors_average_sub_words(tiny_bert):
     doc = Doc("hypokalemia and fever")
     item = nlp.preprocess(doc)
     pieces = emb.tokenizer(doc.word_texts(), add_special_tokens=False)["input_ids"]
-    assert item["embedding"]["ids"] == [t for p in pieces for t in p]
+    assert item["embedding"]["ids"].tolist() == [t for p in pieces for t in p]
     batch = nlp.collate([item])
     from pureml.nlp.component import ForwardContext
 
     out = emb(batch["embedding"], ForwardContext(nlp, batch))["embeddings"][0]
     # the document's one window is the first row of the long windows' group
-    ids = torch.tensor([[emb.tokenizer.cls_token_id, *item["embedding"]["ids"]]])
+    ids = torch.tensor([[emb.tokenizer.cls_token_id, *item["embedding"]["ids"].tolist()]])
     ids = torch.cat([ids, torch.tensor([[emb.tokenizer.sep_token_id]])], dim=1)
     hidden = emb.model(input_ids=ids).last_hidden_state[0]
     n0 = len(pieces[0])
@@ -147,7 +147,8 @@ def test_long_and_short_windows_each_give_their_tokens_an_unpadded_vector(tiny_b
         out = emb(batch["embedding"], ForwardContext(nlp, batch))["embeddings"]
         cls, sep = emb.tokenizer.cls_token_id, emb.tokenizer.sep_token_id
         for i, item in enumerate(items[j] for j in batch["index"].tolist()):  # longest first
-            ids, word_of = item["embedding"]["ids"], item["embedding"]["word_of"]
+            ids = item["embedding"]["ids"].tolist()
+            word_of = item["embedding"]["word_of"].tolist()
             starts = window_starts(len(ids), 16, 12)
             windows = [torch.tensor([[cls, *ids[s : s + 16], sep]]) for s in starts]
             alone = [emb.model(input_ids=w).last_hidden_state[0] for w in windows]
@@ -315,7 +316,7 @@ def test_byte_level_bpe_words_get_their_running_text_pieces(tiny_roberta):
     raw = transformers.AutoTokenizer.from_pretrained(tiny_roberta)
     in_text = raw(" " + " ".join(words), add_special_tokens=False)["input_ids"]
     assert raw.convert_ids_to_tokens(in_text)[0].startswith("Ġ")
-    assert nlp.preprocess(Doc(" ".join(words)))["embedding"]["ids"] == in_text
+    assert nlp.preprocess(Doc(" ".join(words)))["embedding"]["ids"].tolist() == in_text
 
 
 def test_tokenizer_without_special_tokens_is_a_clear_error(tiny_bert, tmp_path):
