@@ -154,15 +154,15 @@ def _vec_mat(alpha: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
 # the tree spent most of its time in those. The scales are detached: the value is the same
 # whatever they are, so they need no gradient. Entries are lost only where one position's
 # scores spread over more than ~700 nats, as with log-domain shifts (tests/nlp/test_crf.py).
-Scaled = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+_Scaled = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def _scaled(u: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> Scaled:
+def _scaled(u: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> _Scaled:
     top = r.amax(-1, keepdim=True).clamp(min=TINY).detach()
     return u + top.squeeze(-1).log(), r / top, v
 
 
-def _scaled_product(a: Scaled, b: Scaled) -> Scaled:
+def _scaled_product(a: _Scaled, b: _Scaled) -> _Scaled:
     """``a (x) b``: sum_k R_a[i, k] exp(v_a[k] + u_b[k]) R_b[k, j], the exponentials shifted by
     their maximum."""
     inner = a[2] + b[0]
@@ -170,7 +170,7 @@ def _scaled_product(a: Scaled, b: Scaled) -> Scaled:
     return _scaled(a[0] + top, a[1] @ (torch.exp(inner - top).unsqueeze(-1) * b[1]), b[2])
 
 
-def _scaled_halves(m: Scaled) -> tuple[Scaled, Scaled]:
+def _scaled_halves(m: _Scaled) -> tuple[_Scaled, _Scaled]:
     """The even and the odd members of ``[B, 2K, ...]`` matrices, each ``[B, K, ...]``."""
     u, r, v = m
     bsz, count, n = u.shape
@@ -179,7 +179,7 @@ def _scaled_halves(m: Scaled) -> tuple[Scaled, Scaled]:
     return (u[:, :, 0], r[:, :, 0], v[:, :, 0]), (u[:, :, 1], r[:, :, 1], v[:, :, 1])
 
 
-def _scaled_log(m: Scaled) -> torch.Tensor:
+def _scaled_log(m: _Scaled) -> torch.Tensor:
     """The log-domain matrices (forbidden and lost entries about 690 nats below their scales)."""
     u, r, v = m
     return u.unsqueeze(-1) + v.unsqueeze(-2) + r.clamp(min=TINY).log()
@@ -201,10 +201,10 @@ class _Chain:
             trans = torch.where(first[..., None, None], self.boundary, trans)
         return torch.where(mask[..., None, None], trans + emissions.unsqueeze(-2), self.eye)
 
-    def first_level(self, emissions, mask, first) -> Scaled:
+    def first_level(self, emissions, mask, first) -> _Scaled:
         """The pairwise products ``M_2s (x) M_2s+1`` of ``[B, 2K, T]`` emissions.
 
-        Scaled, every transfer matrix is one of three fixed ones, ``exp(trans - rowmax)``
+        _Scaled, every transfer matrix is one of three fixed ones, ``exp(trans - rowmax)``
         (``u`` the row maxima), all ones (a sequence start: ``u = end``, ``v`` adds ``start``)
         or the identity (masked), with ``v`` the position's emissions: no exponential of a
         ``T x T`` matrix per position, and where the odd matrix is ``exp(trans - rowmax)`` (all

@@ -251,3 +251,26 @@ def test_log_partition_skips_masked_positions_before_the_first_real_one(packed):
     (ref_grad,) = torch.autograd.grad(ref.sum(), emissions)
     assert torch.allclose(grad, ref_grad, atol=1e-10)
     assert grad[~mask].abs().max() == 0
+
+
+def test_log_partition_exact_for_scores_spread_over_hundreds_of_nats():
+    # Emissions of std 200 spread over ~1000 nats at one position: the scaled tree must keep
+    # every entry that matters (the float64 exponent range, 708 nats, is shifted per row and per
+    # junction, never across a whole matrix), packed or not.
+    g = torch.Generator().manual_seed(6)
+    n = crf.num_tags(4)
+    ct, cs, ce = crf.bioul_constraints(4, torch.float64)
+    trans = ct + torch.randn(n, n, generator=g, dtype=torch.float64)
+    emissions = torch.randn(3, 70, n, generator=g, dtype=torch.float64) * 200
+    mask = torch.arange(70) < torch.tensor([[70], [33], [2]])
+    logz = crf.log_partition(emissions, mask, trans, cs, ce)
+    ref = _forward_algorithm(emissions, mask, trans, cs, ce)
+    assert torch.allclose(logz, ref, rtol=1e-12, atol=1e-9)
+    first = torch.zeros(1, 105, dtype=torch.bool)
+    first[0, [0, 70]] = True
+    packed = torch.cat([emissions[0], emissions[1, :33], emissions[2, :2]])[None]
+    first[0, 103] = True
+    ones = torch.ones(1, 105, dtype=torch.bool)
+    assert torch.allclose(
+        crf.log_partition(packed, ones, trans, cs, ce, first), ref.sum(), rtol=1e-12
+    )
