@@ -249,8 +249,9 @@ class Pipeline(torch.nn.Module):
                 if "loss" in out:
                     losses[name] = out["loss"]
         if not losses:
-            raise ValueError(
-                "no component computed a loss: preprocess the docs with supervision=True"
+            raise NoLossError(
+                "no component computed a loss: preprocess the docs with supervision=True, for "
+                f"a component with targets (this batch feeds {', '.join(sorted(batch)) or 'none'})"
             )
         total = sum(self.loss_scales.get(n, 1.0) * v for n, v in losses.items())
         return total, losses
@@ -437,6 +438,11 @@ class Pipeline(torch.nn.Module):
 
 class ModelError(ValueError):
     """A saved pipeline folder that cannot be loaded: the message names the file."""
+
+
+class NoLossError(ValueError):
+    """A training batch from which no component computed a loss (targets missing, or only
+    components without a loss, such as an embedding, were fed)."""
 
 
 def load(path: str | os.PathLike) -> Pipeline:

@@ -613,6 +613,34 @@ class Trainer:
         subs = [{**sb, "stats": dict(totals)} for sb in subs]
         return subs, record, ids
 
+    def _explain_first_step(
+        self, subs: list[dict], streams_rec: dict[str, dict], feeds: list[tuple]
+    ) -> None:
+        """A phase's first step failed because a sub-batch gave no component a loss: raise that
+        with the key path of the stream it came from (its ``pipe_names`` hold only an
+        embedding, say). Reruns the sub-batches' forward eagerly, without gradients, to find
+        it; returns if none fails that way."""
+        from ..nlp.pipeline import ModelError, NoLossError
+        from ..toml_writer import join_path
+
+        i = 0
+        for name, td, pipes in feeds:
+            count = streams_rec.get(name, {}).get("sub_batches", 0)
+            for sub in subs[i : i + count]:
+                try:
+                    with torch.no_grad():
+                        self.nlp(sub)
+                except NoLossError:
+                    index = self.stream_names.index(name)
+                    where = join_path("train_data", td.name) if td.name else f"train_data[{index}]"
+                    raise ModelError(
+                        f"{where}.pipe_names: none of {pipes} computes a loss from its batches; "
+                        "name a component with targets (a ner_crf, a span_classifier) there"
+                    ) from None
+                except Exception:
+                    return
+            i += count
+
     def reduce_stats(
         self, totals: dict[str, torch.Tensor], n_local: int = 0
     ) -> tuple[dict[str, torch.Tensor], int]:
@@ -892,7 +920,13 @@ class Trainer:
                 t0 = time.perf_counter()
                 subs, streams_rec, ids, batch_fp, first_index, positions = ahead
                 trace.step(step, ids, first_index, len(subs))
-                state, metrics = step_fn(state, subs, first_index=first_index)
+                try:
+                    state, metrics = step_fn(state, subs, first_index=first_index)
+                except Exception as e:
+                    # compiled, the pipeline's NoLossError comes wrapped in a torch.compile error
+                    if phase_step == first_step + 1 and "no component computed a loss" in str(e):
+                        self._explain_first_step(subs, streams_rec, feeds)
+                    raise
                 # The next batch is read and collated while an accelerator runs this step
                 # (reading the metrics waits for it); a failure to draw it is raised once this
                 # step is recorded and checkpointed.

@@ -260,3 +260,22 @@ def test_python_m_pureml_train_takes_dash_h_like_pureml_train():
     result = CliRunner().invoke(train_main, ["-h"])
     assert result.exit_code == 0, result.output
     assert "--set KEY=VALUE" in result.stdout and "-h, --help" in result.stdout
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_stream_feeding_no_loss_names_its_pipe_names(tiny_recipe, compiled):
+    """A stream whose pipe_names hold only the embedding: no component computes a loss. The
+    first step finds it; compiled, torch.compile reported it as an 'Unsupported: Observed
+    exception' page, exit 1. Now: exit 2 and the stream's key path, compiled or not."""
+    recipe = tiny_recipe(
+        **{'batch_size = "300 words"': 'batch_size = "300 words"\npipe_names = ["embedding"]'}
+    )
+    args = (
+        ["--set", "train.compile=true", "--set", "train.compile_backend=eager"] if compiled else []
+    )
+    result = CliRunner().invoke(main, ["train", str(recipe), *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        "error: train_data.notes.pipe_names: none of ['embedding'] computes a loss from its "
+        "batches; name a component with targets (a ner_crf, a span_classifier) there\n"
+    )
