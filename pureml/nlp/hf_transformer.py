@@ -269,8 +269,8 @@ class HfTransformer(Component):
         words = doc.word_texts()
         pieces = self._pieces(words) if words else []
         unk = self.tokenizer.unk_token_id
-        sizes = [len(p) if p else 1 for p in pieces]
-        ids = [t for p in pieces for t in (p or (unk,))]
+        pieces = [p or (unk,) for p in pieces]
+        ids = [t for p in pieces for t in p]
         n = len(ids)
         # Each token's window is fixed by the document alone: found here, once per training
         # document (features are cached), not in every batch's collate.
@@ -281,7 +281,7 @@ class HfTransformer(Component):
             "starts": starts,
             # int32: these stay cached for the whole run (half the memory of int64)
             "word_of": torch.tensor(
-                [w for w, size in enumerate(sizes) for _ in range(size)], dtype=torch.int32
+                [w for w, p in enumerate(pieces) for _ in p], dtype=torch.int32
             ),
             "window": window.to(torch.int32),
             "position": position.to(torch.int32),

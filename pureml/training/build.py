@@ -309,12 +309,6 @@ def _check_group(spec: dict[str, Any], opt_name: str, factory: Any, where: str) 
     )
 
 
-def _default_of(factory: Callable[..., Any], name: str) -> Any:
-    import inspect
-
-    return inspect.signature(factory).parameters[name].default
-
-
 def build_training(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Read and check a recipe, build its objects; returns keyword arguments for ``train``."""
     from ..nlp import Pipeline

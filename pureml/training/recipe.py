@@ -501,7 +501,7 @@ def check_factories(recipe: Recipe) -> None:
         if td.pipe_names is not None:
             if not td.pipe_names:
                 raise RecipeError(
-                    f"train_data.{join_path('', name)}.pipe_names",
+                    join_path(join_path("train_data", name), "pipe_names"),
                     "names no component (leave it out to feed them all)",
                 )
             for i, pipe in enumerate(td.pipe_names):
@@ -612,11 +612,11 @@ def _factory_rows(reg: registry.Registry) -> list[str]:
         factory = reg.get(name)
         hints = _factory_hints(factory)
         params = []
-        for pname, p in factory_params(factory).items():
-            if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+        signature = factory_params(factory)
+        for pname in settable_params(factory, SUPPLIED.get(reg.kind, ())):
+            if pname == "self":
                 continue
-            if pname in SUPPLIED.get(reg.kind, ()) or pname == "self":
-                continue
+            p = signature[pname]
             hint = type_name(hints[pname]).replace("|", "or") if pname in hints else "any"
             default = (
                 "required"

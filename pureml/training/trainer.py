@@ -535,6 +535,15 @@ class Trainer:
             self.nlp.get_pipe(comp).post_init(docs)
         self.nlp.initialize()
 
+    def _stream_path(self, name: str, td: TrainingData) -> str:
+        """A training stream's key path in messages: ``train_data.NAME`` as a recipe names it,
+        ``train_data[i]`` for a stream passed to ``train`` without a name."""
+        from ..toml_writer import join_path
+
+        if td.name:
+            return join_path("train_data", td.name)
+        return f"train_data[{self.stream_names.index(name)}]"
+
     def _check_batch_stats(self) -> None:
         """Refuse a ``batch_size`` / ``sub_batch_size`` on a stat the stream's items do not
         report (``"2000 wrds"``, a component's stat it does not feed) now, on the first
@@ -542,7 +551,6 @@ class Trainer:
         folder is set up."""
         from ..stream.batching import StatSize, parse_size, stat_value
         from ..stream.errors import StreamError
-        from ..toml_writer import join_path
 
         for _phase, feeds in self.plan:
             for name, td, pipes in feeds:
@@ -558,8 +566,7 @@ class Trainer:
                 if first is None:  # nothing to measure; an empty stream fails where it is batched
                     continue
                 item = self.nlp.preprocess(first.copy(), supervision=True, pipe_names=pipes)
-                i = self.stream_names.index(name)
-                where = join_path("train_data", td.name) if td.name else f"train_data[{i}]"
+                where = self._stream_path(name, td)
                 for key, stat in stats.items():
                     try:
                         stat_value(item, stat, exprs[key])
@@ -621,7 +628,6 @@ class Trainer:
         embedding, say). Reruns the sub-batches' forward eagerly, without gradients, to find
         it; returns if none fails that way."""
         from ..nlp.pipeline import ModelError, NoLossError
-        from ..toml_writer import join_path
 
         i = 0
         for name, td, pipes in feeds:
@@ -631,10 +637,8 @@ class Trainer:
                     with torch.no_grad():
                         self.nlp(sub)
                 except NoLossError:
-                    index = self.stream_names.index(name)
-                    where = join_path("train_data", td.name) if td.name else f"train_data[{index}]"
                     raise ModelError(
-                        f"{where}.pipe_names: none of {pipes} computes a loss from its batches; "
+                        f"{self._stream_path(name, td)}.pipe_names: none of {pipes} computes a loss from its batches; "
                         "name a component with targets (a ner_crf, a span_classifier) there"
                     ) from None
                 except Exception:
