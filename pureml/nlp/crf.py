@@ -5,7 +5,10 @@ sequential forward algorithm needs L dependent steps (slow eager, and compiling 
 loop, so compile time grows with the length); here the product is reduced as a balanced tree:
 O(log L) dependent steps, each one batched over documents and positions. Padded positions
 contribute the semiring identity, so variable lengths need no special path, and the tree is
-padded to a power of two so that one compiled graph serves every length of an octave.
+padded to a power of two so that one compiled graph serves every length of an octave. The
+gradient is not autograd through the tree (two matrix products per node, every level kept):
+the tree is swept back down with vectors for the forward-backward marginals, which are the
+gradient, and a first-order surrogate hands them to autograd.
 
 Tags: ``0`` is ``O``; label ``k`` (0-based) owns tags ``1 + 4k + (B, I, L, U)``.
 
@@ -17,6 +20,8 @@ Tags: ``0`` is ``O``; label ``k`` (0-based) owns tags ``1 + 4k + (B, I, L, U)``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -138,27 +143,22 @@ def bioul_constraints(n_labels: int, dtype: torch.dtype = torch.float32):
 
 
 # Where a row of a scaled product is all zeros (every path through it forbidden or lost), its
-# scale: the log of this stays finite (-690) where log(0) would give NaN gradients.
+# scale: the log of this stays finite (-690) where log(0) = -inf would make NaN (-inf + inf)
+# further on.
 TINY = 1e-300
-
-
-def _vec_mat(alpha: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
-    """(logsumexp, +) product of row vectors ``[B, T]`` with matrices ``[B, T, T]``."""
-    return torch.logsumexp(alpha.unsqueeze(-1) + mats, dim=-2)
 
 
 # A batch of (logsumexp, +) matrices held as real ones (u, R, v): ``log M[i, j] = u[i] + v[j] +
 # log R[i, j]`` with ``R >= 0`` and rows scaled to a maximum of 1. Multiplying two costs one real
 # matrix product, T exponentials and T logarithms, where the log-domain product costs 3 T^2
 # transcendentals (exponentials of both sides shifted by their maxima, the log of the result):
-# the tree spent most of its time in those. The scales are detached: the value is the same
-# whatever they are, so they need no gradient. Entries are lost only where one position's
-# scores spread over more than ~700 nats, as with log-domain shifts (tests/nlp/test_crf.py).
+# the tree spent most of its time in those. Entries are lost only where one position's scores
+# spread over more than ~700 nats, as with log-domain shifts (tests/nlp/test_crf.py).
 _Scaled = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def _scaled(u: torch.Tensor, r: torch.Tensor, v: torch.Tensor) -> _Scaled:
-    top = r.amax(-1, keepdim=True).clamp(min=TINY).detach()
+    top = r.amax(-1, keepdim=True).clamp(min=TINY)
     return u + top.squeeze(-1).log(), r / top, v
 
 
@@ -166,7 +166,7 @@ def _scaled_product(a: _Scaled, b: _Scaled) -> _Scaled:
     """``a (x) b``: sum_k R_a[i, k] exp(v_a[k] + u_b[k]) R_b[k, j], the exponentials shifted by
     their maximum."""
     inner = a[2] + b[0]
-    top = inner.amax(-1, keepdim=True).detach()
+    top = inner.amax(-1, keepdim=True)
     return _scaled(a[0] + top, a[1] @ (torch.exp(inner - top).unsqueeze(-1) * b[1]), b[2])
 
 
@@ -179,27 +179,59 @@ def _scaled_halves(m: _Scaled) -> tuple[_Scaled, _Scaled]:
     return (u[:, :, 0], r[:, :, 0], v[:, :, 0]), (u[:, :, 1], r[:, :, 1], v[:, :, 1])
 
 
-def _scaled_log(m: _Scaled) -> torch.Tensor:
-    """The log-domain matrices (forbidden and lost entries about 690 nats below their scales)."""
+def _vec_scaled(alpha: torch.Tensor, m: _Scaled) -> torch.Tensor:
+    """Log-domain row vectors ``[..., T]`` times scaled matrices: ``log sum_i exp(alpha_i + u_i)
+    R[i, j] + v_j``."""
     u, r, v = m
-    return u.unsqueeze(-1) + v.unsqueeze(-2) + r.clamp(min=TINY).log()
+    w = alpha + u
+    top = w.amax(-1, keepdim=True)
+    val = (torch.exp(w - top).unsqueeze(-2) @ r).squeeze(-2)
+    return top + val.clamp(min=TINY).log() + v
+
+
+def _scaled_vec(m: _Scaled, beta: torch.Tensor) -> torch.Tensor:
+    """Scaled matrices times log-domain column vectors ``[..., T]``."""
+    u, r, v = m
+    w = v + beta
+    top = w.amax(-1, keepdim=True)
+    val = (r @ torch.exp(w - top).unsqueeze(-1)).squeeze(-1)
+    return u + top + val.clamp(min=TINY).log()
 
 
 class _Chain:
     """What every transfer matrix is made of: ``M_t[i, j] = trans[i, j] + emit[t, j]``, the
     identity at masked positions, and ``end[i] + start[j] + emit[t, j]`` where a new sequence
     starts (``first``): a packed row's log Z is then the sum of its sequences' log Z, because
-    that matrix is an outer sum and the paths of the two sequences are summed independently."""
+    that matrix is an outer sum and the paths of the two sequences are summed independently.
 
-    def __init__(self, transitions, start, end, eye) -> None:
-        self.transitions, self.start, self.end, self.eye = transitions, start, end, eye
-        self.boundary = end.unsqueeze(-1) + start.unsqueeze(-2)
+    Held as ``exp(trans - top)`` with ``top`` the row maxima, so that a running score crosses a
+    position with one real matrix product (``advance``, ``retreat``)."""
 
-    def transfer(self, emissions, mask, first) -> torch.Tensor:
-        trans = self.transitions
-        if first is not None:
-            trans = torch.where(first[..., None, None], self.boundary, trans)
-        return torch.where(mask[..., None, None], trans + emissions.unsqueeze(-2), self.eye)
+    def __init__(self, transitions, start, end) -> None:
+        self.transitions, self.start, self.end = transitions, start, end
+        self.top = transitions.amax(-1)
+        self.scaled = torch.exp(transitions - self.top.unsqueeze(-1))
+
+    def advance(self, alpha, emissions, mask, first) -> torch.Tensor:
+        """The running scores ``[..., T]`` after one position, from those before it."""
+        w = alpha + self.top
+        shift = w.amax(-1, keepdim=True)
+        plain = (torch.exp(w - shift) @ self.scaled).clamp(min=TINY).log() + shift
+        opened = torch.logsumexp(alpha + self.end, -1, keepdim=True) + self.start
+        return torch.where(
+            mask.unsqueeze(-1), torch.where(first.unsqueeze(-1), opened, plain) + emissions, alpha
+        )
+
+    def retreat(self, beta, emissions, mask, first) -> torch.Tensor:
+        """The running scores ``[..., T]`` before one position, from those after it (towards
+        the end of the sequence)."""
+        w = emissions + beta
+        shift = w.amax(-1, keepdim=True)
+        plain = (torch.exp(w - shift) @ self.scaled.T).clamp(min=TINY).log() + shift + self.top
+        closed = self.end + torch.logsumexp(w + self.start, -1, keepdim=True)
+        return torch.where(
+            mask.unsqueeze(-1), torch.where(first.unsqueeze(-1), closed, plain), beta
+        )
 
     def first_level(self, emissions, mask, first) -> _Scaled:
         """The pairwise products ``M_2s (x) M_2s+1`` of ``[B, 2K, T]`` emissions.
@@ -211,8 +243,7 @@ class _Chain:
         but sequence starts and padding) the products are one matrix product
         ``[B*K*T, T] @ [T, T]``.
         """
-        top = self.transitions.amax(-1).detach()
-        chain = torch.exp(self.transitions - top.unsqueeze(-1))
+        top, chain = self.top, self.scaled
         eye = torch.eye(len(top), dtype=chain.dtype, device=chain.device)
         real = mask.unsqueeze(-1)
         u = torch.where(real, top, 0.0)
@@ -224,7 +255,7 @@ class _Chain:
             v = torch.where(starts, emissions + self.start, v)
         even, odd = slice(0, None, 2), slice(1, None, 2)
         inner = v[:, even] + u[:, odd]
-        shift = inner.amax(-1, keepdim=True).detach()
+        shift = inner.amax(-1, keepdim=True)
         left = torch.where(mask[:, even, None, None], chain, eye)
         if starts is not None:
             left = torch.where(starts[:, even, None], 1.0, left)
@@ -235,30 +266,50 @@ class _Chain:
         prod = torch.where(mask[:, odd, None, None], prod, left)
         return _scaled(u[:, even] + shift, prod, v[:, odd])
 
-    def tree_product(self, emissions, mask, first) -> torch.Tensor:
-        """Ordered (logsumexp, +) product of the transfer matrices of ``[B, K, T]`` emissions.
+    def tree_levels(self, emissions, mask, first) -> list[_Scaled]:
+        """The levels of a balanced product tree over the transfer matrices of ``[B, K, T]``
+        emissions, K a power of two >= 2 (see ``_pad_to_power_of_two``): the pairwise products
+        first, the whole product (one matrix) last."""
+        levels = [self.first_level(emissions, mask, first)]
+        while levels[-1][0].shape[1] > 1:
+            levels.append(_scaled_product(*_scaled_halves(levels[-1])))
+        return levels
 
-        K is padded with identities (masked positions) up to a power of two, so the depth of
-        the tree depends only on the power of two: under torch.compile a dynamic K guards on a
-        range (``256 < K <= 512``), not on K itself, and all lengths of one octave share one
-        graph.
-        """
-        bsz, count, n = emissions.shape
-        size = 1
-        while size < count:
-            size *= 2
-        if size == 1:
-            return self.transfer(emissions, mask, first)[:, 0]
-        pad = size - count
-        emissions = torch.cat([emissions, emissions.new_zeros(bsz, pad, n)], dim=1)
-        mask = torch.cat([mask, mask.new_zeros(bsz, pad)], dim=1)
-        if first is not None:
-            first = torch.cat([first, first.new_zeros(bsz, pad)], dim=1)
-        mats = self.first_level(emissions, mask, first)
-        while size > 2:
-            size //= 2
-            mats = _scaled_product(*_scaled_halves(mats))
-        return _scaled_log(mats)[:, 0]
+
+def _pad_to_power_of_two(emissions, mask, first):
+    """Positions appended (masked: identities) up to the next power of two, so that the depth
+    of the tree depends only on the power of two: under torch.compile a dynamic length guards on
+    a range (``256 < K <= 512``), not on K itself, and all lengths of one octave share one
+    graph."""
+    bsz, count, n = emissions.shape
+    size = 1
+    while size < count:
+        size *= 2
+    pad = size - count
+    emissions = torch.cat([emissions, emissions.new_zeros(bsz, pad, n)], dim=1)
+    mask = torch.cat([mask, mask.new_zeros(bsz, pad)], dim=1)
+    if first is not None:
+        first = torch.cat([first, first.new_zeros(bsz, pad)], dim=1)
+    return emissions, mask, first
+
+
+def _down_sweep(levels: list[_Scaled], alpha: torch.Tensor, beta: torch.Tensor):
+    """From the running score before the whole tree (``alpha``, ``[B, T]``) and the one after
+    it (``beta``), the same before and after each pair of the first level (``[B, K/2, T]``):
+    at each node the left child's score before is its parent's, the right child's is that times
+    the left child's product, and the other way round after. One vector-matrix product per node,
+    where differentiating through the tree costs two matrix products per node."""
+    alpha, beta = alpha.unsqueeze(1), beta.unsqueeze(1)
+    for level in reversed(levels[:-1]):
+        left, right = _scaled_halves(level)
+        alpha = _interleave(alpha, _vec_scaled(alpha, left))
+        beta = _interleave(_scaled_vec(right, beta), beta)
+    return alpha, beta
+
+
+def _interleave(even: torch.Tensor, odd: torch.Tensor) -> torch.Tensor:
+    """``[B, K, ...]`` and ``[B, K, ...]`` -> ``[B, 2K, ...]``: even, odd, even, odd..."""
+    return torch.stack([even, odd], dim=2).flatten(1, 2)
 
 
 def log_partition(
@@ -274,6 +325,9 @@ def log_partition(
     Sequences with no unmasked position get 0. Masked positions are skipped wherever they are.
     ``first`` (``[B, L]`` bool) marks where further sequences start inside a row (sequences
     packed end to end): each row's result is then the sum of its sequences' log Z.
+
+    The gradient is exact to first order only: it is made of the marginals (forward-backward)
+    rather than by differentiating the product tree, so a second derivative through it is 0.
     """
     dtype = emissions.dtype
     # In float64 whatever the input: an entry of a scaled product is lost when it lies more than
@@ -287,24 +341,110 @@ def log_partition(
     # gets), and that position is a sequence start, whose matrix sums ``end`` out.
     lead = mask & (mask.cumsum(-1) == 1) & ~mask[:, :1]
     first = lead if first is None else first | lead
-    alpha = torch.where(
+    alpha0 = torch.where(
         mask[:, :1], start + emissions[:, 0], -torch.logsumexp(end, -1).expand(bsz, n)
     )  # [B, T]
+    # log Z is computed without autograd and given its gradient through a first-order surrogate
+    # (below): differentiating the tree costs two T x T matrix products per node and keeps every
+    # level for the backward; its marginals cost one vector-matrix product per node each way.
+    e, trans, st, en, a0 = (t.detach() for t in (emissions, transitions, start, end, alpha0))
+    chain = _Chain(trans, st, en)
+    alpha, beta0 = a0, en.expand(bsz, n)
     if length > 1:
-        # Padded positions become the identity (0 on the diagonal, NEG elsewhere) so they pass
-        # the running score through unchanged.
-        eye = torch.full((n, n), NEG, dtype=emissions.dtype, device=emissions.device)
-        chain = _Chain(transitions, start, end, eye.fill_diagonal_(0.0))
-        inner = None if first is None else first[:, 1:-1]
-        # The last matrix stays out of the tree: length buckets are often powers of two, and a
-        # tree over L-1 matrices would then pad by exactly one, a size torch.compile specialises.
-        if length > 2:
-            tree = chain.tree_product(emissions[:, 1:-1], mask[:, 1:-1], inner)
-            alpha = _vec_mat(alpha, tree)
-        last_first = None if first is None else first[:, -1]
-        alpha = _vec_mat(alpha, chain.transfer(emissions[:, -1], mask[:, -1], last_first))
-    logz = torch.logsumexp(alpha + end, dim=-1)
-    return torch.where(mask.any(-1), logz, torch.zeros_like(logz)).to(dtype)
+        # Positions 1..L-1 each hold a transfer matrix. The last one stays out of the tree:
+        # length buckets are often powers of two, and a tree over L-1 matrices would then pad by
+        # exactly one, a size torch.compile specialises.
+        tail = (e[:, -1], mask[:, -1], first[:, -1])
+        after_tree = chain.retreat(en.expand(bsz, n), *tail)
+        beta0 = after_tree
+        # For each position with a matrix: its inputs, and the running scores before and after.
+        cols = (e[:, 1:], mask[:, 1:], first[:, 1:])
+        before, after = a0.unsqueeze(1), en.expand(bsz, 1, n)
+        if length == 3:
+            alpha = chain.advance(a0, e[:, 1], mask[:, 1], first[:, 1])
+            beta0 = chain.retreat(after_tree, e[:, 1], mask[:, 1], first[:, 1])
+            before = torch.stack([a0, alpha], dim=1)
+            after = torch.stack([after_tree, after[:, 0]], dim=1)
+        elif length > 3:
+            inner = _pad_to_power_of_two(e[:, 1:-1], mask[:, 1:-1], first[:, 1:-1])
+            levels = chain.tree_levels(*inner)
+            top = tuple(t[:, 0] for t in levels[-1])
+            alpha, beta0 = _vec_scaled(a0, top), _scaled_vec(top, after_tree)
+            pair_before, pair_after = _down_sweep(levels, a0, after_tree)
+            even = tuple(t[:, 0::2] for t in inner)
+            odd = tuple(t[:, 1::2] for t in inner)
+            tree_before = _interleave(pair_before, chain.advance(pair_before, *even))
+            tree_after = _interleave(chain.retreat(pair_after, *odd), pair_after)
+            before = torch.cat([tree_before, alpha.unsqueeze(1)], dim=1)
+            after = torch.cat([tree_after, after], dim=1)
+            cols = tuple(torch.cat([t, u.unsqueeze(1)], dim=1) for t, u in zip(inner, tail))
+        alpha = chain.advance(alpha, *tail)
+    logz = torch.logsumexp(alpha + en, dim=-1)
+    surrogate = logz + (_marginal(a0 + beta0, logz[:, None]) * (alpha0 - a0)).sum(-1)
+    surrogate = surrogate + (_marginal(alpha + en, logz[:, None]) * (end - en)).sum(-1)
+    if length > 1:
+        surrogate = surrogate + _matrix_terms(
+            chain,
+            before,
+            after,
+            alpha,
+            logz,
+            cols,
+            length,
+            emissions - e,
+            transitions - trans,
+            start - st,
+            end - en,
+        )
+    return torch.where(mask.any(-1), surrogate, torch.zeros_like(surrogate)).to(dtype)
+
+
+def _marginal(log_mass: torch.Tensor, logz: torch.Tensor) -> torch.Tensor:
+    """``exp(log_mass - log Z)``, at most 1 as a probability is: where lost entries (scores
+    spread over more than ~700 nats at one position) make log Z too small, an inf would meet
+    a 0 in the surrogate and make the loss NaN."""
+    return torch.exp((log_mass - logz).clamp(max=0.0))
+
+
+# Bound on the log of a sum of the pairwise marginals' factors (below), less the log of how many
+# are summed: float64 overflows at 709.78 nats, and an inf would meet a forbidden move's 0.
+_LOG_SUM_MAX = 708.0
+
+
+def _matrix_terms(chain, before, after, alpha, logz, cols, length, d_emit, d_trans, d_start, d_end):
+    """What the scores of positions 1..L-1 add to the first-order surrogate of ``log_partition``:
+    each score times its marginal (the derivative of log Z), times its deviation ``d_*`` from
+    its detached value (0, with the gradient of the score)."""
+    emissions, live, first = cols
+    starts = first & live
+    plain = live & ~starts
+    norm = logz[:, None, None]
+    # The running scores after each position: those before the next one, then the final ones.
+    later = torch.cat([before[:, 1:], alpha.unsqueeze(1)], dim=1)
+    unary = torch.where(live.unsqueeze(-1), _marginal(later + after, norm), 0.0)  # [B, P, T]
+    # Pairwise marginals summed over plain positions: exp(before[i] + trans[i, j] + emit[j] +
+    # after[j] - log Z), as exp(trans - top) times a [T, P] @ [P, T] product of per-position
+    # factors, the left one shifted to a maximum of 1.
+    w = before + chain.top
+    shift = w.amax(-1, keepdim=True)
+    left = torch.exp(w - shift)
+    # A factor is that large only where every predecessor of a tag lies ~700 nats below the best
+    # one; the bound keeps the sum over positions finite.
+    bound = _LOG_SUM_MAX - math.log(before.shape[1])
+    right = torch.exp((shift + emissions + after - norm).clamp(max=bound))
+    right = torch.where(plain.unsqueeze(-1), right, 0.0)
+    on_trans = chain.scaled * (left.transpose(-1, -2) @ right)  # [B, T, T]
+    # At a sequence start the matrix is an outer sum: its marginal is p(the previous sequence
+    # ends in i) times p(this one starts in j).
+    ends = torch.where(starts.unsqueeze(-1), torch.softmax(before + chain.end, dim=-1), 0.0)
+    opens = torch.where(starts.unsqueeze(-1), unary, 0.0)
+    emit = unary if length <= 3 else torch.cat([unary[:, : length - 2], unary[:, -1:]], dim=1)
+    return (
+        (emit * d_emit[:, 1:]).sum((-1, -2))
+        + (on_trans * d_trans).sum((-1, -2))
+        + (opens.sum(1) * d_start).sum(-1)
+        + (ends.sum(1) * d_end).sum(-1)
+    )
 
 
 def packed_log_likelihood(

@@ -274,3 +274,48 @@ def test_log_partition_exact_for_scores_spread_over_hundreds_of_nats():
     assert torch.allclose(
         crf.log_partition(packed, ones, trans, cs, ce, first), ref.sum(), rtol=1e-12
     )
+
+
+def _sequences_log_z(emissions, mask, first, trans, start, end):
+    """Per row, the sum of the textbook recursion's log Z over the row's sequences: its real
+    positions, cut where ``first`` marks a real position."""
+    rows = []
+    for b in range(emissions.shape[0]):
+        steps = [t for t in range(emissions.shape[1]) if mask[b, t]]
+        parts, total = [], torch.zeros((), dtype=torch.float64)
+        for t in steps:
+            if not parts or (first is not None and first[b, t]):
+                parts.append([])
+            parts[-1].append(t)
+        for part in parts:
+            one = torch.ones(1, len(part), dtype=torch.bool)
+            total = total + _forward_algorithm(emissions[b, part][None], one, trans, start, end)[0]
+        rows.append(total)
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 5, 11, 40])
+@pytest.mark.parametrize("scale", [1.0, 30.0, 200.0])
+def test_log_partition_gradients_match_the_recursion(length, scale):
+    # log Z's gradient comes from marginals (forward-backward over the tree), not from autograd
+    # through the tree: against autograd through the sequential recursion, for every input
+    # (emissions, transitions, start, end), over rows with padding, gaps, left padding, packed
+    # sequences and weights per row; also where emissions spread over hundreds of nats.
+    g = torch.Generator().manual_seed(7 + length)
+    n_labels = 2
+    trans, start, end = _random_potentials(g, n_labels, constrained=True)
+    n = crf.num_tags(n_labels)
+    emissions = torch.randn(5, length, n, generator=g, dtype=torch.float64) * scale
+    mask = torch.rand(5, length, generator=g) < 0.75
+    mask[0], mask[1, : min(2, length)] = True, False  # a full row; a left-padded one
+    first = torch.rand(5, length, generator=g) < 0.3
+    weights = torch.randn(5, generator=g, dtype=torch.float64)
+    inputs = [t.clone().requires_grad_() for t in (emissions, trans, start, end)]
+    refs = [t.clone().requires_grad_() for t in (emissions, trans, start, end)]
+    logz = crf.log_partition(inputs[0], mask, *inputs[1:], first)
+    ref = _sequences_log_z(refs[0], mask, first, *refs[1:])
+    assert torch.allclose(logz, ref, rtol=1e-12, atol=1e-9)
+    grads = torch.autograd.grad((logz * weights).sum(), inputs, materialize_grads=True)
+    ref_grads = torch.autograd.grad((ref * weights).sum(), refs, materialize_grads=True)
+    for name, got, want in zip(["emissions", "transitions", "start", "end"], grads, ref_grads):
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-9), name
