@@ -506,9 +506,12 @@ class Trainer:
             feeds = []
             for name, td in zip(self.stream_names, self.train_data):
                 wanted = list(td.pipe_names) if td.pipe_names is not None else list(phase)
-                for p in wanted:
+                for i, p in enumerate(wanted):
                     if p not in self.nlp.pipe_names:
-                        raise ValueError(f"{name}.pipe_names: unknown component {p!r}")
+                        raise ValueError(
+                            f"{self._stream_path(name, td)}.pipe_names[{i}]: unknown component "
+                            f"{p!r} (components: {', '.join(self.nlp.pipe_names)})"
+                        )
                 pipes = [p for p in wanted if p in phase]
                 if pipes:
                     feeds.append((name, td, pipes))

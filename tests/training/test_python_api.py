@@ -88,6 +88,27 @@ def test_bad_options_are_refused_as_the_recipe_refuses_them(tmp_path, option, me
     assert not (tmp_path / "run").exists()
 
 
+def test_an_unknown_pipe_name_is_refused_with_the_streams_key_path(tmp_path):
+    # the message named the stream's internal name ("notes.pipe_names"), not where it is set
+    docs = make_corpus(5, seed=2)
+    with pytest.raises(
+        ValueError,
+        match=r"^train_data\[0\]\.pipe_names\[1\]: unknown component 'nerr' \(components: embedding, ner",
+    ):
+        train(
+            _nlp(),
+            TrainingData(docs, pipe_names=["ner", "nerr"]),
+            output_dir=tmp_path / "run",
+            **RUN,
+        )
+    with pytest.raises(
+        ValueError, match=r"^train_data\.notes\.pipe_names\[0\]: unknown component 'x'"
+    ):
+        data = TrainingData(docs, pipe_names=["x"], name="notes")
+        train(_nlp(), data, output_dir=tmp_path / "run", **RUN)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_batch_size_on_a_stat_no_item_reports_is_refused_before_the_run(tmp_path):
     # "ner_foo" parses as a stat; only the first batch found no item reports it, once the run
     # folder was set up
