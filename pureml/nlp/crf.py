@@ -246,23 +246,18 @@ class _Chain:
         top, chain = self.top, self.scaled
         eye = torch.eye(len(top), dtype=chain.dtype, device=chain.device)
         real = mask.unsqueeze(-1)
-        u = torch.where(real, top, 0.0)
-        v = torch.where(real, emissions, 0.0)
-        starts = None
-        if first is not None:
-            starts = (first & mask).unsqueeze(-1)
-            u = torch.where(starts, self.end, u)
-            v = torch.where(starts, emissions + self.start, v)
+        starts = (first & mask).unsqueeze(-1)
+        u = torch.where(starts, self.end, torch.where(real, top, 0.0))
+        v = torch.where(starts, emissions + self.start, torch.where(real, emissions, 0.0))
         even, odd = slice(0, None, 2), slice(1, None, 2)
         inner = v[:, even] + u[:, odd]
         shift = inner.amax(-1, keepdim=True)
         left = torch.where(mask[:, even, None, None], chain, eye)
-        if starts is not None:
-            left = torch.where(starts[:, even, None], 1.0, left)
+        left = torch.where(starts[:, even, None], 1.0, left)
         left = left * torch.exp(inner - shift).unsqueeze(-2)
         prod = left @ chain
-        if starts is not None:  # times a matrix of ones: each row's sum in every column
-            prod = torch.where(starts[:, odd, None], left.sum(-1, keepdim=True), prod)
+        # times a matrix of ones (a sequence start): each row's sum in every column
+        prod = torch.where(starts[:, odd, None], left.sum(-1, keepdim=True), prod)
         prod = torch.where(mask[:, odd, None, None], prod, left)
         return _scaled(u[:, even] + shift, prod, v[:, odd])
 
@@ -288,8 +283,7 @@ def _pad_to_power_of_two(emissions, mask, first):
     pad = size - count
     emissions = torch.cat([emissions, emissions.new_zeros(bsz, pad, n)], dim=1)
     mask = torch.cat([mask, mask.new_zeros(bsz, pad)], dim=1)
-    if first is not None:
-        first = torch.cat([first, first.new_zeros(bsz, pad)], dim=1)
+    first = torch.cat([first, first.new_zeros(bsz, pad)], dim=1)
     return emissions, mask, first
 
 
