@@ -138,17 +138,26 @@ def train_main(recipe: Path, overrides: tuple[str, ...], restart: bool, debug: b
 
 
 @friendly_errors
-def _run_evaluate(model: Path, data: Path, as_json: bool, reader: str | None) -> None:
+def _run_evaluate(
+    model: Path, data: Path, as_json: bool, reader: str | None, defaults: tuple[str, ...]
+) -> None:
     from . import registry
     from .training.build import register_defaults
     from .training.config import RecipeError
     from .training.evaluate import evaluate, format_scores
+    from .training.recipe import parse_value
 
     register_defaults()
     if reader is not None and reader not in registry.readers:
         known = ", ".join(registry.readers.names())
         raise RecipeError("--reader", f"unknown reader {reader!r} (known: {known})")
-    scores = evaluate(model, data, reader=reader)
+    default_attributes = {}
+    for item in defaults:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise RecipeError("--default-attribute", f"expected NAME=VALUE, got {item!r}")
+        default_attributes[name.strip()] = parse_value(value.strip())
+    scores = evaluate(model, data, reader=reader, default_attributes=default_attributes or None)
     if as_json:
         click.echo(json.dumps(scores, indent=1))
     else:
@@ -164,10 +173,25 @@ def _run_evaluate(model: Path, data: Path, as_json: bool, reader: str | None) ->
     default=None,
     help="Reader name (default: standoff for a folder, jsonl for a .jsonl file).",
 )
+@click.option(
+    "--default-attribute",
+    "defaults",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A brat folder's attribute value for the entities without one (Negation=false), as "
+    "the recipe's default_attributes gave it in training. Repeatable.",
+)
 @debug_option
-def evaluate_command(model: Path, data: Path, as_json: bool, reader: str | None, debug: bool):
+def evaluate_command(
+    model: Path,
+    data: Path,
+    as_json: bool,
+    reader: str | None,
+    defaults: tuple[str, ...],
+    debug: bool,
+):
     """Score a saved MODEL on DATA (a brat folder or a JSONL file)."""
-    _run_evaluate(model, data, as_json, reader, debug=debug)
+    _run_evaluate(model, data, as_json, reader, defaults, debug=debug)
 
 
 @friendly_errors

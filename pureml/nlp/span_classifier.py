@@ -80,8 +80,10 @@ class SpanClassifier(Component):
 
     def post_init(self, docs) -> None:
         seen: dict[str, set] = {}
+        n_spans = 0
         for doc in docs:
             for span in get_spans(doc, self.span_getter):
+                n_spans += 1
                 for k, v in span.attributes.items():
                     # None is no value (as in the loss and the scorer), not a class to predict
                     if v is not None and (self._names is None or k in self._names):
@@ -102,6 +104,17 @@ class SpanClassifier(Component):
                     f"{self.name}: no span in group(s) {self.span_getter!r} of the training "
                     f"docs has attribute {k!r}: nothing to learn (span_getter names the groups "
                     "holding the annotated spans, 'gold' for the readers)"
+                )
+            if len(seen.get(k, ())) == 1:
+                (value,) = seen[k]
+                # the loss skips spans without a value: nothing teaches the head another one
+                warnings.warn(
+                    f"{self.name}: attribute {k!r} has one value in the training docs "
+                    f"({value!r}), so every span will be predicted {value!r}. A brat binary "
+                    "attribute is written only where it holds: give the reader "
+                    f"default_attributes = {{ {k} = false }} (or another default) for the "
+                    f"spans without it ({n_spans} spans in all)",
+                    stacklevel=2,
                 )
         self.attributes = attrs
 

@@ -176,9 +176,12 @@ class StandoffSource(Source):
     """The ``.txt`` files under a folder (recursively, sorted, hidden ones skipped); parsed one by
     one on demand."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], default_attributes: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         root = Path(path)
+        self._defaults = dict(default_attributes or {})
         self.name = f"standoff:{root}"
         if not root.is_dir():
             raise DataError("not a directory", path=str(root))
@@ -205,17 +208,35 @@ class StandoffSource(Source):
 
     def _load(self, index: int) -> Doc:
         doc_id = self._ids[index]
-        return read_standoff_doc(self._root / f"{doc_id}.txt", doc_id)
+        doc = read_standoff_doc(self._root / f"{doc_id}.txt", doc_id)
+        for span in doc.spans["gold"]:
+            for name, value in self._defaults.items():
+                span.attributes.setdefault(name, value)
+        return doc
 
 
 @readers.register("standoff")
-def read_standoff(path: str | os.PathLike[str]) -> Stream:
+def read_standoff(
+    path: str | os.PathLike[str], default_attributes: dict[str, Any] | None = None
+) -> Stream:
     """A stream of the documents of a brat folder; ids are file stems; entities in "gold".
 
     Files are parsed lazily, once per run (the stream keeps them). Sub-folders are read too;
     hidden files and folders (``.ipynb_checkpoints/``, ``._name.txt``) are not.
+
+    ``default_attributes`` gives each entity the attributes it lacks: brat writes a binary
+    attribute (``A1<TAB>Negation T1``) only on the entities where it holds, so without
+    ``{"Negation": False}`` a span classifier never sees the other value. In a recipe:
+    ``data = { factory = "standoff", path = "data/train", default_attributes = { Negation = false } }``.
     """
-    return Stream(StandoffSource(path))
+    if default_attributes is not None and (
+        not isinstance(default_attributes, dict)
+        or not all(isinstance(k, str) for k in default_attributes)
+    ):
+        raise TypeError(
+            f"default_attributes: expected a table of attribute names, got {default_attributes!r}"
+        )
+    return Stream(StandoffSource(path, default_attributes))
 
 
 def _fmt_attr_value(value: Any) -> str:

@@ -30,11 +30,13 @@ def evaluate(
     data: str | os.PathLike,
     *,
     reader: str | None = None,
+    default_attributes: dict[str, Any] | None = None,
     **scorer_kwargs: Any,
 ) -> dict[str, Any]:
     """Scores of the pipeline saved at ``model`` on the documents at ``data``.
 
-    ``data`` is a brat folder or a JSONL file (or name a registered ``reader``). Returns
+    ``data`` is a brat folder or a JSONL file (or name a registered ``reader``);
+    ``default_attributes`` goes to the standoff reader (``{"Negation": False}``). Returns
     ``{"ner": {"micro": {"p", "r", "f1"}, "per_label": {...}, "token": {...}}, "speed": {...}}``.
     """
     from ..nlp import load
@@ -46,8 +48,14 @@ def evaluate(
         raise FileNotFoundError(f"no model at {model}")
     if not data.exists():
         raise FileNotFoundError(f"no data at {data}")
+    name = _reader_for(data, reader)
+    kwargs: dict[str, Any] = {}
+    if default_attributes:
+        if name != "standoff":
+            raise ValueError(f"default attributes: the {name} reader takes none (standoff does)")
+        kwargs["default_attributes"] = default_attributes
     nlp = load(model)
-    docs = list(registry.readers.get(_reader_for(data, reader))(str(data)))
+    docs = list(registry.readers.get(name)(str(data), **kwargs))
     return Scorer(**scorer_kwargs)(nlp, docs)
 
 

@@ -54,6 +54,37 @@ def test_evaluate_unknown_reader_is_bad_input(trained, corpus):
     )
 
 
+def test_evaluate_default_attribute_fills_what_brat_leaves_out(corpus, tmp_path):
+    from training.tiny_recipes import tiny_template
+
+    template = tiny_template(multitask=True, max_steps=4, checkpoint_interval=None)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(template.format(corpus=corpus, out=tmp_path / "out"))
+    result = CliRunner().invoke(main, ["train", str(recipe)])
+    assert result.exit_code == 0, result.output
+    # the dev notes with every "affirmed" A line removed: brat's way of writing a default value
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for txt in (corpus / "dev").glob("*.txt"):
+        (dev / txt.name).write_text(txt.read_text())
+        ann = txt.with_suffix(".ann").read_text().splitlines(keepends=True)
+        kept = [line for line in ann if not line.rstrip().endswith(" affirmed")]
+        (dev / txt.with_suffix(".ann").name).write_text("".join(kept))
+    model = str(tmp_path / "out" / "model-last")
+
+    def scores(*args):
+        result = CliRunner().invoke(main, ["evaluate", model, *args, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["span_attributes"]
+
+    full = scores(str(corpus / "dev"))
+    assert scores(str(dev)) != full  # no gold "affirmed": every affirmed prediction is wrong
+    assert scores(str(dev), "--default-attribute", "status=affirmed") == full
+    bad = CliRunner().invoke(main, ["evaluate", model, str(dev), "--default-attribute", "status"])
+    assert bad.exit_code == 2
+    assert bad.stderr == "error: --default-attribute: expected NAME=VALUE, got 'status'\n"
+
+
 def test_run_folder_layout(trained):
     names = {p.name for p in trained.iterdir()}
     assert {"config.toml", "metrics.jsonl", "steps.jsonl", "checkpoints", "model-last"} <= names

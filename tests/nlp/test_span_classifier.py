@@ -1,5 +1,7 @@
 """Span classifier: attribute values inferred from training spans."""
 
+import warnings
+
 import pytest
 
 from pureml.nlp import Doc, Pipeline, ScratchEncoder, Span, SpanClassifier, load
@@ -41,3 +43,24 @@ def test_non_scalar_attribute_values_are_a_clear_error():
     nlp = _pipeline(attributes=["status"])  # naming the attributes leaves the others alone
     nlp.post_init([doc])
     assert nlp.get_pipe("clf").attributes == {"status": ["a"]}
+
+
+def test_an_attribute_with_one_value_in_training_is_flagged(tmp_path):
+    # brat's binary attributes: only the negated spans carry Negation=True; the others have no
+    # value, which the loss skips, so the head learnt to say True for every span, silently
+    docs = []
+    for negated in [True, False, False]:
+        doc = Doc("No chest pain.")
+        doc.spans["gold"] = [Span(3, 13, "problem", {"Negation": True} if negated else {})]
+        docs.append(doc)
+    with pytest.warns(
+        UserWarning, match=r"'Negation' has one value .*\(True\).*default_attributes"
+    ):
+        _pipeline().post_init(docs)
+    for doc in docs[1:]:  # what read_standoff(default_attributes={"Negation": False}) gives
+        doc.spans["gold"][0].attributes["Negation"] = False
+    nlp = _pipeline()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nlp.post_init(docs)
+    assert nlp.get_pipe("clf").attributes == {"Negation": [False, True]}

@@ -200,3 +200,27 @@ def test_write_standoff_keeps_spaces_and_tabs_where_brat_can(tmp_path):
     write_standoff([Doc("Breast cancer.", id="d", spans={"gold": [span]})], tmp_path)
     (doc,) = read_standoff(tmp_path)
     assert doc.spans["gold"][0].attributes == span.attributes
+
+
+def test_standoff_default_attributes_fill_what_brat_leaves_out(tmp_path):
+    # brat writes a binary attribute only where it holds: "Negation" on T1, nothing on T2. With
+    # no default, T2 had no value and a span classifier learnt Negation=True for every span.
+    (tmp_path / "a.txt").write_text("No fever. Cough.", encoding="utf-8")
+    (tmp_path / "a.ann").write_text(
+        "T1\tproblem 3 8\tfever\nT2\tproblem 10 15\tCough\nA1\tNegation T1\n"
+        "A2\tCertainty T2 Likely\n",
+        encoding="utf-8",
+    )
+    (plain,) = list(read_standoff(tmp_path))
+    assert [s.attributes for s in plain.spans["gold"]] == [
+        {"Negation": True},
+        {"Certainty": "Likely"},
+    ]
+    defaults = {"Negation": False, "Certainty": "Certain"}
+    (doc,) = list(read_standoff(tmp_path, default_attributes=defaults))
+    assert [s.attributes for s in doc.spans["gold"]] == [
+        {"Negation": True, "Certainty": "Certain"},
+        {"Negation": False, "Certainty": "Likely"},
+    ]
+    with pytest.raises(TypeError, match="default_attributes: expected a table"):
+        read_standoff(tmp_path, default_attributes=["Negation"])
