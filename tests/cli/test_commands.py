@@ -85,6 +85,24 @@ def test_evaluate_default_attribute_fills_what_brat_leaves_out(corpus, tmp_path)
     assert bad.stderr == "error: --default-attribute: expected NAME=VALUE, got 'status'\n"
 
 
+def test_evaluate_counts_gold_labels_the_model_never_saw(trained, corpus, tmp_path):
+    # dev's "test" entities renamed "allergy", a label the model was not trained on: they were
+    # left out of the scores, so the micro recall ignored them
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for txt in (corpus / "dev").glob("*.txt"):
+        (dev / txt.name).write_text(txt.read_text())
+        ann = txt.with_suffix(".ann").read_text().replace("\ttest ", "\tallergy ")
+        (dev / txt.with_suffix(".ann").name).write_text(ann)
+    model = str(trained / "model-last")
+    before = json.loads(
+        CliRunner().invoke(main, ["evaluate", model, str(corpus / "dev"), "--json"]).stdout
+    )
+    after = json.loads(CliRunner().invoke(main, ["evaluate", model, str(dev), "--json"]).stdout)
+    assert after["ner"]["per_label"]["allergy"]["r"] == 0.0
+    assert after["ner"]["micro"]["r"] < before["ner"]["micro"]["r"]
+
+
 def test_run_folder_layout(trained):
     names = {p.name for p in trained.iterdir()}
     assert {"config.toml", "metrics.jsonl", "steps.jsonl", "checkpoints", "model-last"} <= names
