@@ -78,6 +78,7 @@ def parse_ann(ann: str, text: str, path: str = "<ann>") -> tuple[list[Span], lis
     spans: dict[str, Span] = {}
     pending: list[tuple[int, str, str]] = []  # attribute/norm/note lines refer to entities
     kept: list[str] = []
+    linked: list[tuple[int, str]] = []  # relation, event and equivalence lines
     if ann.startswith("\ufeff"):  # a BOM some editors add; never part of an annotation
         ann = ann[1:]
     for lineno, raw in enumerate(ann.split("\n"), start=1):
@@ -126,6 +127,7 @@ def parse_ann(ann: str, text: str, path: str = "<ann>") -> tuple[list[Span], lis
             pending.append((lineno, line, kind))
         elif kind in "RE*":
             kept.append(line)
+            linked.append((lineno, line))
         else:
             raise DataError(
                 f"cannot parse line {line!r}: unknown annotation type {kind!r}",
@@ -154,9 +156,41 @@ def parse_ann(ann: str, text: str, path: str = "<ann>") -> tuple[list[Span], lis
                 prev = target.attributes.get("norm_name")
                 name = fields[2]
                 target.attributes["norm_name"] = name if prev is None else f"{prev}|{name}"
-        else:
+        elif len(fields) > 2:
             target.attributes["note"] = "\t".join(fields[2:])
+        else:  # "#1<TAB>AnnotatorNotes T1 the note": spaces where brat puts a tab
+            target.attributes["note"] = " ".join(args[2:])
+    events = {line.split("\t", 1)[0] for _, line in linked if line[:1] == "E"}
+    for lineno, line in linked:
+        _check_links(line, spans.keys() | events, (path, lineno))
     return sorted(spans.values(), key=lambda s: (s.start, s.end)), kept
+
+
+def _check_links(line: str, known: set[str], where: tuple[str, int]) -> None:
+    """A relation (``R1<TAB>Type Arg1:T1 Arg2:T2``), event (``E1<TAB>Type:T1 Role:T2``) or
+    equivalence (``*<TAB>Equiv T1 T2``) line must name entities (or events) of its file: kept
+    verbatim, a dangling one would be written back into a file brat refuses."""
+    fields = line.split("\t")
+    args = fields[1].split() if len(fields) > 1 else []
+    kind = line[:1]
+    if kind == "*":
+        refs = args[1:]
+        ok = len(refs) >= 2
+    elif kind == "R":
+        pairs = [a.partition(":") for a in args[1:]]
+        refs = [p[2] for p in pairs]
+        ok = len(pairs) == 2 and all(p[1] and p[0] and p[2] for p in pairs)
+    else:
+        pairs = [a.partition(":") for a in args]
+        refs = [p[2] for p in pairs]
+        ok = bool(pairs) and all(p[1] and p[0] and p[2] for p in pairs)
+    if not ok:
+        raise DataError(f"cannot parse line {line!r}", path=where[0], line=where[1])
+    for ref in refs:
+        if ref not in known:
+            raise DataError(
+                f"{fields[0]} refers to unknown entity {ref}", path=where[0], line=where[1]
+            )
 
 
 def read_standoff_doc(txt_path: Path, doc_id: str) -> Doc:
@@ -272,7 +306,9 @@ def write_standoff(
 ) -> int:
     """Write ``id.txt`` + ``id.ann`` per document (spans of ``span_group``); returns the count.
 
-    Span ids are kept when present and unique; attributes are written back as the reader reads
+    Span ids are kept when present and unique; the relation, event and equivalence lines the
+    reader kept are written back with the ``gold`` group under its own ids (they refer to those
+    entities), never with another group's spans; attributes are written back as the reader reads
     them (``norm`` as N lines, ``note`` as ``#`` lines, ``fragments`` as discontinuous offsets,
     other values as A lines; ``False``/``None`` attributes are left out). What brat cannot
     store (a label or attribute value with whitespace, a note with a line break, an id
@@ -335,7 +371,10 @@ def write_standoff(
                         text = _fmt_attr_value(value)
                         tail = " " + _check_writable(text, f"attribute {name!r} value", *where)
                     lines.append(f"A{n_attr}\t{name} {ident}{tail}")
-        lines.extend(doc.meta.get("standoff_lines", []))
+        # relations and events refer to the entities read, by id: they stay true only for
+        # those entities under their ids (not for predictions written from another group)
+        if span_group == "gold" and unique:
+            lines.extend(doc.meta.get("standoff_lines", []))
         txt.write_text(doc.text, encoding="utf-8", newline="")
         txt.with_suffix(".ann").write_text(
             "".join(line + "\n" for line in lines), encoding="utf-8", newline=""

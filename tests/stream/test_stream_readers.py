@@ -224,3 +224,46 @@ def test_standoff_default_attributes_fill_what_brat_leaves_out(tmp_path):
     ]
     with pytest.raises(TypeError, match="default_attributes: expected a table"):
         read_standoff(tmp_path, default_attributes=["Negation"])
+
+
+def _one_doc(tmp_path, ann: str):
+    folder = tmp_path / "brat"
+    folder.mkdir(exist_ok=True)
+    (folder / "a.txt").write_text("Aspirin causes ulcers.", encoding="utf-8")
+    (folder / "a.ann").write_text("T1\tDrug 0 7\tAspirin\nT2\tDisease 15 21\tulcers\n" + ann)
+    return list(read_standoff(folder))
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("R1\tCauses Arg1:T1 Arg2:T9", r"a\.ann:3: R1 refers to unknown entity T9"),
+        ("R1\tCauses T1", r"a\.ann:3: cannot parse line 'R1\\tCauses T1'"),
+        ("E1\tTreat:T1 Theme:E7", r"a\.ann:3: E1 refers to unknown entity E7"),
+        ("*\tEquiv T1 T3", r"a\.ann:3: \* refers to unknown entity T3"),
+    ],
+)
+def test_relations_events_and_equivalences_must_name_known_entities(tmp_path, line, message):
+    # they were kept verbatim unchecked, and written back into files brat refuses
+    from pureml.stream import DataError
+
+    with pytest.raises(DataError, match=message):
+        _one_doc(tmp_path, line + "\n")
+
+
+def test_kept_lines_go_back_with_the_entities_they_name_only(tmp_path):
+    lines = "E2\tTreat:T1 Theme:E1\nE1\tHarm:T2\nR1\tCauses Arg1:T1 Arg2:T2\n*\tEquiv T1 T2\n"
+    (doc,) = _one_doc(tmp_path, lines)  # an event may name one defined after it
+    assert len(doc.meta["standoff_lines"]) == 4
+    write_standoff([doc], tmp_path / "gold")
+    assert (tmp_path / "gold" / "a.ann").read_text().endswith(lines)
+    # predictions renumber their entities: the gold relations would name other spans (or none)
+    doc.spans["ents"] = [Span(15, 21, "Disease")]
+    write_standoff([doc], tmp_path / "pred", span_group="ents")
+    assert (tmp_path / "pred" / "a.ann").read_text() == "T1\tDisease 15 21\tulcers\n"
+
+
+def test_annotator_note_after_a_space_is_kept(tmp_path):
+    # brat puts a tab before the note; with a space the note was read as '' and lost
+    (doc,) = _one_doc(tmp_path, "#1\tAnnotatorNotes T1 brand name\n")
+    assert doc.spans["gold"][0].attributes == {"note": "brand name"}
