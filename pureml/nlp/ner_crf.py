@@ -117,7 +117,24 @@ class NerCrf(Component):
                 first, last = doc.word_range(span)
                 if first < last:
                     spans.append((first, last, index[span.label]))
-            out["tags"] = crf.bioul_encode(crf.drop_overlaps(spans), n)
+                    start, end = doc.words[first][0], doc.words[last - 1][1]
+                    if (start, end) != (span.start, span.end):
+                        self._warn_once(
+                            "boundaries",
+                            f"{self.name}: gold span {doc.text[span.start : span.end]!r} "
+                            f"(doc {doc.id!r}) does not start and end where words do; it is "
+                            f"trained as the words it touches, {doc.text[start:end]!r} "
+                            "(warned for the first such span only)",
+                        )
+            kept = crf.drop_overlaps(spans)
+            if len(kept) < len(spans):
+                self._warn_once(
+                    "overlaps",
+                    f"{self.name}: {len(spans) - len(kept)} gold span(s) of doc {doc.id!r} "
+                    "overlap a longer one and are left out of training: the CRF tags one "
+                    "entity per word (warned for the first such doc only)",
+                )
+            out["tags"] = crf.bioul_encode(kept, n)
         return out
 
     def _warn_once(self, key: str, message: str) -> None:

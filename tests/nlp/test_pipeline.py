@@ -345,3 +345,31 @@ def test_compiled_step_shares_one_graph_across_batch_shapes():
         state, metrics = step(state, [b])
         assert torch.isfinite(metrics["loss"])
     assert counter.frame_count == 2  # the forward (with its backward) and the update
+
+
+def test_ner_says_which_gold_spans_it_cannot_train_on_as_written():
+    # a CRF tags one entity per word, on word boundaries: nested entities were dropped and
+    # sub-word ones widened without a word, and dev then scored those labels 0/0/0
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": NerCrf()})
+    doc = Doc("Took 500mg of paracetamol. Chest pain on the left.", id="note")
+    doc.spans["gold"] = [
+        Span(5, 10, "dose"),  # "500mg": a word
+        Span(8, 10, "unit"),  # "mg": inside the word "500mg"
+        Span(27, 37, "problem"),  # "Chest pain"
+        Span(33, 37, "symptom"),  # "pain", nested in it
+    ]
+    nlp.post_init([doc])
+    nlp.initialize()
+    with pytest.warns(UserWarning) as record:
+        tags = nlp.preprocess(doc, supervision=True)["ner"]["tags"]
+    messages = sorted(str(w.message) for w in record)
+    assert messages == [
+        "ner: 2 gold span(s) of doc 'note' overlap a longer one and are left out of training: "
+        "the CRF tags one entity per word (warned for the first such doc only)",
+        "ner: gold span 'mg' (doc 'note') does not start and end where words do; it is trained "
+        "as the words it touches, '500mg' (warned for the first such span only)",
+    ]
+    assert sum(t != 0 for t in tags) == 3  # "500mg" (U) and "Chest pain" (B, L)
+    with warnings.catch_warnings():  # once per component
+        warnings.simplefilter("error")
+        nlp.preprocess(doc, supervision=True)
