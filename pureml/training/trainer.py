@@ -38,6 +38,7 @@ from ..core.state import CheckpointError, TrainState, fingerprint, load_state, s
 from ..nlp.doc import Doc
 from ..registry import loggers as logger_registry
 from ..stream import Stream
+from ..stream.errors import StreamError
 from . import checkpoint as ckpt
 from .loggers import BaseLogger, ProgressLogger
 from .records import StepRecorder, batch_fingerprint, params_fingerprint, step_record
@@ -553,7 +554,6 @@ class Trainer:
         document, with the stream's key path: the first batch would raise it only once the run
         folder is set up."""
         from ..stream.batching import StatSize, parse_size, stat_value
-        from ..stream.errors import StreamError
 
         for _phase, feeds in self.plan:
             for name, td, pipes in feeds:
@@ -898,8 +898,15 @@ class Trainer:
                     "over there, or choose another train.output_dir"
                 ) from None
             saved = ckpt.read_meta(resume_from)["streams"]
-            for name, stream in streams.items():
-                stream.load_state_dict(saved[name])
+            for name, td, _pipes in feeds:
+                try:
+                    streams[name].load_state_dict(saved[name])
+                except StreamError as e:
+                    raise RunDirError(
+                        f"{self._stream_path(name, td)}: the training data changed since "
+                        f"checkpoint {resume_from} ({e}): pass --restart (restart=True) to start "
+                        "over there, or choose another train.output_dir"
+                    ) from None
             self._sync_module(state)
         from ..distributed import RankTrace, check_same_everywhere
 

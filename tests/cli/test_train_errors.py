@@ -279,3 +279,32 @@ def test_stream_feeding_no_loss_names_its_pipe_names(tiny_recipe, compiled):
         "error: train_data.notes.pipe_names: none of ['embedding'] computes a loss from its "
         "batches; name a component with targets (a ner_crf, a span_classifier) there\n"
     )
+
+
+def test_resuming_after_the_training_docs_changed_names_the_stream_and_the_fix(tmp_path, corpus):
+    # the stream's own message did not say which stream, nor that --restart starts over
+    import shutil
+
+    from training.tiny_recipes import tiny_template
+
+    train_dir = tmp_path / "corpus" / "train"
+    shutil.copytree(corpus / "train", train_dir)
+    template = tiny_template(
+        reader="standoff", validate=False, max_steps=4, checkpoint_interval=2, logger=["json"]
+    )
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(template.format(corpus=tmp_path / "corpus", out=tmp_path / "out"))
+    first = CliRunner().invoke(main, ["train", str(recipe)])
+    assert first.exit_code == 0, first.output
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-000004")  # as if killed at step 3
+    for txt in sorted(train_dir.glob("*.txt"))[:5]:
+        txt.unlink()
+        txt.with_suffix(".ann").unlink()
+    again = CliRunner().invoke(main, ["train", str(recipe)])
+    assert again.exit_code == 2, again.output
+    error = again.stderr.splitlines()[-1]  # after "resuming from ... (step 2)"
+    assert error.startswith("error: train_data.notes: the training data changed since checkpoint ")
+    assert "saved 40 items" in error and "this stream has 35 items" in error
+    assert error.endswith(
+        "pass --restart (restart=True) to start over there, or choose another train.output_dir"
+    )
