@@ -57,14 +57,19 @@ def unknown_key(path: str, key: str, known: list[str], what: str = "") -> Recipe
     >>> print(unknown_key("train.max_step", "max_step", ["max_steps", "seed"]))
     train.max_step: unknown key (did you mean 'max_steps'? expected one of: max_steps, seed)
     """
+    return RecipeError(
+        path, f"unknown key{' for ' + what if what else ''} ({known_keys_hint(key, known)})"
+    )
+
+
+def known_keys_hint(key: str, known: list[str]) -> str:
+    """``did you mean 'max_steps'? expected one of: max_steps, seed`` (without the guess when no
+    known key is close)."""
     import difflib
 
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    return RecipeError(
-        path,
-        f"unknown key{' for ' + what if what else ''} ({hint}expected one of: {', '.join(known)})",
-    )
+    return f"{hint}expected one of: {', '.join(known)}"
 
 
 class _FieldError(ValueError):

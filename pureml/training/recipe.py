@@ -46,6 +46,7 @@ from .config import (
     Recipe,
     RecipeError,
     Table,
+    known_keys_hint,
     structure,
     structure_recipe,
     type_name,
@@ -191,8 +192,8 @@ def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
         if isinstance(hint, type) and attrs.has(hint):
             names = {a.name: a.type for a in attrs.fields(hint)}
             if part not in names:
-                known = ", ".join(sorted(names))
-                raise RecipeError(here, f"no such key to override (expected one of: {known})")
+                hint = known_keys_hint(part, sorted(names))
+                raise RecipeError(here, f"no such key to override ({hint})")
             hint = typing.get_type_hints(hint)[part]
         elif typing.get_origin(hint) is dict:
             value_hint = typing.get_args(hint)[1]

@@ -102,7 +102,10 @@ def test_overrides_parse_toml_values_and_bare_strings():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train.max_stepz=1", "train.max_stepz: no such key to override"),
+        (
+            "train.max_stepz=1",
+            "train.max_stepz: no such key to override (did you mean 'max_steps'? expected one of:",
+        ),
         ("nope.x=1", "nope: no such key to override"),
         ("train_data.other.batch_size=3", "train_data.other: no such key to override"),
         ("train.seed.x=1", "train.seed.x: no such key to override (int has no keys)"),
