@@ -63,9 +63,9 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         try:
             return fn(*args, **kwargs)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             if _speaks_for_node():
-                click.echo("interrupted", err=True)
+                click.echo(f"interrupted: {e}" if str(e) else "interrupted", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except click.exceptions.ClickException:
             raise

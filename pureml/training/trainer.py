@@ -231,7 +231,10 @@ class _Interrupts:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested is not None:  # second signal: give up on the clean exit
             signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt(
+                "stopped at once, without a checkpoint of this step: the same command resumes "
+                "from the last one"
+            )
         self.requested = signal.Signals(signum).name
 
     def __exit__(self, *exc: Any) -> None:

@@ -185,3 +185,27 @@ def test_evaluate_a_run_folder_or_broken_weights_is_one_line(trained, corpus, tm
     assert broken.exit_code == 2, broken.output
     assert broken.stderr.startswith(f"error: corrupted weights file {model / 'model.safetensors'}")
     assert len(broken.stderr.splitlines()) == 1 and "--debug" not in broken.stderr
+
+
+def test_a_second_ctrl_c_says_what_it_skipped(capsys):
+    # the second signal stops at once; it printed only "interrupted", though the first one's
+    # clean exit writes a checkpoint of the step and this one does not
+    import signal
+
+    from pureml.cli import EXIT_INTERRUPTED, friendly_errors
+    from pureml.training.trainer import _Interrupts
+
+    @friendly_errors
+    def twice() -> None:
+        with _Interrupts() as interrupts:
+            interrupts._handle(signal.SIGINT, None)
+            assert interrupts.requested == "SIGINT"  # the first: a flag for the loop
+            interrupts._handle(signal.SIGINT, None)
+
+    with pytest.raises(SystemExit) as exit_info:
+        twice()
+    assert exit_info.value.code == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == (
+        "interrupted: stopped at once, without a checkpoint of this step: the same command "
+        "resumes from the last one\n"
+    )
