@@ -444,6 +444,7 @@ class Trainer:
                     "pass --restart (restart=True) to start over there, or choose another "
                     "train.output_dir"
                 )
+        self._check_pipeline(meta.get("pipeline"), path)
         if (saved_world := meta.get("world_size", 1)) != self.world.world_size:
             self.message(
                 f"warning: checkpoint written with {saved_world} "
@@ -457,6 +458,30 @@ class Trainer:
                 f"{torch.__version__}: the resumed run may not be bitwise equal"
             )
         return path
+
+    def _pipeline_config(self) -> dict[str, Any]:
+        """Each component's settings as built for this run, labels inferred from the training
+        docs included (as JSON reads them back)."""
+        configs = {name: self.nlp.get_pipe(name).config() for name in self.nlp.pipe_names}
+        return json.loads(json.dumps(configs, default=str))
+
+    def _check_pipeline(self, saved: Any, path: Path) -> None:
+        """Refuse a checkpoint whose pipeline was built otherwise: the recipe is the same, so
+        the training docs changed what ``post_init`` infers (labels, attribute values). Older
+        checkpoints do not record it: their state shapes are checked when loaded."""
+        if not isinstance(saved, dict):
+            return
+        now = self._pipeline_config()
+        for name, config in now.items():
+            before = saved.get(name, {})
+            for key in sorted(set(config) | set(before)):
+                if config.get(key) != before.get(key):
+                    raise RunDirError(
+                        f"nlp.components.{name}.{key}: {before.get(key)!r:.120} in checkpoint "
+                        f"{path.name}, {config.get(key)!r:.120} now, inferred from the training "
+                        "docs, which changed since: pass --restart (restart=True) to start over "
+                        "there, or choose another train.output_dir"
+                    )
 
     def _clear_run_dir(self) -> None:
         import shutil
@@ -755,6 +780,7 @@ class Trainer:
             "logging": logging_state,
             "records": self.recorder.state(),
             "last_score": getattr(self, "_last_score", None),
+            "pipeline": self._pipeline_config(),
         }
         ckpt.save_checkpoint(
             self.output_dir,

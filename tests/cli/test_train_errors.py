@@ -308,3 +308,32 @@ def test_resuming_after_the_training_docs_changed_names_the_stream_and_the_fix(t
     assert error.endswith(
         "pass --restart (restart=True) to start over there, or choose another train.output_dir"
     )
+
+
+def test_resuming_after_the_training_docs_changed_the_labels_names_them(tmp_path, corpus):
+    # the 'drug' entities renamed 'problem': same recipe, same documents, one label fewer; the
+    # resume failed on a tensor's shape ('params.ner.transitions': expected (9, 9), got (13, 13))
+    import shutil
+
+    from training.tiny_recipes import tiny_template
+
+    train_dir = tmp_path / "corpus" / "train"
+    shutil.copytree(corpus / "train", train_dir)
+    template = tiny_template(
+        reader="standoff", validate=False, max_steps=4, checkpoint_interval=2, logger=["json"]
+    )
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(template.format(corpus=tmp_path / "corpus", out=tmp_path / "out"))
+    first = CliRunner().invoke(main, ["train", str(recipe)])
+    assert first.exit_code == 0, first.output
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-000004")  # as if killed at step 3
+    for ann in train_dir.glob("*.ann"):
+        ann.write_text(ann.read_text().replace("\tdrug ", "\tproblem "))
+    again = CliRunner().invoke(main, ["train", str(recipe)])
+    assert again.exit_code == 2, again.output
+    assert again.stderr.splitlines()[-1] == (
+        "error: nlp.components.ner.labels: ['drug', 'problem', 'test'] in checkpoint "
+        "step-000002, ['problem', 'test'] now, inferred from the training docs, which changed "
+        "since: pass --restart (restart=True) to start over there, or choose another "
+        "train.output_dir"
+    )
