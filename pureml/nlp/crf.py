@@ -208,7 +208,7 @@ class _Chain:
     position with one real matrix product (``advance``, ``retreat``)."""
 
     def __init__(self, transitions, start, end) -> None:
-        self.transitions, self.start, self.end = transitions, start, end
+        self.start, self.end = start, end
         self.top = transitions.amax(-1)
         self.scaled = torch.exp(transitions - self.top.unsqueeze(-1))
 
@@ -277,7 +277,7 @@ def _pad_to_power_of_two(emissions, mask, first):
     a range (``256 < K <= 512``), not on K itself, and all lengths of one octave share one
     graph."""
     bsz, count, n = emissions.shape
-    size = 1
+    size = 2  # a tree has two leaves at least
     while size < count:
         size *= 2
     pad = size - count
@@ -354,12 +354,7 @@ def log_partition(
         # For each position with a matrix: its inputs, and the running scores before and after.
         cols = (e[:, 1:], mask[:, 1:], first[:, 1:])
         before, after = a0.unsqueeze(1), en.expand(bsz, 1, n)
-        if length == 3:
-            alpha = chain.advance(a0, e[:, 1], mask[:, 1], first[:, 1])
-            beta0 = chain.retreat(after_tree, e[:, 1], mask[:, 1], first[:, 1])
-            before = torch.stack([a0, alpha], dim=1)
-            after = torch.stack([after_tree, after[:, 0]], dim=1)
-        elif length > 3:
+        if length > 2:
             inner = _pad_to_power_of_two(e[:, 1:-1], mask[:, 1:-1], first[:, 1:-1])
             levels = chain.tree_levels(*inner)
             top = tuple(t[:, 0] for t in levels[-1])
@@ -432,7 +427,7 @@ def _matrix_terms(chain, before, after, alpha, logz, cols, length, d_emit, d_tra
     # ends in i) times p(this one starts in j).
     ends = torch.where(starts.unsqueeze(-1), torch.softmax(before + chain.end, dim=-1), 0.0)
     opens = torch.where(starts.unsqueeze(-1), unary, 0.0)
-    emit = unary if length <= 3 else torch.cat([unary[:, : length - 2], unary[:, -1:]], dim=1)
+    emit = torch.cat([unary[:, : length - 2], unary[:, -1:]], dim=1)  # the tree's padding out
     return (
         (emit * d_emit[:, 1:]).sum((-1, -2))
         + (on_trans * d_trans).sum((-1, -2))

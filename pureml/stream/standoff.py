@@ -176,14 +176,10 @@ def _check_links(line: str, known: set[str], where: tuple[str, int]) -> None:
     if kind == "*":
         refs = args[1:]
         ok = len(refs) >= 2
-    elif kind == "R":
-        pairs = [a.partition(":") for a in args[1:]]
+    else:  # Role:ID pairs, after the relation's type (an event's type is a pair too)
+        pairs = [a.partition(":") for a in (args[1:] if kind == "R" else args)]
         refs = [p[2] for p in pairs]
-        ok = len(pairs) == 2 and all(p[1] and p[0] and p[2] for p in pairs)
-    else:
-        pairs = [a.partition(":") for a in args]
-        refs = [p[2] for p in pairs]
-        ok = bool(pairs) and all(p[1] and p[0] and p[2] for p in pairs)
+        ok = all(all(p) for p in pairs) and (len(pairs) == 2 if kind == "R" else bool(pairs))
     if not ok:
         raise DataError(f"cannot parse line {line!r}", path=where[0], line=where[1])
     for ref in refs:

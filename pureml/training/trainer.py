@@ -215,6 +215,10 @@ def _world(cpu: bool = False) -> Any:
     return init_distributed(cpu=cpu)
 
 
+# How every refused resume ends: the two ways out.
+START_OVER = "pass --restart (restart=True) to start over there, or choose another train.output_dir"
+
+
 class _Interrupts:
     """Turns SIGINT/SIGTERM into a flag checked between steps (a second Ctrl-C stops at once)."""
 
@@ -441,8 +445,7 @@ class Trainer:
                     detail = f" (differs in {', '.join(keys[:5])}{more})"
                 raise RunDirError(
                     f"{self.output_dir} holds checkpoints of a different recipe{detail}: "
-                    "pass --restart (restart=True) to start over there, or choose another "
-                    "train.output_dir"
+                    f"{START_OVER}"
                 )
         self._check_pipeline(meta.get("pipeline"), path)
         if (saved_world := meta.get("world_size", 1)) != self.world.world_size:
@@ -479,8 +482,7 @@ class Trainer:
                     raise RunDirError(
                         f"nlp.components.{name}.{key}: {before.get(key)!r:.120} in checkpoint "
                         f"{path.name}, {config.get(key)!r:.120} now, inferred from the training "
-                        "docs, which changed since: pass --restart (restart=True) to start over "
-                        "there, or choose another train.output_dir"
+                        f"docs, which changed since: {START_OVER}"
                     )
 
     def _clear_run_dir(self) -> None:
@@ -922,10 +924,7 @@ class Trainer:
                 state, _ = load_state(state, Path(resume_from) / "state")
             except CheckpointError as e:
                 # unreadable, or made by a run whose state differs (an older pureml's layout)
-                raise RunDirError(
-                    f"{e} (checkpoint {resume_from}): pass --restart (restart=True) to start "
-                    "over there, or choose another train.output_dir"
-                ) from None
+                raise RunDirError(f"{e} (checkpoint {resume_from}): {START_OVER}") from None
             saved = ckpt.read_meta(resume_from)["streams"]
             for name, td, _pipes in feeds:
                 try:
@@ -933,8 +932,7 @@ class Trainer:
                 except StreamError as e:
                     raise RunDirError(
                         f"{self._stream_path(name, td)}: the training data changed since "
-                        f"checkpoint {resume_from} ({e}): pass --restart (restart=True) to start "
-                        "over there, or choose another train.output_dir"
+                        f"checkpoint {resume_from} ({e}): {START_OVER}"
                     ) from None
             self._sync_module(state)
         from ..distributed import RankTrace, check_same_everywhere

@@ -54,6 +54,17 @@ def test_evaluate_unknown_reader_is_bad_input(trained, corpus):
     )
 
 
+def _edited_dev(corpus, tmp_path, edit):
+    """A copy of the corpus's brat dev folder, each .ann file's text passed through ``edit``."""
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    for txt in (corpus / "dev").glob("*.txt"):
+        (dev / txt.name).write_text(txt.read_text())
+        ann = txt.with_suffix(".ann")
+        (dev / ann.name).write_text(edit(ann.read_text()))
+    return dev
+
+
 def test_evaluate_default_attribute_fills_what_brat_leaves_out(corpus, tmp_path):
     from training.tiny_recipes import tiny_template
 
@@ -63,13 +74,15 @@ def test_evaluate_default_attribute_fills_what_brat_leaves_out(corpus, tmp_path)
     result = CliRunner().invoke(main, ["train", str(recipe)])
     assert result.exit_code == 0, result.output
     # the dev notes with every "affirmed" A line removed: brat's way of writing a default value
-    dev = tmp_path / "dev"
-    dev.mkdir()
-    for txt in (corpus / "dev").glob("*.txt"):
-        (dev / txt.name).write_text(txt.read_text())
-        ann = txt.with_suffix(".ann").read_text().splitlines(keepends=True)
-        kept = [line for line in ann if not line.rstrip().endswith(" affirmed")]
-        (dev / txt.with_suffix(".ann").name).write_text("".join(kept))
+    dev = _edited_dev(
+        corpus,
+        tmp_path,
+        lambda ann: "".join(
+            line
+            for line in ann.splitlines(keepends=True)
+            if not line.rstrip().endswith(" affirmed")
+        ),
+    )
     model = str(tmp_path / "out" / "model-last")
 
     def scores(*args):
@@ -88,12 +101,7 @@ def test_evaluate_default_attribute_fills_what_brat_leaves_out(corpus, tmp_path)
 def test_evaluate_counts_gold_labels_the_model_never_saw(trained, corpus, tmp_path):
     # dev's "test" entities renamed "allergy", a label the model was not trained on: they were
     # left out of the scores, so the micro recall ignored them
-    dev = tmp_path / "dev"
-    dev.mkdir()
-    for txt in (corpus / "dev").glob("*.txt"):
-        (dev / txt.name).write_text(txt.read_text())
-        ann = txt.with_suffix(".ann").read_text().replace("\ttest ", "\tallergy ")
-        (dev / txt.with_suffix(".ann").name).write_text(ann)
+    dev = _edited_dev(corpus, tmp_path, lambda ann: ann.replace("\ttest ", "\tallergy "))
     model = str(trained / "model-last")
     before = json.loads(
         CliRunner().invoke(main, ["evaluate", model, str(corpus / "dev"), "--json"]).stdout

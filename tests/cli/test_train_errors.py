@@ -281,8 +281,9 @@ def test_stream_feeding_no_loss_names_its_pipe_names(tiny_recipe, compiled):
     )
 
 
-def test_resuming_after_the_training_docs_changed_names_the_stream_and_the_fix(tmp_path, corpus):
-    # the stream's own message did not say which stream, nor that --restart starts over
+def _run_stopped_at_step_3(tmp_path, corpus):
+    """A 4-step run over a copy of the corpus's brat training folder, checkpointed at step 2
+    and as if killed at step 3: (its training folder, its recipe)."""
     import shutil
 
     from training.tiny_recipes import tiny_template
@@ -296,7 +297,13 @@ def test_resuming_after_the_training_docs_changed_names_the_stream_and_the_fix(t
     recipe.write_text(template.format(corpus=tmp_path / "corpus", out=tmp_path / "out"))
     first = CliRunner().invoke(main, ["train", str(recipe)])
     assert first.exit_code == 0, first.output
-    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-000004")  # as if killed at step 3
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-000004")
+    return train_dir, recipe
+
+
+def test_resuming_after_the_training_docs_changed_names_the_stream_and_the_fix(tmp_path, corpus):
+    # the stream's own message did not say which stream, nor that --restart starts over
+    train_dir, recipe = _run_stopped_at_step_3(tmp_path, corpus)
     for txt in sorted(train_dir.glob("*.txt"))[:5]:
         txt.unlink()
         txt.with_suffix(".ann").unlink()
@@ -313,20 +320,7 @@ def test_resuming_after_the_training_docs_changed_names_the_stream_and_the_fix(t
 def test_resuming_after_the_training_docs_changed_the_labels_names_them(tmp_path, corpus):
     # the 'drug' entities renamed 'problem': same recipe, same documents, one label fewer; the
     # resume failed on a tensor's shape ('params.ner.transitions': expected (9, 9), got (13, 13))
-    import shutil
-
-    from training.tiny_recipes import tiny_template
-
-    train_dir = tmp_path / "corpus" / "train"
-    shutil.copytree(corpus / "train", train_dir)
-    template = tiny_template(
-        reader="standoff", validate=False, max_steps=4, checkpoint_interval=2, logger=["json"]
-    )
-    recipe = tmp_path / "recipe.toml"
-    recipe.write_text(template.format(corpus=tmp_path / "corpus", out=tmp_path / "out"))
-    first = CliRunner().invoke(main, ["train", str(recipe)])
-    assert first.exit_code == 0, first.output
-    shutil.rmtree(tmp_path / "out" / "checkpoints" / "step-000004")  # as if killed at step 3
+    train_dir, recipe = _run_stopped_at_step_3(tmp_path, corpus)
     for ann in train_dir.glob("*.ann"):
         ann.write_text(ann.read_text().replace("\tdrug ", "\tproblem "))
     again = CliRunner().invoke(main, ["train", str(recipe)])
