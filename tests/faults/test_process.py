@@ -111,8 +111,10 @@ def test_sigkill_at_10_random_points_then_corrupted_checkpoints(tmp_path, corpus
         running = start(recipe)
         wait_for_resume(running, resume is not None)
         base = resume or 0
-        # not too near the end, or a fast machine could finish before the kill lands
-        target = min(base + rng.randint(2, 5), MAX_STEPS - 5)
+        # not too near the end, or a fast machine could finish before the kill lands: a step
+        # of this recipe takes ~11 ms here, so 5 steps (the last checkpoint) fit in the 10 ms
+        # poll + 50 ms sleep below; 10 steps do not
+        target = min(base + rng.randint(2, 5), MAX_STEPS - 10)
         forkcli.wait_until(lambda t=target: lines(metrics) >= t, running)
         time.sleep(rng.uniform(0, 0.05))  # anywhere within the step
         os.kill(running.pid, signal.SIGKILL)
