@@ -178,7 +178,7 @@ def _run_evaluate(
     "defaults",
     multiple=True,
     metavar="NAME=VALUE",
-    help="A brat folder's attribute value for the entities without one (Negation=false), as "
+    help="An attribute value for the spans without one (Negation=false), as "
     "the recipe's default_attributes gave it in training. Repeatable.",
 )
 @debug_option

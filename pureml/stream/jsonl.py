@@ -24,6 +24,7 @@ from typing import Any
 
 from ..nlp.doc import Doc, Span
 from ..registry import readers
+from .attributes import check_default_attributes, fill_attributes
 from .errors import DataError
 from .sources import Source, folder_files
 from .standoff import read_text
@@ -85,9 +86,12 @@ class JsonlSource(Source):
     decoded and parsed on first access.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], default_attributes: dict[str, Any] | None = None
+    ) -> None:
         super().__init__()
         root = Path(path)
+        self._defaults = check_default_attributes(default_attributes)
         self.name = f"jsonl:{root}"
         if root.is_dir():
             files = [root / name for name in folder_files(root, ".jsonl")]
@@ -122,17 +126,21 @@ class JsonlSource(Source):
             raise DataError(
                 f"invalid JSON: {e.msg} (column {e.colno})", path=file, line=lineno
             ) from None
-        return parse_doc(obj, path=file, line=lineno, default_id=f"{self._stems[file]}:{lineno}")
+        doc = parse_doc(obj, path=file, line=lineno, default_id=f"{self._stems[file]}:{lineno}")
+        return fill_attributes(doc, self._defaults)
 
 
 @readers.register("jsonl")
-def read_jsonl(path: str | os.PathLike[str]) -> Stream:
+def read_jsonl(
+    path: str | os.PathLike[str], default_attributes: dict[str, Any] | None = None
+) -> Stream:
     """A stream of the documents of a JSON lines file (or folder of them); spans in "gold".
 
     A folder is read with its sub-folders, without hidden files and folders
-    (``.ipynb_checkpoints/``).
+    (``.ipynb_checkpoints/``). ``default_attributes`` gives each span the attributes it lacks,
+    as :func:`read_standoff`'s does.
     """
-    return Stream(JsonlSource(path))
+    return Stream(JsonlSource(path, default_attributes))
 
 
 def doc_to_json(doc: Doc, span_group: str = "gold") -> dict[str, Any]:

@@ -38,6 +38,7 @@ from typing import Any
 
 from ..nlp.doc import Doc, Span
 from ..registry import readers
+from .attributes import check_default_attributes, fill_attributes
 from .errors import DataError
 from .sources import Source, folder_files
 from .stream import Stream
@@ -211,7 +212,7 @@ class StandoffSource(Source):
     ) -> None:
         super().__init__()
         root = Path(path)
-        self._defaults = dict(default_attributes or {})
+        self._defaults = check_default_attributes(default_attributes)
         self.name = f"standoff:{root}"
         if not root.is_dir():
             raise DataError("not a directory", path=str(root))
@@ -238,11 +239,9 @@ class StandoffSource(Source):
 
     def _load(self, index: int) -> Doc:
         doc_id = self._ids[index]
-        doc = read_standoff_doc(self._root / f"{doc_id}.txt", doc_id)
-        for span in doc.spans["gold"]:
-            for name, value in self._defaults.items():
-                span.attributes.setdefault(name, value)
-        return doc
+        return fill_attributes(
+            read_standoff_doc(self._root / f"{doc_id}.txt", doc_id), self._defaults
+        )
 
 
 @readers.register("standoff")
@@ -259,13 +258,6 @@ def read_standoff(
     ``{"Negation": False}`` a span classifier never sees the other value. In a recipe:
     ``data = { factory = "standoff", path = "data/train", default_attributes = { Negation = false } }``.
     """
-    if default_attributes is not None and (
-        not isinstance(default_attributes, dict)
-        or not all(isinstance(k, str) for k in default_attributes)
-    ):
-        raise TypeError(
-            f"default_attributes: expected a table of attribute names, got {default_attributes!r}"
-        )
     return Stream(StandoffSource(path, default_attributes))
 
 

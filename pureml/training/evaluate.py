@@ -36,7 +36,7 @@ def evaluate(
     """Scores of the pipeline saved at ``model`` on the documents at ``data``.
 
     ``data`` is a brat folder or a JSONL file (or name a registered ``reader``);
-    ``default_attributes`` goes to the standoff reader (``{"Negation": False}``). Returns
+    ``default_attributes`` goes to the standoff or jsonl reader (``{"Negation": False}``). Returns
     ``{"ner": {"micro": {"p", "r", "f1"}, "per_label": {...}, "token": {...}}, "speed": {...}}``.
     """
     from ..nlp import load
@@ -51,8 +51,10 @@ def evaluate(
     name = _reader_for(data, reader)
     kwargs: dict[str, Any] = {}
     if default_attributes:
-        if name != "standoff":
-            raise ValueError(f"default attributes: the {name} reader takes none (standoff does)")
+        if name not in ("standoff", "jsonl"):
+            raise ValueError(
+                f"default attributes: the {name} reader takes none (standoff and jsonl do)"
+            )
         kwargs["default_attributes"] = default_attributes
     nlp = load(model)
     docs = list(registry.readers.get(name)(str(data), **kwargs))

@@ -93,6 +93,12 @@ def test_evaluate_default_attribute_fills_what_brat_leaves_out(corpus, tmp_path)
     full = scores(str(corpus / "dev"))
     assert scores(str(dev)) != full  # no gold "affirmed": every affirmed prediction is wrong
     assert scores(str(dev), "--default-attribute", "status=affirmed") == full
+    # the same notes as JSON lines, as tools export them: the default works there too
+    from pureml.stream import read_standoff, write_jsonl
+
+    write_jsonl(read_standoff(dev), tmp_path / "dev.jsonl")
+    assert scores(str(tmp_path / "dev.jsonl")) != full
+    assert scores(str(tmp_path / "dev.jsonl"), "--default-attribute", "status=affirmed") == full
     bad = CliRunner().invoke(main, ["evaluate", model, str(dev), "--default-attribute", "status"])
     assert bad.exit_code == 2
     assert bad.stderr == "error: --default-attribute: expected NAME=VALUE, got 'status'\n"

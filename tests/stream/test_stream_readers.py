@@ -226,6 +226,24 @@ def test_standoff_default_attributes_fill_what_brat_leaves_out(tmp_path):
         read_standoff(tmp_path, default_attributes=["Negation"])
 
 
+def test_jsonl_default_attributes_fill_what_the_export_leaves_out(tmp_path):
+    path = tmp_path / "notes.jsonl"
+    span = {"start": 3, "end": 8, "label": "problem"}
+    lines = [
+        {"text": "No fever.", "spans": [{**span, "attributes": {"Negation": True}}]},
+        {"text": "A fever.", "spans": [{**span, "start": 2, "end": 7}]},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    assert [d.spans["gold"][0].attributes for d in read_jsonl(path)] == [{"Negation": True}, {}]
+    docs = list(read_jsonl(path, default_attributes={"Negation": False}))
+    assert [d.spans["gold"][0].attributes for d in docs] == [
+        {"Negation": True},
+        {"Negation": False},
+    ]
+    with pytest.raises(TypeError, match="default_attributes: expected a table"):
+        read_jsonl(path, default_attributes="Negation")
+
+
 def _one_doc(tmp_path, ann: str):
     folder = tmp_path / "brat"
     folder.mkdir(exist_ok=True)
