@@ -113,8 +113,17 @@ def parse_ann(ann: str, text: str, path: str = "<ann>") -> tuple[list[Span], lis
             expected = " ".join(text[s:e] for s, e in fragments)
             # brat writes newlines inside a mention as spaces
             if surface != expected and surface != expected.replace("\n", " "):
+                hint = ""
+                shifted = " ".join(text[s + 1 : e + 1] for s, e in fragments)
+                if text.startswith("\ufeff") and surface in (shifted, shifted.replace("\n", " ")):
+                    hint = (
+                        "; the .txt starts with a byte-order mark (BOM), which brat counts as a "
+                        "character and the tool that wrote these offsets did not: save the .txt "
+                        "without it"
+                    )
                 raise DataError(
-                    f"{ident} text {surface!r} does not match the text at {head[1]}: {expected!r}",
+                    f"{ident} text {surface!r} does not match the text at {head[1]}: "
+                    f"{expected!r}{hint}",
                     path=path,
                     line=lineno,
                 )

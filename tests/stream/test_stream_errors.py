@@ -48,6 +48,18 @@ def test_bad_ann_lines_name_file_and_line(tmp_path, ann, message):
         list(read_standoff(d))
 
 
+def test_offsets_computed_without_the_txt_bom_get_a_hint(tmp_path):
+    # brat counts a BOM as a character; a converter that stripped it first is off by one
+    d = _standoff(tmp_path, "\ufeffBreast cancer.", "T1\tDisease 7 13\tcancer\n")
+    with pytest.raises(DataError, match=r"T1 text 'cancer' does not match .*byte-order mark"):
+        list(read_standoff(d))
+    d = _standoff(tmp_path, "\ufeffBreast cancer.", "T1\tDisease 7 13\tcancers\n")
+    with pytest.raises(DataError, match=r": ' cance'$"):  # not one off: no hint
+        list(read_standoff(d))
+    d = _standoff(tmp_path, "\ufeffBreast cancer.", "T1\tDisease 8 14\tcancer\n")
+    assert [s.label for s in next(iter(read_standoff(d))).spans["gold"]] == ["Disease"]
+
+
 def test_non_utf8_names_the_file(tmp_path):
     (tmp_path / "bad.txt").write_bytes("caf\u00e9".encode("latin-1"))
     with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8 \(byte 3"):
