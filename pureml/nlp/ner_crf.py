@@ -126,6 +126,14 @@ class NerCrf(Component):
                             f"trained as the words it touches, {doc.text[start:end]!r} "
                             "(warned for the first such span only)",
                         )
+                else:
+                    self._warn_once(
+                        "empty",
+                        f"{self.name}: gold span {span.start}-{span.end} "
+                        f"{doc.text[span.start : span.end]!r} (doc {doc.id!r}) covers no word "
+                        "(empty, or only spaces); it is left out of training (warned for the "
+                        "first such span only)",
+                    )
             kept = crf.drop_overlaps(spans)
             if len(kept) < len(spans):
                 self._warn_once(

@@ -357,6 +357,7 @@ def test_ner_says_which_gold_spans_it_cannot_train_on_as_written():
         Span(8, 10, "unit"),  # "mg": inside the word "500mg"
         Span(27, 37, "problem"),  # "Chest pain"
         Span(33, 37, "symptom"),  # "pain", nested in it
+        Span(45, 45, "problem"),  # zero-length, as brat can hold: "T5 problem 45 45"
     ]
     nlp.post_init([doc])
     nlp.initialize()
@@ -368,6 +369,8 @@ def test_ner_says_which_gold_spans_it_cannot_train_on_as_written():
         "the CRF tags one entity per word (warned for the first such doc only)",
         "ner: gold span 'mg' (doc 'note') does not start and end where words do; it is trained "
         "as the words it touches, '500mg' (warned for the first such span only)",
+        "ner: gold span 45-45 '' (doc 'note') covers no word (empty, or only spaces); it is left "
+        "out of training (warned for the first such span only)",
     ]
     assert sum(t != 0 for t in tags) == 3  # "500mg" (U) and "Chest pain" (B, L)
     with warnings.catch_warnings():  # once per component
