@@ -4,6 +4,7 @@
 
     pureml train recipes/quickstart.toml --set train.max_steps=100
     pureml evaluate artifacts/model-last data/dev --json
+    pureml predict artifacts/model-last data/unlabelled data/predicted
     pureml plot artifacts
     pureml recipe-reference > docs/recipe.md
 
@@ -35,6 +36,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from .stream.errors import StreamError
     from .training.checkpoint import CheckpointError
     from .training.config import RecipeError
+    from .training.predict import PredictError
     from .training.trainer import RunDirError
 
     return (
@@ -44,6 +46,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
         CheckpointError,
         StateError,
         ModelError,
+        PredictError,
         FileNotFoundError,
     )
 
@@ -137,20 +140,26 @@ def train_main(recipe: Path, overrides: tuple[str, ...], restart: bool, debug: b
     _run_train(recipe, overrides, restart, debug=debug)
 
 
-@friendly_errors
-def _run_evaluate(
-    model: Path, data: Path, as_json: bool, reader: str | None, defaults: tuple[str, ...]
-) -> None:
+def _check_reader(reader: str | None) -> None:
     from . import registry
     from .training.build import register_defaults
     from .training.config import RecipeError
-    from .training.evaluate import evaluate, format_scores
-    from .training.recipe import parse_value
 
     register_defaults()
     if reader is not None and reader not in registry.readers:
         known = ", ".join(registry.readers.names())
         raise RecipeError("--reader", f"unknown reader {reader!r} (known: {known})")
+
+
+@friendly_errors
+def _run_evaluate(
+    model: Path, data: Path, as_json: bool, reader: str | None, defaults: tuple[str, ...]
+) -> None:
+    from .training.config import RecipeError
+    from .training.evaluate import evaluate, format_scores
+    from .training.recipe import parse_value
+
+    _check_reader(reader)
     default_attributes = {}
     for item in defaults:
         name, eq, value = item.partition("=")
@@ -192,6 +201,58 @@ def evaluate_command(
 ):
     """Score a saved MODEL on DATA (a brat folder or a JSONL file)."""
     _run_evaluate(model, data, as_json, reader, defaults, debug=debug)
+
+
+@friendly_errors
+def _run_predict(
+    model: Path, data: Path, output: Path, reader: str | None, batch_size: str, overwrite: bool
+) -> None:
+    from .nlp.pipeline import check_inference_batch_size
+    from .training.config import RecipeError
+    from .training.predict import predict
+
+    _check_reader(reader)
+    size: int | str = int(batch_size) if batch_size.strip().isdigit() else batch_size
+    try:
+        check_inference_batch_size(size)
+    except (TypeError, ValueError) as e:
+        raise RecipeError("--batch-size", str(e)) from None
+    done = predict(model, data, output, reader=reader, batch_size=size, overwrite=overwrite)
+    click.echo(
+        f"wrote {done['docs']} documents ({done['spans']} spans) to {output} "
+        f"({done['words_per_s']:,.0f} words/s)"
+    )
+
+
+@main.command("predict")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option(
+    "--reader",
+    default=None,
+    help="Reader name (default: standoff for a folder, jsonl for a .jsonl file).",
+)
+@click.option(
+    "--batch-size",
+    default="2000 words",
+    show_default=True,
+    help='Inference batch budget: "N words" or a number of documents.',
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@debug_option
+def predict_command(
+    model: Path,
+    data: Path,
+    output: Path,
+    reader: str | None,
+    batch_size: str,
+    overwrite: bool,
+    debug: bool,
+) -> None:
+    """Annotate DATA (a brat folder, .txt files or a JSONL file) with a saved MODEL; write
+    OUTPUT (a brat folder, or a .jsonl file), whole or not at all."""
+    _run_predict(model, data, output, reader, batch_size, overwrite, debug=debug)
 
 
 @friendly_errors

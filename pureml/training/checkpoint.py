@@ -61,11 +61,12 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
 
 
-def write_atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
+def write_atomic_dir(final: Path, write: Callable[[Path], None], *, manifest: bool = True) -> Path:
     """Create folder ``final`` atomically: ``write(tmp)`` fills a temporary folder first.
 
-    Used for checkpoints and for ``model-last``: an existing ``final`` is replaced only once the
-    new one is complete, so a crash never leaves neither.
+    Used for checkpoints and for ``pureml predict``'s output: an existing ``final`` is replaced
+    only once the new one is complete, so a crash never leaves neither. ``manifest=False``
+    leaves out ``MANIFEST.json`` (a brat folder for people to open, not a checkpoint).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -75,9 +76,12 @@ def write_atomic_dir(final: Path, write: Callable[[Path], None]) -> Path:
     tmp.mkdir()
     try:
         write(tmp)
-        manifest = {str(p.relative_to(tmp)): _sha256(p) for p in _files(tmp)}
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        for p in [*_files(tmp), tmp / MANIFEST]:
+        files = _files(tmp)
+        if manifest:
+            digests = {str(p.relative_to(tmp)): _sha256(p) for p in files}
+            (tmp / MANIFEST).write_text(json.dumps(digests, indent=1, sort_keys=True))
+            files.append(tmp / MANIFEST)
+        for p in files:
             fsync_path(p)
         fsync_path(tmp)
         old = None

@@ -15,7 +15,9 @@ from .. import registry
 from .scorer import Scorer
 
 
-def _reader_for(data: Path, reader: str | None) -> str:
+def reader_for(data: Path, reader: str | None) -> str:
+    """The reader for ``data``: ``reader`` if given, else standoff for a folder of ``.txt``
+    files, jsonl for a ``.jsonl`` file or a folder of them."""
     if reader is not None:
         return reader
     if data.is_dir():
@@ -48,7 +50,7 @@ def evaluate(
         raise FileNotFoundError(f"no model at {model}")
     if not data.exists():
         raise FileNotFoundError(f"no data at {data}")
-    name = _reader_for(data, reader)
+    name = reader_for(data, reader)
     kwargs: dict[str, Any] = {}
     if default_attributes:
         if name not in ("standoff", "jsonl"):
