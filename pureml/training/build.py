@@ -380,6 +380,8 @@ def build_from_recipe(recipe: Recipe, resolved: dict, pipeline_cls: Any, td_cls:
             )
         )
     val_data = build_reader(recipe.val_data, "val_data") if recipe.val_data is not None else []
+    if t.best_metric is not None and recipe.val_data is None:
+        raise RecipeError("train.best_metric", "needs a [val_data] table to score")
     # parameters built by constructors are a function of the seed
     torch.manual_seed(t.seed)
     comps = {}
@@ -418,6 +420,7 @@ def build_from_recipe(recipe: Recipe, resolved: dict, pipeline_cls: Any, td_cls:
         output_dir=t.output_dir,
         output_model_dir=t.output_model_dir,
         save_model=t.save_model,
+        best_metric=t.best_metric,
         logger=list(t.logger),
         log_weight_grads=t.log_weight_grads,
         keep_checkpoints=t.keep_checkpoints,

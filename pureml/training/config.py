@@ -96,6 +96,13 @@ def _folder(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise _FieldError(attribute.name, f"expected a folder path, got {value!r}")
 
 
+def _metric_path(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not isinstance(value, str) or not all(value.split("/")):
+        raise _FieldError(
+            attribute.name, f"expected a score path like 'ner/micro/f1', got {value!r}"
+        )
+
+
 def _one_of(*choices: Any) -> Any:
     def check(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
         if value not in choices:
@@ -166,6 +173,14 @@ class TrainConfig:
     )
     save_model: bool = attrs.field(
         default=True, metadata=_doc("write model-last with each checkpoint and at the end")
+    )
+    best_metric: str | None = attrs.field(
+        default=None,
+        validator=attrs.validators.optional(_metric_path),
+        metadata=_doc(
+            "also write OUTPUT_DIR/model-best when this validation score (ner/micro/f1) is the "
+            "highest so far"
+        ),
     )
     logger: list[str] = attrs.field(
         factory=lambda: ["progress", "json", "csv"],

@@ -89,6 +89,7 @@ UNHASHED_KEYS: tuple[tuple[str, ...], ...] = (
     ("train", "checkpoint_interval"),
     ("train", "keep_checkpoints"),
     ("train", "save_model"),
+    ("train", "best_metric"),
     ("train", "log_interval"),
     ("train", "record_params_interval"),
     ("val_data",),

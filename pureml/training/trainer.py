@@ -40,6 +40,7 @@ from ..registry import loggers as logger_registry
 from ..stream import Stream
 from ..stream.errors import StreamError
 from . import checkpoint as ckpt
+from .best import BEST_DIR, BestMetricError, BestScore, docs_key
 from .loggers import BaseLogger, ProgressLogger
 from .records import StepRecorder, batch_fingerprint, params_fingerprint, step_record
 from .scorer import Scorer, accepts_world
@@ -55,6 +56,7 @@ RUN_FILES = (
     "validation",
     "tensorboard",
     ckpt.CHECKPOINTS,
+    BEST_DIR,  # another run's best model must not outlive a restart
 )
 
 
@@ -281,6 +283,7 @@ class Trainer:
         logger: bool | Sequence[str | BaseLogger] = True,
         log_weight_grads: bool = False,
         on_validation_callback: Callable[[dict], Any] | None = None,
+        best_metric: str | None = None,
         keep_checkpoints: int = 3,
         log_interval: int = 1,
         record_params_interval: int | None = None,
@@ -309,6 +312,7 @@ class Trainer:
                 "log_interval": log_interval,
                 "record_params_interval": record_params_interval,
                 "keep_checkpoints": keep_checkpoints,
+                "best_metric": best_metric,
             }
         )
         for i, item in enumerate(logger if isinstance(logger, list | tuple) else ()):
@@ -343,6 +347,7 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.output_model_dir = Path(output_model_dir or self.output_dir / "model-last")
         self.save_model = save_model
+        self.best_metric = best_metric
         self.logger_spec = logger
         self.log_weight_grads = log_weight_grads
         self.on_validation_callback = on_validation_callback
@@ -783,6 +788,7 @@ class Trainer:
             "records": self.recorder.state(),
             "last_score": getattr(self, "_last_score", None),
             "pipeline": self._pipeline_config(),
+            "best": self._best.state() if self._best is not None else None,
         }
         ckpt.save_checkpoint(
             self.output_dir,
@@ -816,6 +822,20 @@ class Trainer:
             (out / f"step-{step:06d}.json").write_text(json.dumps(scores, indent=1))
         return exact, timing
 
+    def _save_if_best(self, validation: dict, step: int) -> None:
+        assert self._best is not None
+        try:
+            improved = self._best.update(validation, step)
+        except BestMetricError as e:  # the scores' keys are known only now
+            if self.recipe is not None:
+                from .config import RecipeError
+
+                raise RecipeError("train.best_metric", str(e)) from None
+            raise BestMetricError(f"best_metric: {e}") from None
+        if improved and self.world.is_main:
+            # _validate synced the module with this step's weights
+            self.nlp.to_disk(self.output_dir / BEST_DIR)
+
     def _log(self, step: int, metrics: dict, validation: dict | None, timing: dict) -> None:
         for lg in self.loggers:
             lg.log(step, metrics, validation, timing)
@@ -834,6 +854,8 @@ class Trainer:
         self._check_batch_stats()
         # read (and check) the validation documents before the output folder is touched
         self.val_docs = _validation_docs(self.val_data)
+        if self.best_metric is not None and not self.val_docs:
+            raise ValueError("best_metric: needs validation documents (val_data) to score")
         self.recipe_hash()
         lock, refused = None, ""
         if self.world.is_main:
@@ -879,6 +901,17 @@ class Trainer:
             else _NoRecorder()
         )
         self._last_score = meta.get("last_score") if meta else None
+        self._best = None
+        if self.best_metric is not None:
+            self._best = BestScore(self.best_metric, docs_key(self.val_docs))
+            saved = meta.get("best") if meta else None
+            if saved and not self._best.restore(saved):
+                why = (
+                    f"was of {saved.get('metric')!r}"
+                    if saved.get("metric") != self.best_metric
+                    else "was measured on other validation documents"
+                )
+                self.message(f"best_metric: the checkpoint's best {why}; model-best starts over")
         self._model_step: int | None = None  # the step model-last was last written at
         start_phase = meta["phase"] if meta else 0
         start_step = meta["phase_step"] if meta else 0
@@ -912,6 +945,11 @@ class Trainer:
             if self._model_step != self.total_steps:  # else the last checkpoint wrote it
                 self.nlp.to_disk(self.output_model_dir)
             self.message(f"saved the pipeline to {self.output_model_dir}")
+        if self._best is not None and self._best.step is not None and self.world.is_main:
+            self.message(
+                f"model-best: step {self._best.step}, {self._best.metric} "
+                f"{self._best.value:.4f}, in {self.output_dir / BEST_DIR}"
+            )
         return self.nlp
 
     def _run_phase(self, phase_idx, comps, feeds, first_step, resume_from, interrupts, loss_scale):
@@ -1008,6 +1046,8 @@ class Trainer:
                     from .loggers import headline_score
 
                     self._last_score = headline_score(validation)
+                    if self._best is not None and validation is not None:
+                        self._save_if_best(validation, step)
                 # each phase's last step too: the progress line ends at max_steps and the
                 # logs hold the final loss whatever log_interval divides
                 last = phase_step == self.max_steps
@@ -1107,6 +1147,8 @@ def train(
     ``keep_checkpoints`` (3), ``log_interval`` (1), ``record_params_interval`` (min(10,
     checkpoint_interval)), ``compile`` (True), ``compile_backend`` ("inductor"),
     ``flat_params`` (True; ``make_step(flat=True)``), ``deterministic`` (True), ``threads`` (None), ``resume`` (True; False starts over),
+    ``best_metric`` (None; ``"ner/micro/f1"`` also writes ``OUTPUT_DIR/model-best`` at each best
+    validation, see :mod:`pureml.training.best`),
     ``recipe`` (the resolved recipe dict, written to ``config.toml`` and hashed).
 
     ``optimizer`` is a ``GradientTransformation`` or a factory ``(param_names, total_steps) ->

@@ -91,6 +91,11 @@ CASES = [
         [],
         "nlp.components.ner.embedding: component 'ner' cannot use itself",
     ),
+    (
+        {},
+        ["--set", "train.best_metric=ner//f1"],
+        "train.best_metric: expected a score path like 'ner/micro/f1', got 'ner//f1'",
+    ),
     ({"[train]": "[train"}, [], "invalid TOML"),
     ({'logger = ["json"]': 'logger = ["jsn"]'}, [], "train.logger[0]: unknown logger 'jsn'"),
 ]
@@ -106,6 +111,34 @@ def test_bad_recipe_is_one_line_and_writes_nothing(tiny_recipe, tmp_path, replac
     assert message in lines[0], lines[0]
     assert "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_best_metric_without_validation_or_with_a_typo_is_one_line(tiny_recipe, tmp_path, corpus):
+    from training.tiny_recipes import tiny_template, write_recipe
+
+    no_val = write_recipe(tiny_template(validate=False), tmp_path, corpus, tmp_path / "out")
+    result = CliRunner().invoke(
+        main, ["train", str(no_val), "--set", "train.best_metric=ner/micro/f1"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "error: train.best_metric: needs a [val_data] table to score\n"
+    assert not (tmp_path / "out").exists()
+    # the scores' names are known at the first validation only: the run stops there, and the
+    # same command with the key fixed resumes it
+    result = CliRunner().invoke(
+        main, ["train", str(tiny_recipe()), "--set", "train.best_metric=ner/micro/f"]
+    )
+    assert result.exit_code == 2, result.output
+    assert result.stderr.splitlines()[-1] == (
+        "error: train.best_metric: no score 'ner/micro/f' in the validation scores; "
+        "did you mean 'ner/micro/f1'?"
+    )
+    result = CliRunner().invoke(
+        main, ["train", str(tiny_recipe()), "--set", "train.best_metric=ner/micro/f1"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "model-best").is_dir()
+    assert "model-best: step " in result.stderr
 
 
 def test_missing_data_path(tiny_recipe, tmp_path):
