@@ -106,17 +106,26 @@ def span_attribute_scores(
 
     A gold span is matched with the predicted span at the same (start, end, label); for each
     attribute, a (span, value) pair is an item, so a wrong value counts as one false positive
-    (the predicted value) and one false negative (the gold value).
+    (the predicted value) and one false negative (the gold value). A gold span without a value
+    for the attribute (not annotated: None, as in the loss) is not scored: what is predicted for
+    it counts neither way.
     """
     out: dict[str, Any] = {}
     for attr in attributes:
-        gold, pred = set(), set()
+        gold, pred, unannotated = set(), set(), set()
         for i, (g, p) in enumerate(zip(gold_docs, pred_docs, strict=True)):
-            for group, doc, items in ((gold_group, g, gold), (pred_group, p, pred)):
-                for span in _spans(doc, group):
-                    value = span.attributes.get(attr)
-                    if value is not None:
-                        items.add((i, span.start, span.end, span.label, str(value)))
+            for span in _spans(g, gold_group):
+                value = span.attributes.get(attr)
+                key = (i, span.start, span.end, span.label)
+                if value is None:
+                    unannotated.add(key)
+                else:
+                    gold.add((*key, str(value)))
+            for span in _spans(p, pred_group):
+                value = span.attributes.get(attr)
+                key = (i, span.start, span.end, span.label)
+                if value is not None and key not in unannotated:
+                    pred.add((*key, str(value)))
         scores = _scores(gold, pred, lambda x: x[4])
         out[attr] = {"micro": scores["micro"], "per_value": scores["per_label"]}
     return out

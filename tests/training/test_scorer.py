@@ -54,6 +54,19 @@ def test_ner_exact_and_token_level():
     assert ner_scores([gold], [pred], labels=["Gene"])["micro"]["r"] == 0.0
 
 
+def test_span_attributes_skip_gold_spans_without_a_value():
+    # a corpus annotated for negation in some documents only: the other spans have no value,
+    # the loss skips them, and what is predicted for them counted as false positives (p 0.5)
+    text = "No pain. Cancer."
+    gold = doc(text, "gold", [(3, 7, "D", {"negation": True}), (9, 15, "D", {})])
+    pred = doc(text, "gold", [(3, 7, "D", {"negation": True}), (9, 15, "D", {"negation": False})])
+    s = span_attribute_scores([gold], [pred], ["negation"])["negation"]["micro"]
+    assert (s["p"], s["r"], s["n_pred"], s["n_gold"]) == (1.0, 1.0, 1, 1)
+    # a predicted span that gold does not have at all still counts against precision
+    extra = doc(text, "gold", [(3, 7, "D", {"negation": True}), (0, 2, "D", {"negation": False})])
+    assert span_attribute_scores([gold], [extra], ["negation"])["negation"]["micro"]["p"] == 0.5
+
+
 def test_span_attributes_per_value():
     text = "no fever, chest pain, and cough"
     gold = doc(
