@@ -1,6 +1,7 @@
 """Data parallelism through torchrun and torch.distributed (no DDP wrapper, no Accelerate)."""
 
 from .collectives import (
+    any_rank,
     barrier,
     check_same_everywhere,
     gather_strings,
@@ -21,6 +22,7 @@ from .trace import RankTrace
 __all__ = [
     "DistInfo",
     "DistributedSetupError",
+    "any_rank",
     "barrier",
     "check_same_everywhere",
     "gather_strings",

@@ -98,6 +98,20 @@ def global_stats(
     return summed, sum(per_rank[: info.rank])
 
 
+def any_rank(info: DistInfo, flag: bool) -> bool:
+    """True on every rank when ``flag`` is true on any: a decision all ranks must take alike
+    (stopping after a signal that reached one rank, or reached them on either side of a step).
+
+    >>> any_rank(DistInfo(), True)
+    True
+    """
+    if not info.is_distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier(info: DistInfo) -> None:
     if info.is_distributed:
         dist.barrier()

@@ -973,7 +973,7 @@ class Trainer:
                         f"checkpoint {resume_from} ({e}): {START_OVER}"
                     ) from None
             self._sync_module(state)
-        from ..distributed import RankTrace, check_same_everywhere
+        from ..distributed import RankTrace, any_rank, check_same_everywhere
 
         trace = RankTrace.from_env(self.world)
         check_same_everywhere(self.world, "initial parameters", trace.start(fingerprint(state)))
@@ -1071,7 +1071,9 @@ class Trainer:
                         **val_timing,
                     }
                     self._log(step, line, validation, timing)
-                stop = interrupts.requested is not None
+                # every rank stops after the same step: a signal lands on either side of this
+                # line on different ranks, or reaches one rank only (kill PID, a scheduler)
+                stop = any_rank(self.world, interrupts.requested is not None)
                 if (
                     phase_step % self.checkpoint_interval == 0
                     or phase_step == self.max_steps
@@ -1080,10 +1082,10 @@ class Trainer:
                     self._checkpoint(state, step, phase_idx, phase_step, positions)
                 if stop:
                     self.message(
-                        f"{interrupts.requested}: checkpoint written at step {step}; run the same "
-                        "command again to resume"
+                        f"{interrupts.requested or 'a signal to another rank'}: checkpoint "
+                        f"written at step {step}; run the same command again to resume"
                     )
-                    raise TrainingInterrupted(f"interrupted at step {step}")
+                    raise TrainingInterrupted(f"stopped at step {step}, after its checkpoint")
                 if isinstance(ahead, Exception):
                     raise ahead
         finally:

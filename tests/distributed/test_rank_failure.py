@@ -73,3 +73,35 @@ def test_survivor_says_in_one_line_that_another_rank_stopped(tmp_path, corpus, h
     for _, path in saved:
         ckpt.verify_dir(path)
     assert not list(out.rglob(".tmp*")) and not list(out.rglob(".*.tmp-*"))
+
+
+def test_sigterm_to_one_rank_stops_every_rank_after_one_checkpoint(tmp_path, corpus):
+    # Rank 1 alone gets SIGTERM while it draws the batch of step 5, during step 4. It used to
+    # stop alone after step 4 (rank 1 writes nothing), and rank 0 went on into step 5's
+    # all-reduce and died there: "lost contact", no checkpoint, the work since step 0 lost.
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    template = tiny_template(max_steps=30, checkpoint_interval=30, validation_interval=30)
+    recipe = write_recipe(template, tmp_path, corpus, out)
+    proc = subprocess.run(
+        [*launcher(2), "--log-dir", str(logs), "--redirects", "2", str(HOOKED_TRAIN), str(recipe)],
+        cwd=ROOT,
+        env=clean_env(PUREML_FAULT_RANK=f"1:{FAIL_AT}:term"),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode != 0
+    survivor = _stderr(logs, 0)
+    assert "lost contact" not in survivor, survivor
+    assert "a signal to another rank: checkpoint written at step 4" in survivor, survivor
+    assert [step for step, _ in ckpt.list_checkpoints(out)] == [FAIL_AT - 1]
+    resumed = subprocess.run(
+        [*launcher(2), str(HOOKED_TRAIN), str(recipe)],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert [step for step, _ in ckpt.list_checkpoints(out)][-1] == 30

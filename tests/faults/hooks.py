@@ -16,10 +16,11 @@
     function multiplies its loss by a value the test put into the batch's stats.
 ``PUREML_FAULT_FSIZE=bytes``
     ``RLIMIT_FSIZE``: a larger write fails with EFBIG (the disk-full fallback when no tmpfs).
-``PUREML_FAULT_RANK="rank:step:raise"`` (or ``...:kill``)
+``PUREML_FAULT_RANK="rank:step:raise"`` (or ``...:kill``, ``...:term``)
     Under torchrun, the process of that ``RANK`` raises a ``RuntimeError`` (or SIGKILLs itself)
     once it has drawn the batch of that step (counted in this process; the draw's collectives
     done), so its peers wait for it in the gradient all-reduce: one rank failing mid-run.
+    ``term`` sends that process SIGTERM instead (``kill PID``, a scheduler) and goes on.
 
 A hook only wraps functions; it never changes what an unfaulted run computes.
 """
@@ -66,7 +67,7 @@ def install() -> None:
         _install_bad_batches(steps)
     if "PUREML_FAULT_RANK" in os.environ:
         rank, step, how = os.environ["PUREML_FAULT_RANK"].split(":")
-        assert how in ("raise", "kill"), how
+        assert how in ("raise", "kill", "term"), how
         if os.environ.get("RANK") == rank:
             _install_rank_failure(int(rank), int(step), how)
     if "PUREML_FAULT_FSIZE" in os.environ:
@@ -197,6 +198,9 @@ def _install_rank_failure(rank: int, step: int, how: str) -> None:
         drawn = draw(self, iterators)
         count["draws"] += 1
         if count["draws"] == step:
+            if how == "term":
+                os.kill(os.getpid(), signal.SIGTERM)
+                return drawn
             if how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected fault on rank {rank} at step {step}")
