@@ -3,7 +3,7 @@
 One call, in order:
 
 1. for each sub-batch ``i``: the loss with the dropout key ``fold_in(state.rng, state.step,
-   first_index + i)`` and its gradients (autograd through the compiled forward); gradients
+   indices[i])`` (``first_index + i`` by default) and its gradients (autograd through the compiled forward); gradients
    summed over sub-batches;
 2. ``all_reduce`` hook (sum across ranks) on one flat bucket per dtype (grads and losses);
 3. global L2 norm (logged; before clipping), clip to ``grad_max_norm``;
@@ -500,9 +500,17 @@ class Step:
         return self._index_cache[key]
 
     def __call__(
-        self, state: TrainState, sub_batches: Sequence[Any], *, first_index: int = 0
+        self,
+        state: TrainState,
+        sub_batches: Sequence[Any],
+        *,
+        first_index: int = 0,
+        indices: Sequence[int] | None = None,
     ) -> tuple[TrainState, dict[str, Tensor]]:
-        """Run one optimizer step over ``sub_batches`` (their gradients are summed)."""
+        """Run one optimizer step over ``sub_batches`` (their gradients are summed); sub-batch
+        ``i``'s dropout key follows ``indices[i]`` (default ``first_index + i``)."""
+        if indices is not None and len(indices) != len(sub_batches):
+            raise ValueError(f"{len(indices)} indices for {len(sub_batches)} sub-batches")
         if isinstance(sub_batches, Mapping):  # one batch: its keys would be the sub-batches
             raise TypeError(
                 "step(state, sub_batches) takes a list of batches: step(state, [batch])"
@@ -518,7 +526,7 @@ class Step:
         for i, batch in enumerate(sub_batches):
             if self.compiled and self.dynamic is True:
                 _mark_dynamic(batch)
-            index = self._index(first_index + i, device)
+            index = self._index(indices[i] if indices is not None else first_index + i, device)
             args = (params, state.buffers, batch, state.rng, state.step, index)
             if grads is None:
                 grads, loss, aux = self._grads(*args, scale=scale)
@@ -636,14 +644,15 @@ def make_step(
     donate: bool = False,
     loss_scale_growth_interval: int = 2000,
 ) -> Step:
-    """Build ``step(state, sub_batches, *, first_index=0) -> (state, metrics)``.
+    """Build ``step(state, sub_batches, *, first_index=0, indices=None) -> (state, metrics)``.
 
     ``loss_fn(params, buffers, batch, key) -> (loss, aux)``: ``loss`` is differentiated, ``aux``
     is a dict of 0-d tensors logged as ``"loss/<name>"``. Metrics (0-d tensors): ``loss``,
     ``loss/<name>``, ``grad_norm`` (before clipping), ``lr/<group>``, ``spike``, ``skipped``.
     ``all_reduce(flat) -> flat`` sums a 1-D tensor across ranks (one call per dtype, gradients
     and losses together); the sub-batch dropout key is ``fold_in(rng, step, first_index + i)``,
-    so rank ``r`` passes ``first_index = r * n_local``.
+    so rank ``r`` passes ``first_index = r * n_local`` (or each sub-batch's global index in
+    ``indices``: ``pureml.distributed.sub_batch_indices``).
     ``compile=False`` runs the very same functions eagerly. ``dynamic``: ``True`` marks every
     batch dimension dynamic from the first call (one graph for all lengths, the same kernels
     whatever shapes came first); ``False`` compiles each shape statically (pad to a few buckets;

@@ -7,6 +7,7 @@ from .collectives import (
     gather_strings,
     global_stats,
     make_all_reduce,
+    sub_batch_indices,
     sum_across_ranks,
 )
 from .process_group import (
@@ -33,5 +34,6 @@ __all__ = [
     "make_all_reduce",
     "RankTrace",
     "shutdown",
+    "sub_batch_indices",
     "sum_across_ranks",
 ]

@@ -7,7 +7,7 @@ the one compiled graph instead of a graph break (measured: compiles with gloo an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -59,43 +59,66 @@ def sum_across_ranks(info: DistInfo, values: Mapping[str, float]) -> dict[str, f
     return dict(zip(names, t.tolist()))
 
 
+def sub_batch_indices(counts: Sequence[Sequence[int]], rank: int) -> list[int]:
+    """The global indices of ``rank``'s sub-batches, from every rank's sub-batch count per
+    stream (``counts[r][s]``): the order a single process splitting the same global batch uses,
+    each stream's sub-batches in rank order, stream after stream. The dropout key of a
+    sub-batch follows its index, so 2 ranks train as 1 process with "2 splits" even with
+    several streams (rank-major numbering gave the second rank's first stream the first rank's
+    second stream's key).
+
+    >>> sub_batch_indices([[1, 1], [1, 1]], rank=1)   # 1 process: [a0, a1, b0, b1]
+    [1, 3]
+    """
+    out: list[int] = []
+    before = 0  # sub-batches of the earlier streams, all ranks
+    for s in range(len(counts[rank])):
+        start = before + sum(counts[r][s] for r in range(rank))
+        out.extend(range(start, start + counts[rank][s]))
+        before += sum(counts[r][s] for r in range(len(counts)))
+    return out
+
+
 def global_stats(
-    info: DistInfo, totals: Mapping[str, torch.Tensor], n_local: int
-) -> tuple[dict[str, torch.Tensor], int]:
-    """The step's stats summed over ranks, and this rank's first global sub-batch index.
+    info: DistInfo, totals: Mapping[str, torch.Tensor], per_stream: Mapping[str, int]
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """The step's stats summed over ranks, and the global indices of this rank's sub-batches.
 
-    Each rank's sub-batch count goes first, in its own slot (a prefix sum of those gives
-    ``first_index``, so the dropout key of every sub-batch is the one a single process splitting
-    the same global batch would use); then the stats. Two all-reduces, not one: a rank whose
-    share of the global batch is empty (a batch of fewer documents than ranks) has no stats, so
-    one combined tensor would differ in size between ranks (gloo aborts, NCCL hangs). With the
-    counts first, every rank raises the same :class:`StreamError` instead.
+    ``per_stream`` is this rank's sub-batch count for each training stream (by the key path
+    that names the stream in messages, ``train_data.ner``). The counts go first, each rank in
+    its own row (:func:`sub_batch_indices` numbers the sub-batches from them); then the stats.
+    Two all-reduces, not one: a rank whose share of a stream's global batch is empty (a batch of
+    fewer documents than ranks) lacks that stream's stats, so one combined tensor would differ
+    in size between ranks (gloo aborts, NCCL hangs). With the counts first, every rank raises
+    the same :class:`StreamError` instead.
 
-    >>> global_stats(DistInfo(), {"words": torch.tensor(7.0)}, n_local=2)
-    ({'words': tensor(7.)}, 0)
+    >>> global_stats(DistInfo(), {"words": torch.tensor(7.0)}, per_stream={"train_data.ner": 2})
+    ({'words': tensor(7.)}, [0, 1])
     """
     if not info.is_distributed:
-        return dict(totals), 0
+        return dict(totals), list(range(sum(per_stream.values())))
+    names = list(per_stream)
     # on the rank's device: NCCL reduces CUDA tensors only (small copies, once per step)
-    counts = torch.zeros(info.world_size, dtype=torch.float64, device=info.device)
-    counts[info.rank] = float(n_local)
+    counts = torch.zeros(info.world_size, len(names), dtype=torch.float64, device=info.device)
+    counts[info.rank] = torch.tensor([float(per_stream[n]) for n in names], dtype=torch.float64)
     dist.all_reduce(counts)
-    per_rank = [int(c) for c in counts.tolist()]
-    empty = [r for r, c in enumerate(per_rank) if c == 0]
-    if empty:
-        from ..stream.errors import StreamError
+    table = [[int(c) for c in row] for row in counts.tolist()]
+    for s, stream in enumerate(names):
+        empty = [r for r, row in enumerate(table) if row[s] == 0]
+        if empty:
+            from ..stream.errors import StreamError
 
-        raise StreamError(
-            f"a training batch left rank{'s' if len(empty) > 1 else ''} "
-            f"{', '.join(map(str, empty))} of {info.world_size} without documents (each rank "
-            "trains on its own part of the global batch): raise the batch_size of "
-            "[train_data] or run fewer processes"
-        )
-    names = sorted(totals)
-    t = torch.tensor([float(totals[n]) for n in names], dtype=torch.float64, device=info.device)
+            raise StreamError(
+                f"{stream}: a training batch left rank{'s' if len(empty) > 1 else ''} "
+                f"{', '.join(map(str, empty))} of {info.world_size} without documents (each "
+                "rank trains on its own part of each stream's global batch): raise "
+                f"{stream}.batch_size or run fewer processes"
+            )
+    stats = sorted(totals)
+    t = torch.tensor([float(totals[n]) for n in stats], dtype=torch.float64, device=info.device)
     dist.all_reduce(t)
-    summed = {n: torch.tensor(v, dtype=totals[n].dtype) for n, v in zip(names, t.tolist())}
-    return summed, sum(per_rank[: info.rank])
+    summed = {n: torch.tensor(v, dtype=totals[n].dtype) for n, v in zip(stats, t.tolist())}
+    return summed, sub_batch_indices(table, info.rank)
 
 
 def any_rank(info: DistInfo, flag: bool) -> bool:

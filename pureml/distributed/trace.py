@@ -59,14 +59,15 @@ class RankTrace:
             self._file.write(json.dumps(line) + "\n")
         return state_fingerprint
 
-    def step(self, step: int, doc_ids: Sequence[str], first_index: int, sub_batches: int) -> None:
+    def step(self, step: int, doc_ids: Sequence[str], indices: Sequence[int]) -> None:
         if self._file is None:
             return
         line = {
             "step": step,
             "rank": self.rank,
-            "first_index": first_index,
-            "sub_batches": sub_batches,
+            "first_index": indices[0] if indices else None,
+            "indices": list(indices),
+            "sub_batches": len(indices),
             "doc_ids": list(doc_ids),
         }
         self._file.write(json.dumps(line) + "\n")

@@ -57,7 +57,7 @@ def _group_names(step_fn: Any, names: Sequence[str]) -> dict[str, str]:
 
 
 def step_gradients(
-    step_fn: Any, state: TrainState, sub_batches: Sequence[Any], first_index: int = 0
+    step_fn: Any, state: TrainState, sub_batches: Sequence[Any], indices: Sequence[int]
 ) -> dict:
     """The summed gradients of the step (before clipping), from the step's own grad functions.
 
@@ -69,7 +69,7 @@ def step_gradients(
     scale = state.loss_scale["scale"] if state.loss_scale else None
     grads = None
     for i, batch in enumerate(sub_batches):
-        index = torch.tensor(first_index + i, dtype=torch.int64, device=device)
+        index = torch.tensor(indices[i], dtype=torch.int64, device=device)
         args = (state.params, state.buffers, batch, state.rng, state.step, index)
         if grads is None:
             grads, _, _ = step_fn.grad_fn(*args, scale=scale)
@@ -162,7 +162,7 @@ def write_dump(
         if k == "loss" or k.startswith("loss/")
     }
     (out / "losses.json").write_text(json.dumps({"step": step, **losses}, indent=1))
-    grads = step_gradients(phase.step_fn, before, sub_batches, phase.first_index)
+    grads = step_gradients(phase.step_fn, before, sub_batches, phase.indices)
     norms = norms_report(phase.step_fn, before, after, grads, float(metrics["grad_norm"]))
     norms = {
         "step": step,

@@ -88,10 +88,10 @@ class Phase:
         return [_to_device(sb, self.trainer.device) for sb in subs], streams, ids
 
     @property
-    def first_index(self) -> int:
-        """The global index of this process's first sub-batch in the batch last drawn (the
-        dropout keys depend on it; 0 in a single process)."""
-        return int(getattr(self.trainer, "first_index", 0))
+    def indices(self) -> list[int]:
+        """The global indices of this process's sub-batches in the batch last drawn (the
+        dropout keys depend on them; 0, 1, ... in a single process)."""
+        return list(self.trainer.sub_batch_indices)
 
     def advance(self, state: TrainState) -> None:
         self.state = state

@@ -226,7 +226,7 @@ def replay(
             # at the step to examine, it gets a new TrainState object over the same tensors,
             # which it copies before writing, so that ``before`` still holds this step's input.
             given = before.replace() if n == step else before
-            new_state, metrics = phase.step_fn(given, subs, first_index=phase.first_index)
+            new_state, metrics = phase.step_fn(given, subs, indices=phase.indices)
             replayed = _replayed_record(record, n, phase, metrics, streams, ids, subs, new_state)
             check = StepCheck(n, _compare(record, replayed, rank), record, replayed)
             checks.append(check)
@@ -239,7 +239,7 @@ def replay(
                         n,
                         before,
                         (new_state, metrics),
-                        eager_fn(before, subs, first_index=phase.first_index),
+                        eager_fn(before, subs, indices=phase.indices),
                     )
                 if dump is not None:
                     from .dump import write_dump

@@ -329,6 +329,7 @@ class Trainer:
         if len(set(names)) != len(names):
             raise ValueError(f"training streams need distinct names, got {names}")
         self.stream_names = names
+        self._stream_paths = {n: self._stream_path(n, td) for n, td in zip(names, train_data)}
         self.val_data = val_data
         self.seed = seed
         self.max_steps = max_steps
@@ -457,7 +458,8 @@ class Trainer:
             self.message(
                 f"warning: checkpoint written with {saved_world} "
                 f"process{'es' if saved_world != 1 else ''}, resuming with "
-                f"{self.world.world_size}: same updates, but not bitwise"
+                f"{self.world.world_size}: the same global batches, not bitwise the same "
+                "updates (dropout masks follow the layout)"
             )
         saved = meta.get("versions", {})
         if saved.get("torch") not in (None, torch.__version__):
@@ -639,6 +641,7 @@ class Trainer:
         subs: list[dict] = []
         record: dict[str, dict] = {}
         ids: list[str] = []
+        per_stream: dict[str, int] = {}
         for name, it in iterators.items():
             position = it.state_dict()
             sub_items = next(it)
@@ -650,11 +653,12 @@ class Trainer:
             }
             ids.extend(stream_ids)
             subs.extend(self.nlp.collate(sub) for sub in sub_items)
+            per_stream[self._stream_paths[name]] = len(sub_items)
         totals: dict[str, torch.Tensor] = {}
         for sb in subs:
             for k, v in sb["stats"].items():
                 totals[k] = totals[k] + v if k in totals else v.clone()
-        totals, self.first_index = self.reduce_stats(totals, len(subs))
+        totals, self.sub_batch_indices = self.reduce_stats(totals, per_stream)
         subs = [{**sb, "stats": dict(totals)} for sb in subs]
         return subs, record, ids
 
@@ -684,13 +688,13 @@ class Trainer:
             i += count
 
     def reduce_stats(
-        self, totals: dict[str, torch.Tensor], n_local: int = 0
-    ) -> tuple[dict[str, torch.Tensor], int]:
+        self, totals: dict[str, torch.Tensor], per_stream: Mapping[str, int]
+    ) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Sum the step's stats across ranks, so losses are normalised by the global support;
-        also this rank's first global sub-batch index (the step's ``first_index``)."""
+        also the global indices of this rank's sub-batches (the step's ``indices``)."""
         from ..distributed import global_stats
 
-        return global_stats(self.world, totals, n_local)
+        return global_stats(self.world, totals, per_stream)
 
     # -- the step -------------------------------------------------------------------------
 
@@ -990,17 +994,17 @@ class Trainer:
             subs = [_to_device(sb, self.device) for sb in subs]
             # where the streams stand after this batch: what a checkpoint at its step records
             positions = {name: it.state_dict() for name, it in iterators.items()}
-            return subs, streams_rec, ids, batch_fp, self.first_index, positions
+            return subs, streams_rec, ids, batch_fp, self.sub_batch_indices, positions
 
         try:
             ahead: Any = draw() if first_step < self.max_steps else None
             for phase_step in range(first_step + 1, self.max_steps + 1):
                 step = offset + phase_step
                 t0 = time.perf_counter()
-                subs, streams_rec, ids, batch_fp, first_index, positions = ahead
-                trace.step(step, ids, first_index, len(subs))
+                subs, streams_rec, ids, batch_fp, indices, positions = ahead
+                trace.step(step, ids, indices)
                 try:
-                    state, metrics = step_fn(state, subs, first_index=first_index)
+                    state, metrics = step_fn(state, subs, indices=indices)
                 except Exception as e:
                     # compiled, the pipeline's NoLossError comes wrapped in a torch.compile error
                     if phase_step == first_step + 1 and "no component computed a loss" in str(e):
@@ -1078,6 +1082,7 @@ class Trainer:
                     phase_step % self.checkpoint_interval == 0
                     or phase_step == self.max_steps
                     or stop
+                    or isinstance(ahead, Exception)  # the run stops here: keep its steps
                 ):
                     self._checkpoint(state, step, phase_idx, phase_step, positions)
                 if stop:

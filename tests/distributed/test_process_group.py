@@ -154,8 +154,11 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
         out = f(torch.arange(4.0) + info.rank)
         with open(f"{OUT}/rank{info.rank}.txt", "w") as f_out:
             f_out.write(repr(out.tolist()))
-        # stats summed over ranks and each rank's first global sub-batch index, in one call
-        stats, first = global_stats(info, {"words": torch.tensor(10.0 + info.rank)}, 2 + info.rank)
+        # stats summed over ranks and the global indices of each rank's sub-batches, in one
+        # call: two streams, rank 0 with 2 + 1 sub-batches, rank 1 with 3 + 1
+        stats, first = global_stats(
+            info, {"words": torch.tensor(10.0 + info.rank)}, {"a": 2 + info.rank, "b": 1}
+        )
         check_same_everywhere(info, "same", "abc")
         try:
             check_same_everywhere(info, "initial parameters", f"fp{info.rank}")
@@ -172,8 +175,8 @@ def test_compiled_all_reduce_sums_across_two_torchrun_ranks(tmp_path):
     for rank in (0, 1):
         assert (tmp_path / f"rank{rank}.txt").read_text() == "[3.0, 7.0, 11.0, 15.0]"
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        # rank 0 has 2 sub-batches, so rank 1's first is global index 2
-        assert got["words"] == 21.0 and got["first"] == [0, 2][rank]
+        # one process's order: stream 0 of rank 0 (0, 1), of rank 1 (2, 3, 4), then stream 1
+        assert got["words"] == 21.0 and got["first"] == [[0, 1, 5], [2, 3, 4, 6]][rank]
         # a differing fingerprint fails on every rank, naming each rank's value
         assert got["error"] == "initial parameters differ across ranks (rank 0: fp0, rank 1: fp1)"
         # shutdown really frees the group although torch.compile ran: its sockets close (a
@@ -234,15 +237,18 @@ def test_a_rank_without_documents_fails_alike_on_every_rank(tmp_path):
         from pureml.stream.errors import StreamError
 
         info = init_distributed(cpu=True, timeout_s=60)
-        # a global batch of one document: rank 1's share is empty, so it has no stats at all
-        totals = {"words": torch.tensor(9.0), "docs": torch.tensor(1.0)} if info.rank == 0 else {}
+        # two streams; one global batch of the second has one document: rank 1's share of it
+        # is empty, so rank 1 lacks that stream's stats (a stats all-reduce of another size)
+        ner = {"words": torch.tensor(9.0)}
+        totals = {**ner, "spans": torch.tensor(3.0)} if info.rank == 0 else ner
+        per_stream = {"train_data.ner": 1, "train_data.types": 1 if info.rank == 0 else 0}
         try:
-            global_stats(info, totals, n_local=1 if info.rank == 0 else 0)
+            global_stats(info, totals, per_stream)
             error = "none"
         except StreamError as e:
             error = str(e)
         # the group is still usable: no collective was left half done
-        stats, first = global_stats(info, {"words": torch.tensor(1.0)}, n_local=1)
+        stats, first = global_stats(info, {"words": torch.tensor(1.0)}, {"train_data.ner": 1})
         shutdown(info)
         with open(f"{OUT}/rank{info.rank}.txt", "w") as f_out:
             f_out.write(f"{error}|{stats['words'].item()}|{first}")
@@ -250,6 +256,8 @@ def test_a_rank_without_documents_fails_alike_on_every_rank(tmp_path):
     )
     for rank in (0, 1):
         error, words, first = (tmp_path / f"rank{rank}.txt").read_text().split("|")
-        assert error.startswith("a training batch left rank 1 of 2 without documents"), error
-        assert "raise the batch_size" in error
-        assert (float(words), int(first)) == (2.0, rank)
+        assert error.startswith(
+            "train_data.types: a training batch left rank 1 of 2 without documents"
+        ), error
+        assert "raise train_data.types.batch_size or run fewer processes" in error
+        assert (float(words), first) == (2.0, f"[{rank}]")

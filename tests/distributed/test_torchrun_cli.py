@@ -58,7 +58,7 @@ def test_batch_of_fewer_documents_than_ranks_is_one_clear_error(tmp_path):
     )
     assert proc.returncode != 0
     assert len(errors) == 1, proc.stderr[-3000:]
-    assert "left rank 1 of 2 without documents" in errors[0]
+    assert "train_data.notes: a training batch left rank 1 of 2 without documents" in errors[0]
     assert "exitcode  : 2" in proc.stderr and "terminate called" not in proc.stderr
 
 
