@@ -241,7 +241,9 @@ def replay(
                         (new_state, metrics),
                         eager_fn(before, subs, indices=phase.indices),
                     )
-                if dump is not None:
+                # rank 0's share of the batch, as steps.jsonl records it; every rank writing
+                # one folder mixed the ranks' files
+                if dump is not None and rank == 0:
                     from .dump import write_dump
 
                     write_dump(Path(dump), run, phase, before, new_state, subs, streams, metrics)

@@ -206,8 +206,8 @@ def test_resume_two_rank_checkpoint_in_one_process_reshards(runs):
         assert record["first_index"] == 0
 
 
-def _replay(nproc: int, run: Path, step: int) -> subprocess.CompletedProcess:
-    cmd = [*launcher(nproc), "-m", "pureml.cli", "replay", str(run), "--step", str(step)]
+def _replay(nproc: int, run: Path, step: int, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [*launcher(nproc), "-m", "pureml.cli", "replay", str(run), "--step", str(step), *extra]
     env = _env(run.parent / f"replay{nproc}_trace")
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
 
@@ -221,10 +221,17 @@ def test_replay_of_a_two_rank_run_needs_two_ranks_and_then_matches(runs):
     assert "torchrun --nproc_per_node 2 -m pureml.cli replay" in alone.stderr
     assert "MISMATCH" not in alone.stdout
     # two ranks replay it from the checkpoint before the step; rank 0 alone reports
-    both = _replay(2, runs["two"], 25)
+    dump = runs["base"] / "dump"
+    both = _replay(2, runs["two"], 25, "--dump", str(dump))
     assert both.returncode == 0, both.stdout[-2000:] + both.stderr[-3000:]
     assert both.stdout.count("replaying ") == 1
     assert "all 5 steps (21..25) match the record bit for bit" in both.stdout
+    # the dump is rank 0's share, as steps.jsonl records it (every rank wrote there, and the
+    # last writer's documents came with the other rank's tensors)
+    batch = json.loads((dump / "batch.json").read_text())
+    (record,) = [r for r in _steps(runs["two"]) if r["step"] == 25]
+    assert batch["batch"] == record["batch"]
+    assert batch["streams"]["notes"]["doc_ids"] == record["streams"]["notes"]["doc_ids"]
 
 
 def test_two_streams_on_two_ranks_equal_one_process_with_two_splits(tmp_path):
