@@ -97,9 +97,25 @@ debug_option = click.option(
 )
 
 
+def _short_warnings() -> None:
+    """pureml's own warnings (about the user's data or recipe) as one ``warning:`` line each,
+    like the ``error:`` lines; others (torch's) keep Python's format, with their source."""
+    import warnings
+
+    default = warnings.formatwarning
+
+    def formatwarning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
+        if category is UserWarning and "/pureml/" in filename.replace("\\", "/"):
+            return f"warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatwarning
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """pureml: train and evaluate NLP pipelines, exactly and fast."""
+    _short_warnings()
 
 
 def _train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -137,6 +153,7 @@ def train_command(recipe: Path, overrides: tuple[str, ...], restart: bool, debug
 @_train_options
 def train_main(recipe: Path, overrides: tuple[str, ...], restart: bool, debug: bool) -> None:
     """Train the pipeline a RECIPE (TOML) describes; resumes from the latest checkpoint."""
+    _short_warnings()
     _run_train(recipe, overrides, restart, debug=debug)
 
 
@@ -151,22 +168,47 @@ def _check_reader(reader: str | None) -> None:
         raise RecipeError("--reader", f"unknown reader {reader!r} (known: {known})")
 
 
+def _parse_pairs(option: str, items: tuple[str, ...]) -> dict[str, Any]:
+    """``("a=1", "b=x")`` -> ``{"a": 1, "b": "x"}`` (values read as recipe values)."""
+    from .training.config import RecipeError
+    from .training.recipe import parse_value
+
+    out: dict[str, Any] = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise RecipeError(option, f"expected NAME=VALUE, got {item!r}")
+        out[name.strip()] = parse_value(value.strip())
+    return out
+
+
 @friendly_errors
 def _run_evaluate(
-    model: Path, data: Path, as_json: bool, reader: str | None, defaults: tuple[str, ...]
+    model: Path,
+    data: Path,
+    as_json: bool,
+    reader: str | None,
+    defaults: tuple[str, ...],
+    options: tuple[str, ...],
 ) -> None:
     from .training.config import RecipeError
     from .training.evaluate import evaluate, format_scores
-    from .training.recipe import parse_value
 
     _check_reader(reader)
-    default_attributes = {}
-    for item in defaults:
-        name, eq, value = item.partition("=")
-        if not eq or not name.strip():
-            raise RecipeError("--default-attribute", f"expected NAME=VALUE, got {item!r}")
-        default_attributes[name.strip()] = parse_value(value.strip())
-    scores = evaluate(model, data, reader=reader, default_attributes=default_attributes or None)
+    default_attributes = _parse_pairs("--default-attribute", defaults)
+    reader_options = _parse_pairs("--reader-option", options)
+    try:
+        scores = evaluate(
+            model,
+            data,
+            reader=reader,
+            default_attributes=default_attributes or None,
+            reader_options=reader_options or None,
+        )
+    except ValueError as e:
+        if str(e).startswith("reader option"):
+            raise RecipeError("--reader-option", str(e)) from None
+        raise
     if as_json:
         click.echo(json.dumps(scores, indent=1))
     else:
@@ -190,6 +232,13 @@ def _run_evaluate(
     help="An attribute value for the spans without one (Negation=false), as "
     "the recipe's default_attributes gave it in training. Repeatable.",
 )
+@click.option(
+    "--reader-option",
+    "options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A key of the reader's recipe table (label=Disease), as in training. Repeatable.",
+)
 @debug_option
 def evaluate_command(
     model: Path,
@@ -197,10 +246,11 @@ def evaluate_command(
     as_json: bool,
     reader: str | None,
     defaults: tuple[str, ...],
+    options: tuple[str, ...],
     debug: bool,
 ):
     """Score a saved MODEL on DATA (a brat folder or a JSONL file)."""
-    _run_evaluate(model, data, as_json, reader, defaults, debug=debug)
+    _run_evaluate(model, data, as_json, reader, defaults, options, debug=debug)
 
 
 @friendly_errors

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,16 @@ def evaluate(
     *,
     reader: str | None = None,
     default_attributes: dict[str, Any] | None = None,
+    reader_options: dict[str, Any] | None = None,
     **scorer_kwargs: Any,
 ) -> dict[str, Any]:
     """Scores of the pipeline saved at ``model`` on the documents at ``data``.
 
     ``data`` is a brat folder or a JSONL file (or name a registered ``reader``);
-    ``default_attributes`` goes to the standoff or jsonl reader (``{"Negation": False}``). Returns
+    ``default_attributes`` goes to the standoff or jsonl reader (``{"Negation": False}``), and
+    ``reader_options`` to any reader (``{"label": "Disease"}``: the keys of its recipe table).
+    Warns when an NER component predicts none of the gold labels (every score would be 0: the
+    data read otherwise than in training). Returns
     ``{"ner": {"micro": {"p", "r", "f1"}, "per_label": {...}, "token": {...}}, "speed": {...}}``.
     """
     from ..nlp import load
@@ -58,9 +64,37 @@ def evaluate(
                 f"default attributes: the {name} reader takes none (standoff and jsonl do)"
             )
         kwargs["default_attributes"] = default_attributes
+    read = registry.readers.get(name)
+    for key in reader_options or {}:
+        params = inspect.signature(read).parameters
+        accepted = [p for p in params if p not in ("path", "default_attributes")]
+        if key not in accepted:
+            raise ValueError(
+                f"reader option {key!r}: the {name} reader takes "
+                + (", ".join(accepted) if accepted else "no option")
+                + (" (default_attributes has its own flag)" if key == "default_attributes" else "")
+            )
+    kwargs.update(reader_options or {})
     nlp = load(model)
-    docs = list(registry.readers.get(name)(str(data), **kwargs))
+    docs = list(read(str(data), **kwargs))
+    _warn_disjoint_labels(nlp, docs)
     return Scorer(**scorer_kwargs)(nlp, docs)
+
+
+def _warn_disjoint_labels(nlp: Any, docs: list[Any]) -> None:
+    for name in nlp.pipe_names:
+        comp = nlp.get_pipe(name)
+        labels, group = getattr(comp, "labels", None), getattr(comp, "target_group", None)
+        if not isinstance(labels, list) or not isinstance(group, str):
+            continue
+        gold = {s.label for d in docs for s in d.spans.get(group, [])}
+        if gold and not gold & set(labels):
+            warnings.warn(
+                f"{name}: none of the gold labels ({', '.join(sorted(gold))}) is one the model "
+                f"predicts ({', '.join(labels)}): every {name} score is 0. Read the data as in "
+                "training (--reader, --reader-option)",
+                stacklevel=3,
+            )
 
 
 def format_scores(scores: dict[str, Any]) -> str:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import warnings
 
 import pytest
 from click.testing import CliRunner
@@ -222,4 +225,32 @@ def test_a_second_ctrl_c_says_what_it_skipped(capsys):
     assert capsys.readouterr().err == (
         "interrupted: stopped at once, without a checkpoint of this step: the same command "
         "resumes from the last one\n"
+    )
+
+
+def test_evaluate_warns_when_no_gold_label_is_the_models_and_takes_reader_options(trained, corpus):
+    # Read otherwise than in training (every entity relabelled "Entity"), every NER score was
+    # 0 with no word of why; and the reader's own keys (label=...) could not be given.
+    model = str(trained / "model-last")
+    args = ["evaluate", model, str(corpus / "dev"), "--reader", "standoff_label_as_attribute"]
+    # a real process: pytest would catch the warning before the CLI prints it
+    result = subprocess.run(
+        [sys.executable, "-m", "pureml.cli", *args, "--json"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith(
+        "warning: ner: none of the gold labels (Entity) is one the model predicts ("
+    ), result.stderr
+    assert json.loads(result.stdout)["ner"]["micro"]["f1"] == 0.0
+    # label=problem: the gold spans are "problem" again, and the model finds some of them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = CliRunner().invoke(main, [*args, "--reader-option", "label=problem", "--json"])
+    assert result.exit_code == 0, result.output
+    assert set(json.loads(result.stdout)["ner"]["per_label"]) >= {"problem"}
+    bad = CliRunner().invoke(main, [*args, "--reader-option", "labl=problem"])
+    assert bad.exit_code == 2
+    assert bad.stderr == (
+        "error: --reader-option: reader option 'labl': the standoff_label_as_attribute reader "
+        "takes attribute, label\n"
     )
