@@ -80,6 +80,8 @@ def _compare(a: Mapping[str, Any], b: Mapping[str, Any]) -> tuple[list[str], dic
             fields.append(name)
             values[name] = (va, vb)
 
+    # each record holds rank 0's share of its batch: other layouts, other shares
+    check("world_size", a.get("world_size", 1), b.get("world_size", 1))
     check("batch", a.get("batch"), b.get("batch"))
     if "batch" not in fields and _ids(a) != _ids(b):  # fingerprints include the ids; be safe
         check("batch", _ids(a), _ids(b))
@@ -225,6 +227,13 @@ def format_report(report: DiffReport, name_a: str = "A", name_b: str = "B") -> s
             )
         return "\n".join(lines)
     lines.append(f"first difference at step {d.step}: {', '.join(d.fields)}")
+    if "world_size" in d.fields:
+        va, vb = d.values["world_size"]
+        lines.append(
+            f"  trained by {va} vs {vb} processes: each record holds rank 0's share of the "
+            "batch, so the batches and what follows from them differ between the records even "
+            "when the global batches are the same"
+        )
     for sd in d.streams:
         if sd.same_ids:
             if sd.changed:
@@ -244,6 +253,8 @@ def format_report(report: DiffReport, name_a: str = "A", name_b: str = "B") -> s
                 f"only in {name_b}: {', '.join(sd.only_b) or '-'}"
             )
     for f in d.fields:
+        if f == "world_size":
+            continue
         if f == "batch":
             va, vb = d.values[f]
             if isinstance(va, str):

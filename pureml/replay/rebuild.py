@@ -159,9 +159,15 @@ class RebuiltRun:
         return step
 
     def world_size(self, step: int) -> int:
-        """How many processes recorded ``step``: those of the first checkpoint at or after it
-        (a resumed run rewrites the records after the checkpoint it resumes from), else of the
-        latest checkpoint; 1 when there is none."""
+        """How many processes recorded ``step``: its record says so (none: 1). Records of older
+        runs lack it: then those of the first checkpoint at or after the step (a resumed run
+        rewrites the records after the checkpoint it resumes from), else of the latest
+        checkpoint; 1 when there is none."""
+        records = self.records
+        if any("world_size" in r for r in records.values()) or not ckpt.list_checkpoints(
+            self.run_dir
+        ):
+            return int(records.get(step, {}).get("world_size", 1))
         found = ckpt.list_checkpoints(self.run_dir)
         after = [p for s, p in found if s >= step] or [p for _, p in found[-1:]]
         for path in after:
@@ -176,6 +182,19 @@ class RebuiltRun:
         parallelism each rank trains on its own share of the batch with its own dropout keys,
         and steps.jsonl holds rank 0's share, so only the same layout replays bit for bit."""
         recorded, here = self.world_size(step), self.trainer.world.world_size
+        before = self.checkpoint_before(step)
+        first = int(ckpt.read_meta(before)["step"]) + 1 if before is not None else 1
+        # a replay runs every step from the checkpoint before ``step`` in one layout
+        changed = [s for s in range(first, step) if self.world_size(s) != recorded]
+        if changed:
+            start = f"checkpoint {before.name}" if before is not None else "the initial state"
+            raise ReplayError(
+                f"steps {first}..{step} of {self.run_dir} were not all trained by as many "
+                f"processes (step {changed[-1]}: {self.world_size(changed[-1])}, step {step}: "
+                f"{recorded}; the run was resumed with another number): a replay of step {step} "
+                f"re-runs them all from {start} in one layout; replay a step that a checkpoint "
+                "of its own layout precedes"
+            )
         if recorded == here:
             return
         how = (

@@ -97,8 +97,13 @@ def step_record(
     streams: Mapping[str, Mapping[str, Any]],
     batch: str,
     params: str | None = None,
+    world_size: int = 1,
 ) -> dict[str, Any]:
-    """Build one record from the step's metrics tensors (names as ``make_step`` returns them)."""
+    """Build one record from the step's metrics tensors (names as ``make_step`` returns them).
+
+    Under torchrun the record holds rank 0's share of the batch, and says how many processes
+    shared it (``world_size``, left out for one process): replay and diff need the layout of
+    each step, which a run resumed with another number of processes changes midway."""
     losses = {k.split("/", 1)[1]: exact(v) for k, v in metrics.items() if k.startswith("loss/")}
     lrs = {k.split("/", 1)[1]: exact(v) for k, v in metrics.items() if k.startswith("lr/")}
     rec: dict[str, Any] = {
@@ -116,6 +121,8 @@ def step_record(
     }
     if params is not None:
         rec["params"] = params
+    if world_size != 1:
+        rec["world_size"] = world_size
     return rec
 
 

@@ -1042,6 +1042,7 @@ class Trainer:
                         streams=streams_rec,
                         batch=batch_fp,
                         params=params_fp,
+                        world_size=self.world.world_size,
                     )
                 )
                 validation, val_timing = None, {}

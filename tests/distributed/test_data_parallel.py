@@ -132,6 +132,18 @@ def test_two_ranks_equal_one_process_with_two_splits(runs):
         assert parts[0] | parts[1] == set(record["streams"]["notes"]["doc_ids"])
         # rank 1's sub-batch is the single process's second one: dropout key index 1
         assert [t[step]["first_index"] for t in ranks] == [0, 1]
+    # the records say how many processes shared each batch, and diff says so first
+    assert {r.get("world_size") for r in _steps(runs["two"])} == {2}
+    assert all("world_size" not in r for r in one)
+    from click.testing import CliRunner
+
+    from pureml.cli import main
+
+    diff = CliRunner().invoke(main, ["diff", str(runs["one"]), str(runs["two"])])
+    assert diff.exit_code == 1, diff.output
+    lines = diff.stdout.splitlines()
+    assert lines[0].startswith("first difference at step 1: world_size, batch"), diff.stdout
+    assert lines[1].startswith("  trained by 1 vs 2 processes: each record holds rank 0's share")
 
 
 def test_only_rank_zero_writes(runs):
@@ -204,6 +216,21 @@ def test_resume_two_rank_checkpoint_in_one_process_reshards(runs):
     for step, record in alone.items():
         assert record["doc_ids"] == two[0][step]["doc_ids"] + two[1][step]["doc_ids"]
         assert record["first_index"] == 0
+    # steps 21.. follow checkpoint 20 in one process's layout: one process replays them
+    replayed = _replay(1, out, 25)
+    assert replayed.returncode == 0, replayed.stdout[-2000:] + replayed.stderr[-3000:]
+    assert "all 5 steps (21..25) match the record bit for bit" in replayed.stdout
+    # without the checkpoints before step 21, a replay of 25 would run steps 1..20 (2 ranks'
+    # layout) and 21..25 (one process's) alike: refused, rather than a MISMATCH at step 1
+    gone = runs["base"] / "reshard_gone"
+    shutil.copytree(out, gone, ignore=shutil.ignore_patterns("model-last"))
+    for step in (10, 20):
+        shutil.rmtree(gone / "checkpoints" / f"step-{step:06d}", ignore_errors=True)
+    from pureml.replay.rebuild import RebuiltRun
+    from pureml.replay.replay import ReplayError
+
+    with pytest.raises(ReplayError, match=r"steps 1\.\.25 of .* were not all trained by as many"):
+        RebuiltRun(gone).target_step(25)
 
 
 def _replay(nproc: int, run: Path, step: int, *extra: str) -> subprocess.CompletedProcess:
