@@ -3,7 +3,9 @@
 ``model-last`` is where a run stopped; on a small clinical corpus the dev score often peaks
 earlier and the last model has overfitted. With ``train.best_metric = "ner/micro/f1"`` (a path in
 the validation scores, as ``metrics.jsonl`` names them) the trainer also writes
-``OUTPUT_DIR/model-best`` whenever that score beats every earlier validation of the run. The
+``OUTPUT_DIR/model-best`` whenever that score beats every earlier validation of the run. A list
+of paths ranks validations by their mean: a pipeline with an NER head and a span classifier
+(``["ner/micro/f1", "span_attributes/status/micro/f1"]``) keeps the model best at both. The
 best so far is saved in each checkpoint, so a resumed run keeps comparing against it; it is
 forgotten when the metric or the validation documents change.
 
@@ -12,13 +14,16 @@ forgotten when the metric or the validation documents change.
 (True, False)
 >>> best.state()
 {'metric': 'ner/micro/f1', 'docs': 'd', 'step': 10, 'value': 0.5}
+>>> both = BestScore(["a/f1", "b/f1"], docs_key="d")
+>>> both.update({"a": {"f1": 0.5}, "b": {"f1": 1.0}}, step=10), both.value, both.name
+(True, 0.75, 'mean of a/f1, b/f1')
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..nlp.doc import Doc
@@ -58,21 +63,29 @@ def metric_value(scores: Mapping[str, Any], metric: str) -> float:
 class BestScore:
     """The highest value of ``metric`` seen so far in a run, and its step (higher is better)."""
 
-    def __init__(self, metric: str, docs_key: str) -> None:
-        self.metric = metric
+    def __init__(self, metric: str | Sequence[str], docs_key: str) -> None:
+        self.metric = metric if isinstance(metric, str) else list(metric)
         self.docs_key = docs_key
         self.step: int | None = None
         self.value: float | None = None
 
     def update(self, scores: Mapping[str, Any], step: int) -> bool:
         """Record this validation; True when it beats every earlier one (write model-best)."""
-        value = metric_value(scores, self.metric)
+        paths = [self.metric] if isinstance(self.metric, str) else self.metric
+        value = sum(metric_value(scores, p) for p in paths) / len(paths)
         if value != value:  # NaN never counts as an improvement
             return False
         if self.value is not None and value <= self.value:
             return False
         self.step, self.value = step, value
         return True
+
+    @property
+    def name(self) -> str:
+        """The metric as messages name it."""
+        if isinstance(self.metric, str):
+            return self.metric
+        return "mean of " + ", ".join(self.metric)
 
     def state(self) -> dict[str, Any]:
         return {

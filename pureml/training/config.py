@@ -97,9 +97,11 @@ def _folder(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 
 def _metric_path(_inst: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, str) or not all(value.split("/")):
+    paths = value if isinstance(value, list) and value else [value]
+    if not all(isinstance(p, str) and all(p.split("/")) for p in paths):
         raise _FieldError(
-            attribute.name, f"expected a score path like 'ner/micro/f1', got {value!r}"
+            attribute.name,
+            f"expected a score path like 'ner/micro/f1' (or a list of them), got {value!r}",
         )
 
 
@@ -174,12 +176,12 @@ class TrainConfig:
     save_model: bool = attrs.field(
         default=True, metadata=_doc("write model-last with each checkpoint and at the end")
     )
-    best_metric: str | None = attrs.field(
+    best_metric: str | list[str] | None = attrs.field(
         default=None,
         validator=attrs.validators.optional(_metric_path),
         metadata=_doc(
-            "also write OUTPUT_DIR/model-best when this validation score (ner/micro/f1) is the "
-            "highest so far"
+            "also write OUTPUT_DIR/model-best when this validation score (ner/micro/f1; a list: "
+            "their mean) is the highest so far"
         ),
     )
     logger: list[str] = attrs.field(

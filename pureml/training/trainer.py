@@ -283,7 +283,7 @@ class Trainer:
         logger: bool | Sequence[str | BaseLogger] = True,
         log_weight_grads: bool = False,
         on_validation_callback: Callable[[dict], Any] | None = None,
-        best_metric: str | None = None,
+        best_metric: str | Sequence[str] | None = None,
         keep_checkpoints: int = 3,
         log_interval: int = 1,
         record_params_interval: int | None = None,
@@ -348,7 +348,7 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.output_model_dir = Path(output_model_dir or self.output_dir / "model-last")
         self.save_model = save_model
-        self.best_metric = best_metric
+        self.best_metric = best_metric if isinstance(best_metric, str | None) else list(best_metric)
         self.logger_spec = logger
         self.log_weight_grads = log_weight_grads
         self.on_validation_callback = on_validation_callback
@@ -912,7 +912,7 @@ class Trainer:
             if saved and not self._best.restore(saved):
                 why = (
                     f"was of {saved.get('metric')!r}"
-                    if saved.get("metric") != self.best_metric
+                    if saved.get("metric") != self._best.metric
                     else "was measured on other validation documents"
                 )
                 self.message(f"best_metric: the checkpoint's best {why}; model-best starts over")
@@ -951,7 +951,7 @@ class Trainer:
             self.message(f"saved the pipeline to {self.output_model_dir}")
         if self._best is not None and self._best.step is not None and self.world.is_main:
             self.message(
-                f"model-best: step {self._best.step}, {self._best.metric} "
+                f"model-best: step {self._best.step}, {self._best.name} "
                 f"{self._best.value:.4f}, in {self.output_dir / BEST_DIR}"
             )
         return self.nlp

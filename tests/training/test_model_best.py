@@ -40,15 +40,18 @@ def _train(out, scorer, **kw):
         _nlp(),
         TrainingData(docs[:20], "200 words"),
         val_data=docs[20:],
-        max_steps=8,
-        validation_interval=2,
-        keep_checkpoints=10,
-        compile=False,
-        logger=False,
-        seed=1,
-        scorer=scorer,
-        output_dir=out,
-        **{"best_metric": "ner/micro/f1", **kw},
+        **{
+            "max_steps": 8,
+            "validation_interval": 2,
+            "keep_checkpoints": 10,
+            "compile": False,
+            "logger": False,
+            "seed": 1,
+            "scorer": scorer,
+            "output_dir": out,
+            "best_metric": "ner/micro/f1",
+            **kw,
+        },
     )
 
 
@@ -93,6 +96,18 @@ def test_a_later_better_score_replaces_model_best_and_restart_removes_it(tmp_pat
     assert _same(load(out / "model-best"), _weights_at(out, 2))
 
 
+def test_a_list_of_metrics_ranks_validations_by_their_mean(tmp_path):
+    values = iter([(0.9, 0.1), (0.6, 0.6), (0.2, 0.9)])  # means 0.5, 0.6, 0.55
+
+    def scorer(nlp, docs, mixed_precision="no"):
+        ner, status = next(values)
+        return {"ner": {"micro": {"f1": ner}}, "span_attributes": {"status": {"f1": status}}}
+
+    out = tmp_path / "run"
+    _train(out, scorer, max_steps=6, best_metric=["ner/micro/f1", "span_attributes/status/f1"])
+    assert _same(load(out / "model-best"), _weights_at(out, 4))
+
+
 def test_a_best_metric_the_scores_lack_names_its_neighbour(tmp_path):
     with pytest.raises(
         BestMetricError, match=r"best_metric: no score 'ner/micro/f' .*did you mean 'ner/micro/f1'"
@@ -109,5 +124,7 @@ def test_a_best_metric_the_scores_lack_names_its_neighbour(tmp_path):
             best_metric="ner/micro/f1",
         )
     assert not (tmp_path / "none").exists()
+    with pytest.raises(ValueError, match=r"best_metric: expected a score path"):
+        _train(tmp_path / "bad", _scorer([0.1]), best_metric=["ner/micro/f1", ""])
     with pytest.raises(ValueError, match=r"best_metric: expected a score path"):
         _train(tmp_path / "bad", _scorer([0.1]), best_metric="ner//f1")
