@@ -996,6 +996,13 @@ class Trainer:
             positions = {name: it.state_dict() for name, it in iterators.items()}
             return subs, streams_rec, ids, batch_fp, self.sub_batch_indices, positions
 
+        graphs = _graphs_compiled()
+        if self.compile and first_step < self.max_steps:
+            # the first step stays silent while it compiles: say why it takes minutes
+            self.message(
+                f"compiling the step ({self.compile_backend}): the first step takes a minute "
+                "or more on a CPU (train.compile = false runs it eagerly)"
+            )
         try:
             ahead: Any = draw() if first_step < self.max_steps else None
             for phase_step in range(first_step + 1, self.max_steps + 1):
@@ -1025,6 +1032,14 @@ class Trainer:
                     k: metrics.pop(k) for k in list(metrics) if k.startswith("grad_norm/")
                 }
                 dt = time.perf_counter() - t0
+                if self.compile and (now := _graphs_compiled()) > graphs:
+                    if phase_step > first_step + 1:  # a stall mid-run: say what it was
+                        self.message(
+                            f"step {step}: torch.compile built {now - graphs} more graph"
+                            f"{'s' if now - graphs > 1 else ''} ({dt:.0f} s) for a batch of "
+                            "another shape (README, Compilation)"
+                        )
+                    graphs = now
                 n_words = int(_scalar(subs[0]["stats"].get("words", 0)))
                 n_docs = int(_scalar(subs[0]["stats"].get("docs", 0)))
                 words_seen += n_words
@@ -1100,6 +1115,13 @@ class Trainer:
                 if hasattr(it, "close"):
                     it.close()
         return state
+
+
+def _graphs_compiled() -> int:
+    """Graphs torch.compile has built in this process (dynamo's own count)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"].get("unique_graphs", 0))
 
 
 def _remove_validations_after(run_dir: Path, step: int) -> None:

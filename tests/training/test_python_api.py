@@ -160,3 +160,15 @@ def test_the_world_goes_to_scorers_that_take_it_and_not_to_the_others(tmp_path):
             **run,
         )
     assert calls == [("old", 8), ("new", DistInfo())]
+
+
+def test_a_compiled_run_says_why_its_first_step_and_a_recompile_take_long(tmp_path, capsys):
+    # One document per batch: word totals cross powers of two, and the CRF's tree compiles one
+    # graph per octave. The stall was silent: a minute-long step with no word of why.
+    docs = make_corpus(12, seed=2)
+    assert len({len(d.words).bit_length() for d in docs}) > 1
+    run = {**RUN, "max_steps": 6, "compile": True, "compile_backend": "aot_eager"}
+    train(_nlp(), TrainingData(docs, 1, shuffle=False), output_dir=tmp_path, **run)
+    err = capsys.readouterr().err
+    assert err.startswith("compiling the step (aot_eager): the first step takes a minute"), err
+    assert "torch.compile built 1 more graph" in err, err
