@@ -917,7 +917,8 @@ class Trainer:
         start_step = meta["phase_step"] if meta else 0
         if meta:
             self.message(
-                f"resuming from {resume_from} (step {meta['step']}); pass --restart to start over"
+                f"resuming from {resume_from} (step {meta['step']}); "
+                "pass --restart (restart=True) to start over"
             )
         try:
             with _Interrupts() as interrupts:
@@ -1139,6 +1140,8 @@ def train(
     logger: bool | Sequence[str | BaseLogger] = True,
     log_weight_grads: bool = False,
     on_validation_callback: Callable[[dict], Any] | None = None,
+    *,
+    restart: bool = False,
     **options: Any,
 ) -> Any:
     """Train ``nlp`` on ``train_data``; resumes from ``output_dir``'s latest checkpoint.
@@ -1146,7 +1149,9 @@ def train(
     Parameters follow SEED.md (EDS-NLP's ``train``). pureml adds, as keyword options:
     ``keep_checkpoints`` (3), ``log_interval`` (1), ``record_params_interval`` (min(10,
     checkpoint_interval)), ``compile`` (True), ``compile_backend`` ("inductor"),
-    ``flat_params`` (True; ``make_step(flat=True)``), ``deterministic`` (True), ``threads`` (None), ``resume`` (True; False starts over),
+    ``flat_params`` (True; ``make_step(flat=True)``), ``deterministic`` (True), ``threads``
+    (None), ``restart`` (False; True starts over, as ``--restart``: the same as
+    ``resume=False``),
     ``best_metric`` (None; ``"ner/micro/f1"`` also writes ``OUTPUT_DIR/model-best`` at each best
     validation, see :mod:`pureml.training.best`),
     ``recipe`` (the resolved recipe dict, written to ``config.toml`` and hashed).
@@ -1164,6 +1169,12 @@ def train(
         train(nlp, TrainingData(read_standoff("data/train"), batch_size="2000 words"),
               val_data=read_standoff("data/dev"), max_steps=200, output_dir="runs/ner")
     """
+    if restart:
+        if options.get("resume") is True:
+            raise ValueError(
+                "restart=True and resume=True: pass one of them (restart=True starts over)"
+            )
+        options["resume"] = False
     trainer = Trainer(
         nlp,
         train_data,
@@ -1200,7 +1211,7 @@ def train_from_recipe(
     from .build import build_training
 
     kwargs = build_training(path, overrides)
-    return train(**kwargs, resume=not restart)
+    return train(**kwargs, restart=restart)
 
 
 __all__ = [

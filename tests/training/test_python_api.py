@@ -11,6 +11,7 @@ from pureml import TrainingData, train
 from pureml.nlp import NerCrf, Pipeline, ScratchEncoder, SpanClassifier
 from pureml.nlp.synthetic import make_corpus
 from pureml.stream import Stream, StreamError
+from pureml.train import RunDirError
 
 RUN = dict(max_steps=3, compile=False, logger=False, save_model=False, seed=1)
 
@@ -160,3 +161,19 @@ def test_the_world_goes_to_scorers_that_take_it_and_not_to_the_others(tmp_path):
             **run,
         )
     assert calls == [("old", 8), ("new", DistInfo())]
+
+
+def test_restart_true_starts_over_as_the_refusal_says(tmp_path, capsys):
+    # the refusal says "pass --restart (restart=True)", but train() took no restart keyword
+    docs = make_corpus(8, seed=2)
+    train(_nlp(), TrainingData(docs, "300 words"), output_dir=tmp_path, **RUN)
+    capsys.readouterr()
+    train(_nlp(), TrainingData(docs, "300 words"), output_dir=tmp_path, **RUN)
+    assert "pass --restart (restart=True) to start over" in capsys.readouterr().err
+    other = {**RUN, "max_steps": 4}
+    with pytest.raises(RunDirError, match=r"restart=True"):
+        train(_nlp(), TrainingData(docs, "300 words"), output_dir=tmp_path, **other)
+    train(_nlp(), TrainingData(docs, "300 words"), output_dir=tmp_path, restart=True, **other)
+    assert "resuming" not in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"restart=True and resume=True"):
+        train(_nlp(), TrainingData(docs), output_dir=tmp_path, restart=True, resume=True, **RUN)
