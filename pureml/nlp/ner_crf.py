@@ -31,7 +31,7 @@ class NerCrf(Component):
 
     Args:
         embedding: name of the embedding component (its outputs: ``embeddings``, ``mask``).
-        labels: entity labels; inferred from ``target_group`` spans in ``post_init`` if None.
+        labels: entity labels (one label may be given as a string); inferred from ``target_group`` spans in ``post_init`` if None.
         target_group: span group holding gold entities in training docs.
         span_setter: span group the predictions are written to.
         dropout: rate on the word vectors before the emission layer.
@@ -49,7 +49,9 @@ class NerCrf(Component):
     ) -> None:
         super().__init__()
         self.embedding = embedding
-        self.labels = list(labels) if labels is not None else None
+        # one label is one label, not the list of its letters
+        self.labels = [labels] if isinstance(labels, str) else labels
+        self.labels = list(self.labels) if self.labels is not None else None
         self.target_group = target_group
         self.span_setter = span_setter
         self.p = dropout

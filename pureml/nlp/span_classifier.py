@@ -39,7 +39,8 @@ class SpanClassifier(Component):
     Args:
         embedding: name of the word embedding component.
         span_getter: span group(s) whose spans are classified (and annotated at inference).
-        attributes: ``{name: [values]}``, a list of names to infer values for, or None (all).
+        attributes: ``{name: [values]}``, a list of names (or one name) to infer values for,
+            or None (all).
         pooling: ``"mean"``, ``"max"`` or ``"attention"`` (see ``span_pooler``).
         dropout: rate on the pooled vectors.
     """
@@ -60,6 +61,8 @@ class SpanClassifier(Component):
         self.pooling = pooling
         self.p = dropout
         self.pooler = SpanPooler(embedding, span_getter, pooling)
+        if isinstance(attributes, str):  # one name, not the list of its letters
+            attributes = [attributes]
         if isinstance(attributes, dict):
             self.attributes: dict[str, list] | None = {k: list(v) for k, v in attributes.items()}
             self._names = list(attributes)

@@ -315,6 +315,8 @@ class Trainer:
                 "best_metric": best_metric,
             }
         )
+        if isinstance(logger, str | BaseLogger):  # one logger, not the letters of its name
+            logger = [logger]
         for i, item in enumerate(logger if isinstance(logger, list | tuple) else ()):
             # else refused once the folder is set up: with resume=False, after its files went
             if isinstance(item, str) and item not in logger_registry:

@@ -55,3 +55,13 @@ def test_loading_a_run_folder_points_to_its_model(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"a run folder\? its model is .*model-last"):
         load(tmp_path)
     assert load(tmp_path / "model-last").pipe_names == ["embedding", "ner"]
+
+
+def test_one_string_where_a_list_is_expected_is_one_item():
+    # NerCrf(labels="Disease") had the labels 'D', 'i', 's', ...; SpanClassifier(attributes=
+    # "negation") learnt none of the attributes named 'n', 'e', ...
+    assert NerCrf(labels="Disease").labels == ["Disease"]
+    clf = SpanClassifier(attributes="status")
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "status": clf})
+    nlp.post_init(make_corpus(5, seed=0))
+    assert list(clf.attributes) == ["status"]

@@ -177,3 +177,10 @@ def test_restart_true_starts_over_as_the_refusal_says(tmp_path, capsys):
     assert "resuming" not in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"restart=True and resume=True"):
         train(_nlp(), TrainingData(docs), output_dir=tmp_path, restart=True, resume=True, **RUN)
+
+
+def test_one_logger_name_as_a_string_is_that_logger(tmp_path):
+    # logger="json" was iterated into 'j', 's', ...: KeyError "unknown logger factory 'j'"
+    docs = make_corpus(5, seed=2)
+    train(_nlp(), TrainingData(docs), output_dir=tmp_path, **{**RUN, "logger": "json"})
+    assert (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "metrics.csv").exists()
