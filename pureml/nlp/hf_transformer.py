@@ -28,6 +28,7 @@ import torch
 
 from ..registry import components
 from .component import Component, ForwardContext, pad_length
+from .doc import lone_surrogate
 
 
 def _transformers():
@@ -267,7 +268,17 @@ class HfTransformer(Component):
     # -- data -------------------------------------------------------------------------------
     def preprocess(self, doc, supervision: bool = False) -> dict[str, Any]:
         words = doc.word_texts()
-        pieces = self._pieces(words) if words else []
+        try:
+            pieces = self._pieces(words) if words else []
+        except TypeError:  # the tokenizers' "TextEncodeInput must be ..." for half a character
+            at = lone_surrogate(doc.text)
+            if at is None:
+                raise
+            raise ValueError(
+                f"{self.name}: doc {doc.id!r} has a lone surrogate {doc.text[at]!r} at character "
+                f"{at} (half of a UTF-16 pair, as a broken export writes a split emoji), which "
+                "the tokenizer cannot encode: fix or remove it in the text"
+            ) from None
         unk = self.tokenizer.unk_token_id
         pieces = [p or (unk,) for p in pieces]
         ids = [t for p in pieces for t in p]

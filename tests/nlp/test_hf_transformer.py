@@ -332,3 +332,14 @@ def test_tokenizer_without_special_tokens_is_a_clear_error(tiny_bert, tmp_path):
     bare.save_pretrained(tmp_path / "bert")
     with pytest.raises(ValueError, match="has no cls_token, sep_token, pad_token"):
         Pipeline({"embedding": HfTransformer(str(tmp_path / "bert"), window=8, stride=6)})
+
+
+def test_a_lone_surrogate_in_a_text_names_the_document(tiny_bert):
+    # texts given from Python: the tokenizers' TypeError said nothing of which document
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    nlp = Pipeline({"embedding": HfTransformer(str(tiny_bert), window=16, stride=12)})
+    with pytest.raises(
+        ValueError, match=r"embedding: doc 'n1' has a lone surrogate .* character 5"
+    ):
+        nlp.preprocess(Doc("pain \ud83d here", id="n1"))

@@ -104,6 +104,17 @@ def test_bad_json_lines_name_file_and_line(tmp_path, line, message):
         list(read_jsonl(tmp_path / "c.jsonl"))
 
 
+def test_a_lone_surrogate_in_a_json_text_is_refused_with_its_offset(tmp_path):
+    # json decodes "\\ud83d" to half a character: the HF tokenizer then failed 19 frames deep
+    (tmp_path / "c.jsonl").write_text(
+        '{"text": "fine \\ud83d\\ude00"}\n{"text": "pain \\ud83d here"}\n'
+    )
+    with pytest.raises(
+        DataError, match=r"c\.jsonl:2: \"text\" has a lone surrogate '\\ud83d' at character 5"
+    ):
+        list(read_jsonl(tmp_path / "c.jsonl"))
+
+
 @pytest.mark.parametrize(
     "expr, message",
     [
