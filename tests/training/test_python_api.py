@@ -184,3 +184,19 @@ def test_one_logger_name_as_a_string_is_that_logger(tmp_path):
     docs = make_corpus(5, seed=2)
     train(_nlp(), TrainingData(docs), output_dir=tmp_path, **{**RUN, "logger": "json"})
     assert (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "metrics.csv").exists()
+
+
+def test_pureml_train_has_the_signature_and_help_of_the_function():
+    # the callable-module trick showed (*args, **kwargs), and help() never named an argument
+    import inspect
+    import pydoc
+
+    import pureml
+    from pureml.training.trainer import train as train_function
+
+    signature = inspect.signature(pureml.train)
+    assert signature == inspect.signature(train_function, eval_str=True)
+    assert list(signature.parameters)[:3] == ["nlp", "train_data", "val_data"]
+    text = pydoc.render_doc(pureml.train, renderer=pydoc.plaintext)
+    assert "train(nlp, train_data, val_data=(), seed=42, max_steps=1000," in text
+    assert "Train ``nlp`` on ``train_data``" in text
