@@ -88,9 +88,10 @@ class Pipeline(torch.nn.Module):
     >>> nlp.pipe_names, list(doc.spans), len(doc.words)
     (['embedding', 'ner'], ['ents'], 4)
     >>> docs = list(nlp.pipe([Doc("No disease."), Doc("")], batch_size="32 docs"))
-    >>> nlp.to_disk("model")
-    >>> import pureml
-    >>> pureml.load("model").get_pipe("ner").labels
+    >>> import pureml, tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     nlp.to_disk(f"{folder}/model")
+    ...     pureml.load(f"{folder}/model").get_pipe("ner").labels
     ['Disease']
     """
 

@@ -29,3 +29,7 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # an example that writes a file writes it here
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+    # run where a reader tries them (python -m doctest, a notebook), examples must not leave
+    # files behind: Pipeline's wrote model/ into the current folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
