@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..registry import components
 from .component import Component, ForwardContext
+from .span_pooler import MODES as POOLING_MODES
 from .span_pooler import SpanPooler, get_spans
 
 
@@ -56,6 +57,8 @@ class SpanClassifier(Component):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        if pooling not in POOLING_MODES:  # SpanPooler would name its own argument, mode
+            raise ValueError(f"pooling: expected one of {POOLING_MODES}, got {pooling!r}")
         self.embedding = embedding
         self.span_getter = span_getter
         self.pooling = pooling

@@ -65,3 +65,18 @@ def test_one_string_where_a_list_is_expected_is_one_item():
     nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "status": clf})
     nlp.post_init(make_corpus(5, seed=0))
     assert list(clf.attributes) == ["status"]
+
+
+def test_a_misspelt_argument_of_a_component_is_named():
+    # "uses 'embeding', which must come before it": no order of the pipeline would fix it
+    with pytest.raises(
+        ValueError,
+        match=r"^component 'ner': embedding='embeding': unknown component 'embeding' "
+        r"\(components: embedding, ner\)",
+    ):
+        Pipeline({"embedding": ScratchEncoder(width=8), "ner": NerCrf(embedding="embeding")})
+    with pytest.raises(ValueError, match="must come before"):  # an order to fix, as before
+        Pipeline({"ner": NerCrf(labels=["X"]), "embedding": ScratchEncoder(width=8)})
+    # the message named span_pooler's own argument, "span_pooler mode must be one of ..."
+    with pytest.raises(ValueError, match=r"^pooling: expected one of .*'mean'.* got 'maen'"):
+        SpanClassifier(pooling="maen")
