@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from typing import Any
 
@@ -68,7 +69,27 @@ class NerCrf(Component):
         )
 
     def post_init(self, docs) -> None:
+        docs = list(docs)
         seen = sorted({s.label for d in docs for s in d.spans.get(self.target_group, [])})
+        if docs and not seen:
+            # else it trained to tag nothing, with no label (or only the given ones) to learn
+            raise ValueError(
+                f"{self.name}: no spans in group {self.target_group!r} of the training docs: "
+                "nothing to learn (target_group names the annotated group, 'gold' for the "
+                "readers)"
+            )
+        for label in self.labels or ():
+            if label not in seen:
+                close = [s for s in seen if s.lower() == label.lower()]
+                close = close or difflib.get_close_matches(label, seen, n=1)
+                hint = (
+                    f"; did you mean {close[0]!r}?" if close else f" (they have: {', '.join(seen)})"
+                )
+                warnings.warn(
+                    f"{self.name}: label {label!r} never occurs in group {self.target_group!r} "
+                    f"of the training docs{hint}",
+                    stacklevel=2,
+                )
         if self.labels is None:
             self.labels = seen
         else:

@@ -80,3 +80,28 @@ def test_a_misspelt_argument_of_a_component_is_named():
     # the message named span_pooler's own argument, "span_pooler mode must be one of ..."
     with pytest.raises(ValueError, match=r"^pooling: expected one of .*'mean'.* got 'maen'"):
         SpanClassifier(pooling="maen")
+
+
+def test_ner_without_any_gold_span_fails_at_post_init():
+    # it trained with zero labels, silently, and predicted nothing
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": NerCrf()})
+    with pytest.raises(ValueError, match=r"^ner: no spans in group 'gold' of the training docs"):
+        nlp.post_init([Doc("a b c"), Doc("d e f")])
+    ents = NerCrf(target_group="ents")
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": ents})
+    with pytest.raises(
+        ValueError, match=r"no spans in group 'ents' .*: nothing to learn \(target_group names"
+    ):
+        nlp.post_init(make_corpus(5, seed=0))
+
+
+def test_a_given_label_the_training_docs_never_use_warns_with_the_close_one():
+    # labels=["Problem"] beside the data's "problem" trained a label that never occurs, silently
+    ner = NerCrf(labels=["Problem", "drug"])
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": ner})
+    with pytest.warns(
+        UserWarning,
+        match=r"^ner: label 'Problem' never occurs in group 'gold' .*did you mean 'problem'\?",
+    ) as seen:
+        nlp.post_init(make_corpus(5, seed=0))
+    assert len(seen) == 1  # "drug" occurs
