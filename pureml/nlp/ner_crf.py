@@ -72,11 +72,18 @@ class NerCrf(Component):
         docs = list(docs)
         seen = sorted({s.label for d in docs for s in d.spans.get(self.target_group, [])})
         if docs and not seen:
+            from ..stream.errors import DataError  # the CLI's "bad input": one line, exit 2
+
             # else it trained to tag nothing, with no label (or only the given ones) to learn
-            raise ValueError(
+            empty = (
+                ""
+                if any(d.text.strip() for d in docs)
+                else "; they have no words: empty documents?"
+            )
+            raise DataError(
                 f"{self.name}: no spans in group {self.target_group!r} of the training docs: "
                 "nothing to learn (target_group names the annotated group, 'gold' for the "
-                "readers)"
+                f"readers){empty}"
             )
         for label in self.labels or ():
             if label not in seen:

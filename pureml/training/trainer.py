@@ -150,11 +150,9 @@ def _checked_stream(data: Any, where: str) -> Stream:
     first = next(iter(stream), None)  # a list, or a stream (which starts over when iterated)
     if first is not None and not isinstance(first, Doc):
         hint = (
-            "make Docs with pureml.Doc(text)"
-            if isinstance(first, str)
-            else "a batched stream? pass the documents, without batch()"
+            "a batched stream? pass the documents, without batch()"
             if isinstance(first, list | tuple)
-            else "a stream of Doc"
+            else "make Docs with pureml.Doc(text)"
         )
         raise TypeError(f"{where}: items are {type(first).__name__}, not Doc ({hint})")
     return stream

@@ -199,3 +199,14 @@ def test_an_exception_in_map_or_filter_names_the_document(tmp_path):
     with pytest.raises(ZeroDivisionError) as info:
         list(from_iterable([1, 0]).map(lambda x: 1 / x))
     assert info.value.__notes__ == ["while running map/filter on item 1 of iterable"]
+
+
+def test_a_looped_stream_of_empty_documents_is_an_error_not_a_hang():
+    # what tests/faults' run of empty documents checked, until ner_crf refused them earlier
+    from pureml.nlp import Doc
+
+    stream = from_iterable([Doc(""), Doc(" ")]).loop().batch("10 words")
+    with pytest.raises(
+        StreamError, match=r"has no 'words' \(empty documents\?\): no batch can ever fill"
+    ):
+        next(iter(stream))
