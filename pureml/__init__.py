@@ -10,11 +10,28 @@ flows through composable, resumable streams, and any step can be replayed bit fo
 >>> int(state.step)
 0
 
-Training a pipeline from Python (see README.md for the recipe way)::
+Training a pipeline from Python (README.md's "Training from Python"; see it for recipes)::
 
-    from pureml import train, TrainingData
+    import torch
+
+    from pureml import TrainingData, train
+    from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+    from pureml.nlp.synthetic import write_corpus
     from pureml.stream import read_standoff
-    train(nlp, [TrainingData(read_standoff("train/"), batch_size="2000 words")], max_steps=100)
+
+    corpus = write_corpus("corpus", seed=0, splits={"train": 200, "dev": 50})  # synthetic notes
+    torch.manual_seed(0)  # components draw their initial weights from torch's global RNG
+    nlp = Pipeline({"embedding": ScratchEncoder(width=64, depth=2), "ner": NerCrf()})
+    nlp = train(
+        nlp,
+        TrainingData(read_standoff(corpus["train"]), batch_size="1000 words"),
+        val_data=read_standoff(corpus["dev"]),
+        max_steps=30,
+        output_dir="artifacts/python-quickstart",
+        compile=False,
+    )
+    doc = nlp("Patient denies chest pain. Started metformin for type 2 diabetes mellitus.")
+    print([(doc.text[s.start : s.end], s.label) for s in doc.spans["ents"]])
 """
 
 from pureml import optim, stream

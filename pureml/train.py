@@ -13,7 +13,9 @@ From the shell (and under torchrun)::
 
 from __future__ import annotations
 
+import inspect
 import sys
+import textwrap
 import types
 import warnings
 from typing import Any
@@ -45,6 +47,19 @@ class _CallableModule(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _CallableModule
+
+# inspect.signature(pureml.train) and help(pureml.train) describe the function, not the
+# module's (*args, **kwargs) __call__: signature() reads a callable's __signature__ first, and
+# help() shows the module's docstring, which then leads with train()'s.
+__signature__ = inspect.signature(train, eval_str=True)
+_plain = __signature__.replace(
+    parameters=[p.replace(annotation=p.empty) for p in __signature__.parameters.values()],
+    return_annotation=__signature__.empty,
+)
+__doc__ = (
+    f"{__doc__.rstrip()}\n\ntrain{_plain}\n\n{textwrap.indent(inspect.getdoc(train), '    ')}\n"
+)
+del _plain
 
 # `python -m pureml.train`: pureml/__init__ imports this module on purpose (the callable
 # `pureml.train`), so runpy warns that it is already imported; on the CLI that noise would be an

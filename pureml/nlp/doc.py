@@ -15,11 +15,28 @@ Readers put annotations in ``doc.spans["gold"]``; components write predictions t
 from __future__ import annotations
 
 import bisect
+import re
 from typing import Any
 
 import attrs
 
 from .tokenizer import tokenize
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The offset of the first lone UTF-16 surrogate in ``text`` (half of a character that a
+    broken export split, such as JSON's ``"\\ud83d"`` without its pair), or None. No tokenizer
+    or writer takes one.
+
+    >>> lone_surrogate("pain \\ud83d here")
+    5
+    >>> lone_surrogate("pain \\U0001F600 here") is None
+    True
+    """
+    found = _SURROGATE.search(text)
+    return found.start() if found else None
 
 
 @attrs.define(eq=False)

@@ -19,8 +19,10 @@ counter-based RNG instead. A saved pipeline keeps the model config and tokenizer
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import torch
 
 from ..registry import components
 from .component import Component, ForwardContext, pad_length
+from .doc import lone_surrogate
 
 
 def _transformers():
@@ -39,6 +42,23 @@ def _transformers():
             "(transformers and tokenizers)"
         ) from e
     return transformers
+
+
+@contextlib.contextmanager
+def _quiet_loading(tf: Any) -> Iterator[None]:
+    """No "LOAD REPORT" (the unused pooler weights of every encoder loaded without its head)
+    nor progress bar while a model loads; transformers raises its real loading errors, and
+    logs at error level stay."""
+    logging = tf.utils.logging
+    verbosity, bar = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bar:
+            logging.enable_progress_bar()
 
 
 def window_starts(n_tokens: int, window: int, stride: int) -> list[int]:
@@ -224,9 +244,10 @@ class HfTransformer(Component):
                     f"no safetensors weights in {source}: pureml does not load pickled weights "
                     "(pytorch_model.bin); convert them with save_pretrained(safe_serialization=True)"
                 )
-            self.model = tf.AutoModel.from_pretrained(
-                source, config=config, local_files_only=True, use_safetensors=True
-            )
+            with _quiet_loading(tf):
+                self.model = tf.AutoModel.from_pretrained(
+                    source, config=config, local_files_only=True, use_safetensors=True
+                )
         self.tokenizer = tf.AutoTokenizer.from_pretrained(source, local_files_only=True)
         if getattr(self.tokenizer, "add_prefix_space", None) is False:
             # byte-level BPE (RoBERTa): a word tokenized alone gets the pieces it has in running
@@ -244,6 +265,15 @@ class HfTransformer(Component):
                 f"the tokenizer in {source} has no {', '.join(missing)}: hf_transformer frames "
                 "each window with cls_token and sep_token and pads with pad_token; set them in "
                 "its tokenizer_config.json"
+            )
+        vocab_size = getattr(config, "vocab_size", None)
+        max_id = max(self.tokenizer.get_vocab().values(), default=-1)
+        if vocab_size is not None and max_id >= vocab_size:
+            # else an IndexError deep inside the embedding, at the first word with such an id
+            raise ValueError(
+                f"the tokenizer in {source} gives ids up to {max_id}, but the model has "
+                f"{vocab_size} embeddings (vocab_size in {source / 'config.json'}): a tokenizer "
+                "of another model? save the model and its own tokenizer in one folder"
             )
         self._word_ids = {}
         limit, why = _position_limit(self.model, config)
@@ -267,7 +297,17 @@ class HfTransformer(Component):
     # -- data -------------------------------------------------------------------------------
     def preprocess(self, doc, supervision: bool = False) -> dict[str, Any]:
         words = doc.word_texts()
-        pieces = self._pieces(words) if words else []
+        try:
+            pieces = self._pieces(words) if words else []
+        except TypeError:  # the tokenizers' "TextEncodeInput must be ..." for half a character
+            at = lone_surrogate(doc.text)
+            if at is None:
+                raise
+            raise ValueError(
+                f"{self.name}: doc {doc.id!r} has a lone surrogate {doc.text[at]!r} at character "
+                f"{at} (half of a UTF-16 pair, as a broken export writes a split emoji), which "
+                "the tokenizer cannot encode: fix or remove it in the text"
+            ) from None
         unk = self.tokenizer.unk_token_id
         pieces = [p or (unk,) for p in pieces]
         ids = [t for p in pieces for t in p]

@@ -14,6 +14,7 @@ True
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from typing import Any
 
@@ -31,7 +32,7 @@ class NerCrf(Component):
 
     Args:
         embedding: name of the embedding component (its outputs: ``embeddings``, ``mask``).
-        labels: entity labels; inferred from ``target_group`` spans in ``post_init`` if None.
+        labels: entity labels (one label may be given as a string); inferred from ``target_group`` spans in ``post_init`` if None.
         target_group: span group holding gold entities in training docs.
         span_setter: span group the predictions are written to.
         dropout: rate on the word vectors before the emission layer.
@@ -49,7 +50,9 @@ class NerCrf(Component):
     ) -> None:
         super().__init__()
         self.embedding = embedding
-        self.labels = list(labels) if labels is not None else None
+        # one label is one label, not the list of its letters
+        self.labels = [labels] if isinstance(labels, str) else labels
+        self.labels = list(self.labels) if self.labels is not None else None
         self.target_group = target_group
         self.span_setter = span_setter
         self.p = dropout
@@ -66,7 +69,34 @@ class NerCrf(Component):
         )
 
     def post_init(self, docs) -> None:
+        docs = list(docs)
         seen = sorted({s.label for d in docs for s in d.spans.get(self.target_group, [])})
+        if docs and not seen:
+            from ..stream.errors import DataError  # the CLI's "bad input": one line, exit 2
+
+            # else it trained to tag nothing, with no label (or only the given ones) to learn
+            empty = (
+                ""
+                if any(d.text.strip() for d in docs)
+                else "; they have no words: empty documents?"
+            )
+            raise DataError(
+                f"{self.name}: no spans in group {self.target_group!r} of the training docs: "
+                "nothing to learn (target_group names the annotated group, 'gold' for the "
+                f"readers){empty}"
+            )
+        for label in self.labels or ():
+            if label not in seen:
+                close = [s for s in seen if s.lower() == label.lower()]
+                close = close or difflib.get_close_matches(label, seen, n=1)
+                hint = (
+                    f"; did you mean {close[0]!r}?" if close else f" (they have: {', '.join(seen)})"
+                )
+                warnings.warn(
+                    f"{self.name}: label {label!r} never occurs in group {self.target_group!r} "
+                    f"of the training docs{hint}",
+                    stacklevel=2,
+                )
         if self.labels is None:
             self.labels = seen
         else:

@@ -88,9 +88,10 @@ class Pipeline(torch.nn.Module):
     >>> nlp.pipe_names, list(doc.spans), len(doc.words)
     (['embedding', 'ner'], ['ents'], 4)
     >>> docs = list(nlp.pipe([Doc("No disease."), Doc("")], batch_size="32 docs"))
-    >>> nlp.to_disk("model")
-    >>> import pureml
-    >>> pureml.load("model").get_pipe("ner").labels
+    >>> import pureml, tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     nlp.to_disk(f"{folder}/model")
+    ...     pureml.load(f"{folder}/model").get_pipe("ner").labels
     ['Disease']
     """
 
@@ -137,6 +138,13 @@ class Pipeline(torch.nn.Module):
         for name in self.pipe_names:
             comp = self.get_pipe(name)
             for dep in comp.dependencies():
+                if dep not in self.pipe_names:  # a typo, not an order to fix
+                    arg = next((k for k, v in comp.config().items() if v == dep), None)
+                    raise ValueError(
+                        f"component {name!r}: "
+                        + (f"{arg}={dep!r}: " if arg else "")
+                        + f"unknown component {dep!r} (components: {', '.join(self.pipe_names)})"
+                    )
                 if dep not in self.pipe_names[: self.pipe_names.index(name)]:
                     raise ValueError(
                         f"component {name!r} uses {dep!r}, which must come before it in the pipeline"

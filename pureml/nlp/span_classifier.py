@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ..registry import components
 from .component import Component, ForwardContext
+from .span_pooler import MODES as POOLING_MODES
 from .span_pooler import SpanPooler, get_spans
 
 
@@ -39,7 +40,8 @@ class SpanClassifier(Component):
     Args:
         embedding: name of the word embedding component.
         span_getter: span group(s) whose spans are classified (and annotated at inference).
-        attributes: ``{name: [values]}``, a list of names to infer values for, or None (all).
+        attributes: ``{name: [values]}``, a list of names (or one name) to infer values for,
+            or None (all).
         pooling: ``"mean"``, ``"max"`` or ``"attention"`` (see ``span_pooler``).
         dropout: rate on the pooled vectors.
     """
@@ -55,11 +57,15 @@ class SpanClassifier(Component):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        if pooling not in POOLING_MODES:  # SpanPooler would name its own argument, mode
+            raise ValueError(f"pooling: expected one of {POOLING_MODES}, got {pooling!r}")
         self.embedding = embedding
         self.span_getter = span_getter
         self.pooling = pooling
         self.p = dropout
         self.pooler = SpanPooler(embedding, span_getter, pooling)
+        if isinstance(attributes, str):  # one name, not the list of its letters
+            attributes = [attributes]
         if isinstance(attributes, dict):
             self.attributes: dict[str, list] | None = {k: list(v) for k, v in attributes.items()}
             self._names = list(attributes)

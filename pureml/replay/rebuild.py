@@ -29,7 +29,7 @@ import torch
 from ..core.state import CheckpointError as CoreCheckpointError
 from ..core.state import TrainState, load_state
 from ..training import checkpoint as ckpt
-from ..training.records import params_fingerprint, read_records
+from ..training.records import STEPS_FILE, params_fingerprint, read_records
 from ..training.trainer import Trainer
 
 
@@ -124,7 +124,16 @@ class RebuiltRun:
         self.run_dir = Path(run_dir)
         config = self.run_dir / "config.toml"
         if not config.is_file():
-            raise FileNotFoundError(f"{config}: not a run folder (no config.toml)")
+            if (self.run_dir / STEPS_FILE).is_file():
+                # train() from Python writes config.toml only when given recipe=
+                raise FileNotFoundError(
+                    f"{self.run_dir}: started from Python without a recipe (train() without "
+                    "recipe=): it has no config.toml, so it cannot be rebuilt for replay "
+                    "(pureml diff still compares its records)"
+                )
+            raise FileNotFoundError(
+                f"{self.run_dir}: not a run folder (no config.toml, no {STEPS_FILE})"
+            )
         kwargs = build_training(config, list(overrides))
         # nothing written, nothing resumed; prefetching does not change batches, so none
         kwargs.update(logger=False, save_model=False, num_workers=0, resume=False)

@@ -4,8 +4,8 @@ Each line is an object ``{"text": str, "id"?: str, "spans"?: [...], "meta"?: {..
 span is ``{"start": int, "end": int, "label": str, "attributes"?: {...}, "id"?: str}``. Spans
 go in ``doc.spans["gold"]``. A document without ``"id"`` (or with ``null``) gets
 ``"<file stem>:<line>"``.
-Blank lines are skipped; anything else that is not such an object raises :class:`DataError`
-naming ``file:line``.
+Blank lines are skipped; anything else that is not such an object (or a text with a lone
+UTF-16 surrogate, ``"\\ud83d"`` without its pair) raises :class:`DataError` naming ``file:line``.
 
 >>> import tempfile, pathlib
 >>> p = pathlib.Path(tempfile.mkdtemp()) / "docs.jsonl"
@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..nlp.doc import Doc, Span
+from ..nlp.doc import Doc, Span, lone_surrogate
 from ..registry import readers
 from .attributes import check_default_attributes, fill_attributes
 from .errors import DataError
@@ -42,6 +42,12 @@ def parse_doc(obj: Any, *, path: str, line: int, default_id: str) -> Doc:
     text = obj.get("text")
     if not isinstance(text, str):
         raise fail('missing "text" (a string)' if text is None else '"text" must be a string')
+    if (at := lone_surrogate(text)) is not None:
+        # JSON's "\ud83d" without its pair decodes to half a character, which no tokenizer takes
+        raise fail(
+            f'"text" has a lone surrogate {text[at]!r} at character {at} (half of a UTF-16 '
+            "pair, as a broken export writes a split emoji): fix or remove it in the file"
+        )
     doc_id = obj.get("id")
     if doc_id is None:  # absent or null
         doc_id = default_id

@@ -114,6 +114,10 @@ def _as_training_data(train_data: Any) -> list[TrainingData]:
             f"train_data: expected TrainingData, got {type(train_data).__name__}; wrap the "
             'stream: TrainingData(stream, batch_size="2000 words")'
         )
+    if not isinstance(train_data, Iterable):
+        raise TypeError(
+            f"train_data: expected TrainingData (or a list of them), got {type(train_data).__name__}"
+        )
     out = []
     for i, td in enumerate(train_data):
         if isinstance(td, Mapping):
@@ -123,8 +127,53 @@ def _as_training_data(train_data: Any) -> list[TrainingData]:
                 f"train_data[{i}]: expected TrainingData (or a dict of its fields), got "
                 f"{type(td).__name__}"
             )
-        out.append(attrs.evolve(td, data=_as_stream(td.data)))
+        from ..toml_writer import join_path
+
+        where = join_path("train_data", td.name) if td.name else f"train_data[{i}]"
+        td = attrs.evolve(td, data=_checked_stream(td.data, f"{where}.data"))
+        _check_sizes(td, where)
+        out.append(td)
     return out
+
+
+def _checked_stream(data: Any, where: str) -> Stream:
+    """``TrainingData.data`` as a Stream, refused (with its key path) unless it yields Docs: a
+    path or texts failed in a component's post_init with an AttributeError."""
+    if isinstance(data, str | os.PathLike):
+        raise TypeError(
+            f"{where}: expected a stream of Doc, got {type(data).__name__} (a path? read it "
+            "with read_jsonl(...) or read_standoff(...))"
+        )
+    if not isinstance(data, Iterable):
+        raise TypeError(f"{where}: expected a stream of Doc, got {type(data).__name__}")
+    stream = _as_stream(data)
+    first = next(iter(stream), None)  # a list, or a stream (which starts over when iterated)
+    if first is not None and not isinstance(first, Doc):
+        hint = (
+            "a batched stream? pass the documents, without batch()"
+            if isinstance(first, list | tuple)
+            else "make Docs with pureml.Doc(text)"
+        )
+        raise TypeError(f"{where}: items are {type(first).__name__}, not Doc ({hint})")
+    return stream
+
+
+def _check_sizes(td: TrainingData, where: str) -> None:
+    """``batch_size``, ``sub_batch_size`` and ``shuffle`` parsed now, with their key path."""
+    from ..stream.batching import SplitCount, parse_size
+
+    sizes = {"batch_size": td.batch_size, "sub_batch_size": td.sub_batch_size}
+    if td.shuffle not in (False, None, True, "fragment"):
+        sizes["shuffle"] = td.shuffle
+    for key, value in sizes.items():
+        if value is None:
+            continue
+        try:
+            parsed = parse_size(value, allow_splits=key == "sub_batch_size")
+        except StreamError as e:
+            raise StreamError(f"{where}.{key}: {e}") from None
+        if key == "shuffle" and isinstance(parsed, SplitCount):
+            raise StreamError(f"{where}.shuffle: expected 'dataset' or a stat expression")
 
 
 def _validation_docs(val_data: Iterable[Doc] | None) -> list[Doc]:
@@ -208,6 +257,56 @@ def _make_optimizer(optimizer: Any, nlp: Any, names: Sequence[str] | None, total
     if callable(optimizer):
         return optimizer(names, total_steps)
     raise TypeError(f"optimizer: expected a GradientTransformation or a factory, got {optimizer!r}")
+
+
+# what pureml's optimizer argument is, for a caller who gave something else
+OPTIMIZER_FIX = (
+    "pureml takes a GradientTransformation (pureml.optim.adamw(learning_rate=1e-3), ...) or a "
+    "factory (param_names, total_steps) -> GradientTransformation"
+)
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if optimizer is None or (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        return
+    torch_class = optimizer if isinstance(optimizer, type) else type(optimizer)
+    if issubclass(torch_class, torch.optim.Optimizer):  # a class is callable: not a factory
+        raise TypeError(
+            f"optimizer: got torch.optim.{torch_class.__name__}: {OPTIMIZER_FIX}, not a "
+            "torch.optim optimizer"
+        )
+    if not callable(optimizer):
+        raise TypeError(
+            f"optimizer: expected a GradientTransformation, got {optimizer!r}: {OPTIMIZER_FIX}"
+        )
+
+
+def _check_nlp(nlp: Any) -> None:
+    from ..nlp.pipeline import Pipeline
+
+    if isinstance(nlp, Pipeline):
+        return
+    hint = ""
+    if isinstance(nlp, str | os.PathLike):
+        hint = " (a saved model? pureml.load(path))"
+    elif isinstance(nlp, TrainingData | Stream | Mapping | list | tuple):
+        hint = " (the arguments swapped? train(nlp, train_data, ...))"
+    raise TypeError(f"nlp: expected a Pipeline, got {type(nlp).__name__}{hint}")
+
+
+def _check_compile_backend(backend: Any) -> None:
+    """A misspelt backend failed inside torch.compile, once the run folder was set up."""
+    if not isinstance(backend, str):  # torch.compile also takes a backend function
+        return
+    from torch._dynamo import list_backends
+
+    from .config import known_keys_hint
+
+    known = sorted({*list_backends(), "eager", "aot_eager"})
+    if backend not in known:
+        raise ValueError(
+            f"compile_backend: unknown backend {backend!r} ({known_keys_hint(backend, known)})"
+        )
 
 
 def _world(cpu: bool = False) -> Any:
@@ -296,11 +395,19 @@ class Trainer:
         recipe: Mapping[str, Any] | None = None,
         recipe_hash: str | None = None,
     ) -> None:
+        _check_nlp(nlp)
         train_data = _as_training_data(train_data)
         if not train_data:
             raise ValueError("train_data: give at least one TrainingData")
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int):
+            raise TypeError(
+                f"max_steps: expected an int, got {type(max_steps).__name__} {max_steps!r}"
+            )
         if max_steps < 1:
             raise ValueError(f"max_steps: expected a positive number, got {max_steps}")
+        _check_optimizer(optimizer)
+        if compile:
+            _check_compile_backend(compile_backend)
         # what the recipe's [train] table checks (config.TrainConfig), for Python callers too
         from .config import check_train_values
 
@@ -315,6 +422,8 @@ class Trainer:
                 "best_metric": best_metric,
             }
         )
+        if isinstance(logger, str | BaseLogger):  # one logger, not the letters of its name
+            logger = [logger]
         for i, item in enumerate(logger if isinstance(logger, list | tuple) else ()):
             # else refused once the folder is set up: with resume=False, after its files went
             if isinstance(item, str) and item not in logger_registry:
@@ -921,7 +1030,8 @@ class Trainer:
         start_step = meta["phase_step"] if meta else 0
         if meta:
             self.message(
-                f"resuming from {resume_from} (step {meta['step']}); pass --restart to start over"
+                f"resuming from {resume_from} (step {meta['step']}); "
+                "pass --restart (restart=True) to start over"
             )
         try:
             with _Interrupts() as interrupts:
@@ -1169,6 +1279,8 @@ def train(
     logger: bool | Sequence[str | BaseLogger] = True,
     log_weight_grads: bool = False,
     on_validation_callback: Callable[[dict], Any] | None = None,
+    *,
+    restart: bool = False,
     **options: Any,
 ) -> Any:
     """Train ``nlp`` on ``train_data``; resumes from ``output_dir``'s latest checkpoint.
@@ -1176,7 +1288,9 @@ def train(
     Parameters follow SEED.md (EDS-NLP's ``train``). pureml adds, as keyword options:
     ``keep_checkpoints`` (3), ``log_interval`` (1), ``record_params_interval`` (min(10,
     checkpoint_interval)), ``compile`` (True), ``compile_backend`` ("inductor"),
-    ``flat_params`` (True; ``make_step(flat=True)``), ``deterministic`` (True), ``threads`` (None), ``resume`` (True; False starts over),
+    ``flat_params`` (True; ``make_step(flat=True)``), ``deterministic`` (True), ``threads``
+    (None), ``restart`` (False; True starts over, as ``--restart``: the same as
+    ``resume=False``),
     ``best_metric`` (None; ``"ner/micro/f1"`` also writes ``OUTPUT_DIR/model-best`` at each best
     validation, see :mod:`pureml.training.best`),
     ``recipe`` (the resolved recipe dict, written to ``config.toml`` and hashed).
@@ -1194,6 +1308,12 @@ def train(
         train(nlp, TrainingData(read_standoff("data/train"), batch_size="2000 words"),
               val_data=read_standoff("data/dev"), max_steps=200, output_dir="runs/ner")
     """
+    if restart:
+        if options.get("resume") is True:
+            raise ValueError(
+                "restart=True and resume=True: pass one of them (restart=True starts over)"
+            )
+        options["resume"] = False
     trainer = Trainer(
         nlp,
         train_data,
@@ -1230,7 +1350,7 @@ def train_from_recipe(
     from .build import build_training
 
     kwargs = build_training(path, overrides)
-    return train(**kwargs, resume=not restart)
+    return train(**kwargs, restart=restart)
 
 
 __all__ = [

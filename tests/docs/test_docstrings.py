@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import pkgutil
+import textwrap
 
 import pytest
 
@@ -29,3 +30,14 @@ def test_docstring_examples(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # an example that writes a file writes it here
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0
+    # run where a reader tries them (python -m doctest, a notebook), examples must not leave
+    # files behind: Pipeline's wrote model/ into the current folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_the_packages_training_example_runs(tmp_path, monkeypatch, capsys):
+    # it trained an `nlp` it never defined, on a "train/" folder nothing made
+    monkeypatch.chdir(tmp_path)
+    block = textwrap.dedent(pureml.__doc__.split("::\n\n", 1)[1])
+    exec(compile(block, pureml.__file__, "exec"), {"__name__": "docstring_example"})
+    assert "'problem')" in capsys.readouterr().out

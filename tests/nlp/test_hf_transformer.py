@@ -332,3 +332,69 @@ def test_tokenizer_without_special_tokens_is_a_clear_error(tiny_bert, tmp_path):
     bare.save_pretrained(tmp_path / "bert")
     with pytest.raises(ValueError, match="has no cls_token, sep_token, pad_token"):
         Pipeline({"embedding": HfTransformer(str(tmp_path / "bert"), window=8, stride=6)})
+
+
+def test_a_lone_surrogate_in_a_text_names_the_document(tiny_bert):
+    # texts given from Python: the tokenizers' TypeError said nothing of which document
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    nlp = Pipeline({"embedding": HfTransformer(str(tiny_bert), window=16, stride=12)})
+    with pytest.raises(
+        ValueError, match=r"embedding: doc 'n1' has a lone surrogate .* character 5"
+    ):
+        nlp.preprocess(Doc("pain \ud83d here", id="n1"))
+
+
+def _copy_with_model(tiny_bert, folder, *, vocab_size=None, pooler=True):
+    """tiny_bert's tokenizer beside another model."""
+    import shutil
+
+    folder.mkdir()
+    for f in tiny_bert.iterdir():
+        if "token" in f.name or f.name == "vocab.txt":
+            shutil.copy(f, folder)
+    config = transformers.BertConfig.from_pretrained(tiny_bert)
+    config.vocab_size = vocab_size or config.vocab_size
+    torch.manual_seed(0)
+    transformers.BertModel(config, add_pooling_layer=pooler).save_pretrained(folder)
+    return folder
+
+
+def test_a_tokenizer_with_ids_past_the_models_vocabulary_is_refused_at_load(tiny_bert, tmp_path):
+    # an IndexError deep inside torch's embedding at the first such word
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    folder = _copy_with_model(tiny_bert, tmp_path / "small-vocab", vocab_size=50)
+    with pytest.raises(
+        ValueError, match=r"small-vocab gives ids up to \d{3}, but the model has 50 embeddings"
+    ):
+        Pipeline({"embedding": HfTransformer(str(folder), window=16, stride=12)})
+
+
+def test_loading_an_encoder_without_its_pooler_prints_no_load_report(tiny_bert, tmp_path):
+    # each load printed transformers' "LOAD REPORT" table of the pooler weights it does not use
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    from pureml.nlp.hf_transformer import HfTransformer
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(level=logging.DEBUG)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    folder = _copy_with_model(tiny_bert, tmp_path / "no-pooler", pooler=False)
+    seen = Records()
+    library = hf_logging.get_logger("transformers")  # what transformers' own handler prints
+    library.addHandler(seen)
+    before = hf_logging.get_verbosity()
+    try:
+        Pipeline({"embedding": HfTransformer(str(folder), window=16, stride=12)})
+    finally:
+        library.removeHandler(seen)
+    assert not [m for m in seen.messages if "LOAD REPORT" in m]
+    assert hf_logging.get_verbosity() == before  # silenced for that load only

@@ -55,3 +55,53 @@ def test_loading_a_run_folder_points_to_its_model(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"a run folder\? its model is .*model-last"):
         load(tmp_path)
     assert load(tmp_path / "model-last").pipe_names == ["embedding", "ner"]
+
+
+def test_one_string_where_a_list_is_expected_is_one_item():
+    # NerCrf(labels="Disease") had the labels 'D', 'i', 's', ...; SpanClassifier(attributes=
+    # "negation") learnt none of the attributes named 'n', 'e', ...
+    assert NerCrf(labels="Disease").labels == ["Disease"]
+    clf = SpanClassifier(attributes="status")
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "status": clf})
+    nlp.post_init(make_corpus(5, seed=0))
+    assert list(clf.attributes) == ["status"]
+
+
+def test_a_misspelt_argument_of_a_component_is_named():
+    # "uses 'embeding', which must come before it": no order of the pipeline would fix it
+    with pytest.raises(
+        ValueError,
+        match=r"^component 'ner': embedding='embeding': unknown component 'embeding' "
+        r"\(components: embedding, ner\)",
+    ):
+        Pipeline({"embedding": ScratchEncoder(width=8), "ner": NerCrf(embedding="embeding")})
+    with pytest.raises(ValueError, match="must come before"):  # an order to fix, as before
+        Pipeline({"ner": NerCrf(labels=["X"]), "embedding": ScratchEncoder(width=8)})
+    # the message named span_pooler's own argument, "span_pooler mode must be one of ..."
+    with pytest.raises(ValueError, match=r"^pooling: expected one of .*'mean'.* got 'maen'"):
+        SpanClassifier(pooling="maen")
+
+
+def test_ner_without_any_gold_span_fails_at_post_init():
+    # it trained with zero labels, silently, and predicted nothing
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": NerCrf()})
+    with pytest.raises(ValueError, match=r"^ner: no spans in group 'gold' of the training docs"):
+        nlp.post_init([Doc("a b c"), Doc("d e f")])
+    ents = NerCrf(target_group="ents")
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": ents})
+    with pytest.raises(
+        ValueError, match=r"no spans in group 'ents' .*: nothing to learn \(target_group names"
+    ):
+        nlp.post_init(make_corpus(5, seed=0))
+
+
+def test_a_given_label_the_training_docs_never_use_warns_with_the_close_one():
+    # labels=["Problem"] beside the data's "problem" trained a label that never occurs, silently
+    ner = NerCrf(labels=["Problem", "drug"])
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": ner})
+    with pytest.warns(
+        UserWarning,
+        match=r"^ner: label 'Problem' never occurs in group 'gold' .*did you mean 'problem'\?",
+    ) as seen:
+        nlp.post_init(make_corpus(5, seed=0))
+    assert len(seen) == 1  # "drug" occurs

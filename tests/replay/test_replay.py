@@ -153,3 +153,38 @@ def test_a_replay_rank_whose_peer_died_says_so(quick_run, monkeypatch) -> None:
     line = result.output.splitlines()[-1]
     assert line.startswith("error: rank 1: lost contact with the other ranks")
     assert line.endswith("Connection closed by peer [127.0.0.1]:9605")
+
+
+def test_a_run_trained_from_python_without_a_recipe_says_why_it_cannot_replay(tmp_path):
+    # the message said "runs/x/config.toml: not a run folder (no config.toml)" of a run folder
+    import torch
+
+    from pureml import TrainingData
+    from pureml import train as train_py
+    from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+    from pureml.nlp.synthetic import make_corpus
+
+    torch.manual_seed(0)
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": NerCrf()})
+    run = tmp_path / "run"
+    train_py(
+        nlp,
+        TrainingData(make_corpus(6, seed=1)),
+        max_steps=2,
+        compile=False,
+        logger=False,
+        save_model=False,
+        output_dir=run,
+    )
+    result = CliRunner().invoke(replay_cli, ["replay", str(run), "--step", "2"])
+    assert result.exit_code == 2
+    (line,) = result.output.splitlines()
+    assert line == (
+        f"error: {run}: started from Python without a recipe (train() without recipe=): it has "
+        "no config.toml, so it cannot be rebuilt for replay (pureml diff still compares its "
+        "records)"
+    )
+    result = CliRunner().invoke(replay_cli, ["replay", str(tmp_path), "--step", "2"])
+    assert (
+        result.output == f"error: {tmp_path}: not a run folder (no config.toml, no steps.jsonl)\n"
+    )

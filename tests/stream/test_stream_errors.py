@@ -104,6 +104,17 @@ def test_bad_json_lines_name_file_and_line(tmp_path, line, message):
         list(read_jsonl(tmp_path / "c.jsonl"))
 
 
+def test_a_lone_surrogate_in_a_json_text_is_refused_with_its_offset(tmp_path):
+    # json decodes "\\ud83d" to half a character: the HF tokenizer then failed 19 frames deep
+    (tmp_path / "c.jsonl").write_text(
+        '{"text": "fine \\ud83d\\ude00"}\n{"text": "pain \\ud83d here"}\n'
+    )
+    with pytest.raises(
+        DataError, match=r"c\.jsonl:2: \"text\" has a lone surrogate '\\ud83d' at character 5"
+    ):
+        list(read_jsonl(tmp_path / "c.jsonl"))
+
+
 @pytest.mark.parametrize(
     "expr, message",
     [
@@ -188,3 +199,14 @@ def test_an_exception_in_map_or_filter_names_the_document(tmp_path):
     with pytest.raises(ZeroDivisionError) as info:
         list(from_iterable([1, 0]).map(lambda x: 1 / x))
     assert info.value.__notes__ == ["while running map/filter on item 1 of iterable"]
+
+
+def test_a_looped_stream_of_empty_documents_is_an_error_not_a_hang():
+    # what tests/faults' run of empty documents checked, until ner_crf refused them earlier
+    from pureml.nlp import Doc
+
+    stream = from_iterable([Doc(""), Doc(" ")]).loop().batch("10 words")
+    with pytest.raises(
+        StreamError, match=r"has no 'words' \(empty documents\?\): no batch can ever fill"
+    ):
+        next(iter(stream))

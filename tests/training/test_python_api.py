@@ -11,6 +11,7 @@ from pureml import TrainingData, train
 from pureml.nlp import NerCrf, Pipeline, ScratchEncoder, SpanClassifier
 from pureml.nlp.synthetic import make_corpus
 from pureml.stream import Stream, StreamError
+from pureml.train import RunDirError
 
 RUN = dict(max_steps=3, compile=False, logger=False, save_model=False, seed=1)
 
@@ -172,3 +173,129 @@ def test_a_compiled_run_says_why_its_first_step_and_a_recompile_take_long(tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("compiling the step (aot_eager): the first step takes a minute"), err
     assert "torch.compile built 1 more graph" in err, err
+
+
+def test_restart_true_starts_over_as_the_refusal_says(tmp_path, capsys):
+    # the refusal says "pass --restart (restart=True)", but train() took no restart keyword
+    docs = make_corpus(8, seed=2)
+    train(_nlp(), TrainingData(docs, "300 words"), output_dir=tmp_path, **RUN)
+    capsys.readouterr()
+    train(_nlp(), TrainingData(docs, "300 words"), output_dir=tmp_path, **RUN)
+    assert "pass --restart (restart=True) to start over" in capsys.readouterr().err
+    other = {**RUN, "max_steps": 4}
+    with pytest.raises(RunDirError, match=r"restart=True"):
+        train(_nlp(), TrainingData(docs, "300 words"), output_dir=tmp_path, **other)
+    train(_nlp(), TrainingData(docs, "300 words"), output_dir=tmp_path, restart=True, **other)
+    assert "resuming" not in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"restart=True and resume=True"):
+        train(_nlp(), TrainingData(docs), output_dir=tmp_path, restart=True, resume=True, **RUN)
+
+
+def test_one_logger_name_as_a_string_is_that_logger(tmp_path):
+    # logger="json" was iterated into 'j', 's', ...: KeyError "unknown logger factory 'j'"
+    docs = make_corpus(5, seed=2)
+    train(_nlp(), TrainingData(docs), output_dir=tmp_path, **{**RUN, "logger": "json"})
+    assert (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "metrics.csv").exists()
+
+
+def test_pureml_train_has_the_signature_and_help_of_the_function():
+    # the callable-module trick showed (*args, **kwargs), and help() never named an argument
+    import inspect
+    import pydoc
+
+    import pureml
+    from pureml.training.trainer import train as train_function
+
+    signature = inspect.signature(pureml.train)
+    assert signature == inspect.signature(train_function, eval_str=True)
+    assert list(signature.parameters)[:3] == ["nlp", "train_data", "val_data"]
+    text = pydoc.render_doc(pureml.train, renderer=pydoc.plaintext)
+    assert "train(nlp, train_data, val_data=(), seed=42, max_steps=1000," in text
+    assert "Train ``nlp`` on ``train_data``" in text
+
+
+@pytest.mark.parametrize(
+    ("data", "options", "error", "message"),
+    [
+        # each failed in ner_crf's post_init: AttributeError: 'str' object has no attribute 'spans'
+        (
+            "data/train.jsonl",
+            {},
+            TypeError,
+            r"^train_data\[0\]\.data: expected a stream of Doc, got str \(a path\? read it with "
+            r"read_jsonl\(\.\.\.\) or read_standoff",
+        ),
+        (
+            ["text one", "text two"],
+            {},
+            TypeError,
+            r"^train_data\[0\]\.data: items are str, not Doc \(make Docs with pureml\.Doc\(text\)\)",
+        ),
+        # a StreamError without the key path
+        (
+            None,
+            {"batch_size": 0},
+            StreamError,
+            r"^train_data\[0\]\.batch_size: .* must be positive",
+        ),
+        (None, {"batch_size": 8.5}, StreamError, r"^train_data\[0\]\.batch_size: size 8\.5"),
+        (None, {"shuffle": "datset"}, StreamError, r"^train_data\[0\]\.shuffle: .*'datset'"),
+        (None, {"shuffle": "datset", "name": "notes"}, StreamError, r"^train_data\.notes\.shuffle"),
+    ],
+)
+def test_bad_training_data_is_refused_with_its_key_path(tmp_path, data, options, error, message):
+    data = make_corpus(5, seed=2) if data is None else data
+    with pytest.raises(error, match=message):
+        train(_nlp(), TrainingData(data, **options), output_dir=tmp_path / "run", **RUN)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "error", "message"),
+    [
+        # AttributeError: 'str' object has no attribute 'phases'
+        (
+            ("runs/r1/model-last", "data"),
+            {},
+            TypeError,
+            r"^nlp: expected a Pipeline, got str \(a saved model\? pureml\.load\(path\)\)",
+        ),
+        # TypeError: 'Pipeline' object is not iterable
+        (
+            ("data", "nlp"),
+            {},
+            TypeError,
+            r"^nlp: expected a Pipeline, got TrainingData \(the arguments swapped\?",
+        ),
+        # TypeError: '<' not supported between instances of 'str' and 'int'
+        (
+            ("nlp", "data"),
+            {"max_steps": "30"},
+            TypeError,
+            r"^max_steps: expected an int, got str '30'",
+        ),
+        # "optimizer can only optimize Tensors", from inside torch, once the folder was set up
+        (
+            ("nlp", "data"),
+            {"optimizer": torch.optim.AdamW},
+            TypeError,
+            r"^optimizer: got torch\.optim\.AdamW: pureml takes a GradientTransformation \(pureml\.optim\.adamw\(",
+        ),
+        # InvalidBackend from inside torch.compile, once the folder was set up
+        (
+            ("nlp", "data"),
+            {"compile": True, "compile_backend": "inductr"},
+            ValueError,
+            r"^compile_backend: unknown backend 'inductr' \(did you mean 'inductor'\?",
+        ),
+    ],
+)
+def test_bad_arguments_are_refused_naming_the_argument(tmp_path, args, options, error, message):
+    given = {
+        "nlp": _nlp(),
+        "data": TrainingData(make_corpus(5, seed=2)),
+        "runs/r1/model-last": "runs/r1/model-last",
+    }
+    with pytest.raises(error, match=message):
+        train(*(given[a] for a in args), output_dir=tmp_path / "run", **{**RUN, **options})
+    assert not (tmp_path / "run").exists()
