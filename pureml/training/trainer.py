@@ -1107,8 +1107,9 @@ class Trainer:
             return subs, streams_rec, ids, batch_fp, self.sub_batch_indices, positions
 
         graphs = _graphs_compiled()
-        if self.compile and first_step < self.max_steps:
+        if self.compile and self.compile_backend != "eager" and first_step < self.max_steps:
             # the first step stays silent while it compiles: say why it takes minutes
+            # (the eager backend only traces: seconds)
             self.message(
                 f"compiling the step ({self.compile_backend}): the first step takes a minute "
                 "or more on a CPU (train.compile = false runs it eagerly)"

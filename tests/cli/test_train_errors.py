@@ -94,7 +94,7 @@ CASES = [
     (
         {},
         ["--set", "train.best_metric=ner//f1"],
-        "train.best_metric: expected a score path like 'ner/micro/f1', got 'ner//f1'",
+        "train.best_metric: expected a score path like 'ner/micro/f1' (or a list of them), got 'ner//f1'",
     ),
     ({"[train]": "[train"}, [], "invalid TOML"),
     ({'logger = ["json"]': 'logger = ["jsn"]'}, [], "train.logger[0]: unknown logger 'jsn'"),
