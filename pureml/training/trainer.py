@@ -180,6 +180,11 @@ def _validation_docs(val_data: Iterable[Doc] | None) -> list[Doc]:
     """``val_data`` read once into a list of documents (a looped stream would never end)."""
     if val_data is None:
         return []
+    if isinstance(val_data, str | os.PathLike):
+        raise TypeError(
+            f"val_data: expected documents, got {type(val_data).__name__} (a path? read it with "
+            "read_jsonl(...) or read_standoff(...))"
+        )
     from ..stream.stages import Loop
 
     if isinstance(val_data, Stream) and any(isinstance(s, Loop) for s in val_data.stages):
@@ -187,10 +192,12 @@ def _validation_docs(val_data: Iterable[Doc] | None) -> list[Doc]:
     docs = list(val_data)
     for d in docs:
         if not isinstance(d, Doc):
-            raise TypeError(
-                f"val_data: expected documents, got a {type(d).__name__} (a batched stream? "
-                "pass the documents, without batch())"
+            hint = (
+                "a batched stream? pass the documents, without batch()"
+                if isinstance(d, list | tuple)
+                else "make Docs with pureml.Doc(text)"
             )
+            raise TypeError(f"val_data: expected documents, got a {type(d).__name__} ({hint})")
     return docs
 
 
@@ -420,6 +427,7 @@ class Trainer:
                 "record_params_interval": record_params_interval,
                 "keep_checkpoints": keep_checkpoints,
                 "best_metric": best_metric,
+                "grad_dev_policy": grad_dev_policy,
             }
         )
         if isinstance(logger, str | BaseLogger):  # one logger, not the letters of its name

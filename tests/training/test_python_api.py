@@ -80,6 +80,11 @@ def test_a_bare_stream_as_train_data_is_refused_with_the_fix(tmp_path):
         ({"keep_checkpoints": 0}, "keep_checkpoints: expected a positive number"),
         # was refused only once the folder was set up: after resume=False had emptied it
         ({"logger": ["json", "jsn"]}, r"logger\[1\]: unknown logger 'jsn' \(known: csv, json"),
+        # a KeyError deep in the step at its first spike check
+        (
+            {"grad_dev_policy": "clip"},
+            "grad_dev_policy: expected one of 'clip_mean', 'clip_threshold', 'skip', got 'clip'",
+        ),
     ],
 )
 def test_bad_options_are_refused_as_the_recipe_refuses_them(tmp_path, option, message):
@@ -132,6 +137,11 @@ def test_val_data_that_is_looped_or_batched_is_refused_before_the_run(tmp_path):
         train(
             _nlp(), TrainingData(make_corpus(5)), val_data=dev.batch(2), output_dir=tmp_path, **RUN
         )
+    # a path, or texts: both said "a batched stream?"
+    with pytest.raises(TypeError, match=r"val_data: expected documents, got str \(a path\? "):
+        train(_nlp(), TrainingData(make_corpus(5)), val_data="dev/", output_dir=tmp_path, **RUN)
+    with pytest.raises(TypeError, match=r"got a str \(make Docs with pureml\.Doc\(text\)\)"):
+        train(_nlp(), TrainingData(make_corpus(5)), val_data=["a note"], output_dir=tmp_path, **RUN)
 
 
 def test_the_world_goes_to_scorers_that_take_it_and_not_to_the_others(tmp_path):
