@@ -206,8 +206,12 @@ def _run_evaluate(
             reader_options=reader_options or None,
         )
     except ValueError as e:
-        if str(e).startswith("reader option"):
-            raise RecipeError("--reader-option", str(e)) from None
+        for flag, prefix in (
+            ("--reader-option", "reader option"),
+            ("--default-attribute", "default attributes"),
+        ):
+            if str(e).startswith(prefix):
+                raise RecipeError(flag, str(e)) from None
         raise
     if as_json:
         click.echo(json.dumps(scores, indent=1))
@@ -255,23 +259,55 @@ def evaluate_command(
 
 @friendly_errors
 def _run_predict(
-    model: Path, data: Path, output: Path, reader: str | None, batch_size: str, overwrite: bool
+    model: Path,
+    data: Path,
+    output: Path,
+    reader: str | None,
+    options: tuple[str, ...],
+    batch_size: str,
+    overwrite: bool,
 ) -> None:
-    from .nlp.pipeline import check_inference_batch_size
+    import signal
+
     from .training.config import RecipeError
-    from .training.predict import predict
+    from .training.predict import check_batch_size, predict
 
     _check_reader(reader)
+    reader_options = _parse_pairs("--reader-option", options)
     size: int | str = int(batch_size) if batch_size.strip().isdigit() else batch_size
+
+    def terminated(signum: int, frame: Any) -> None:  # as Ctrl-C: the temporary goes
+        raise KeyboardInterrupt("terminated: the output was left as it was")
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
-        check_inference_batch_size(size)
+        check_batch_size(size)
     except (TypeError, ValueError) as e:
         raise RecipeError("--batch-size", str(e)) from None
-    done = predict(model, data, output, reader=reader, batch_size=size, overwrite=overwrite)
+    try:
+        done = predict(
+            model,
+            data,
+            output,
+            reader=reader,
+            reader_options=reader_options or None,
+            batch_size=size,
+            overwrite=overwrite,
+        )
+    except ValueError as e:
+        if str(e).startswith("reader option"):
+            raise RecipeError("--reader-option", str(e)) from None
+        raise
     click.echo(
         f"wrote {done['docs']} documents ({done['spans']} spans) to {output} "
         f"({done['words_per_s']:,.0f} words/s)"
     )
+    if done["classified_input"] and not done["spans"]:
+        click.echo(
+            "note: this pipeline has no NER head: it classifies the input's spans, and the "
+            "input has none",
+            err=True,
+        )
 
 
 @main.command("predict")
@@ -289,20 +325,32 @@ def _run_predict(
     show_default=True,
     help='Inference batch budget: "N words" or a number of documents.',
 )
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option(
+    "--reader-option",
+    "options",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A key of the reader's recipe table (label=Disease), as in training. Repeatable.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace OUTPUT if it exists (a folder only if it holds nothing but .txt/.ann files).",
+)
 @debug_option
 def predict_command(
     model: Path,
     data: Path,
     output: Path,
     reader: str | None,
+    options: tuple[str, ...],
     batch_size: str,
     overwrite: bool,
     debug: bool,
 ) -> None:
     """Annotate DATA (a brat folder, .txt files or a JSONL file) with a saved MODEL; write
     OUTPUT (a brat folder, or a .jsonl file), whole or not at all."""
-    _run_predict(model, data, output, reader, batch_size, overwrite, debug=debug)
+    _run_predict(model, data, output, reader, options, batch_size, overwrite, debug=debug)
 
 
 @friendly_errors

@@ -22,5 +22,6 @@ class DataError(StreamError):
     def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
         where = path if line is None else f"{path}:{line}"
         super().__init__(f"{where}: {message}" if where else message)
+        self.message = message
         self.path = path
         self.line = line

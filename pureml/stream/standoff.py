@@ -317,18 +317,11 @@ def write_standoff(
     count = 0
     written: set[str] = set()
     for doc in docs:
-        if not doc.id:
-            raise DataError(f"document #{count} has no id: cannot name its files", path=str(root))
-        if doc.id in written:  # its files would replace the earlier document's
+        name = _file_stem(doc.id, count, root)
+        if name in written:  # its files would replace the earlier document's
             raise DataError(f"document #{count}: duplicate id {doc.id!r}", path=str(root))
-        written.add(doc.id)
-        txt = root / f"{doc.id}.txt"
-        # ids become paths ("sub/name" makes a sub-folder), but never outside the folder
-        if Path(doc.id).is_absolute() or not txt.resolve().is_relative_to(root.resolve()):
-            raise DataError(
-                f"document id {doc.id!r} would write outside the folder", path=str(root)
-            )
-        txt.parent.mkdir(parents=True, exist_ok=True)
+        written.add(name)
+        txt = root / f"{name}.txt"
         lines: list[str] = []
         spans = doc.spans.get(span_group, [])
         used = {s.id for s in spans if s.id}
@@ -372,9 +365,38 @@ def write_standoff(
         # those entities under their ids (not for predictions written from another group)
         if span_group == "gold" and unique:
             lines.extend(doc.meta.get("standoff_lines", []))
-        txt.write_text(doc.text, encoding="utf-8", newline="")
-        txt.with_suffix(".ann").write_text(
-            "".join(line + "\n" for line in lines), encoding="utf-8", newline=""
-        )
+        try:
+            txt.parent.mkdir(parents=True, exist_ok=True)
+            txt.write_text(doc.text, encoding="utf-8", newline="")
+            txt.with_suffix(".ann").write_text(
+                "".join(line + "\n" for line in lines), encoding="utf-8", newline=""
+            )
+        except OSError as e:  # a name too long for the file system, say
+            raise DataError(
+                f"document id {doc.id!r}: cannot write its files ({e.strerror})", path=str(root)
+            ) from None
         count += 1
     return count
+
+
+def _file_stem(doc_id: str | None, count: int, root: Path) -> str:
+    """The path (relative, ``/``-separated, no suffix) a document's files get from its id, or
+    a :class:`DataError` where the id would not read back as itself: ids become paths
+    ("sub/name" makes a sub-folder), never outside the folder, never hidden (the reader skips
+    those), and two ids never name one file ("a//b" and "a/b")."""
+    if not doc_id:
+        raise DataError(f"document #{count} has no id: cannot name its files", path=str(root))
+    parts = doc_id.split("/")
+    if Path(doc_id).is_absolute() or ".." in parts:
+        raise DataError(f"document id {doc_id!r} would write outside the folder", path=str(root))
+    if "\0" in doc_id or any(p in ("", ".") for p in parts):
+        raise DataError(
+            f"document id {doc_id!r} is not a file path that reads back as this id",
+            path=str(root),
+        )
+    if any(p.startswith(".") for p in parts):
+        raise DataError(
+            f"document id {doc_id!r} names a hidden file, which the reader skips",
+            path=str(root),
+        )
+    return doc_id

@@ -23,9 +23,19 @@ def reader_for(data: Path, reader: str | None) -> str:
     if reader is not None:
         return reader
     if data.is_dir():
-        if any(data.glob("*.jsonl")) and not any(data.glob("*.txt")):
-            return "jsonl"
-        return "standoff"
+        from ..stream.sources import folder_files
+
+        # both readers read sub-folders: so does the choice between them
+        jsonl, txt = folder_files(data, ".jsonl"), folder_files(data, ".txt")
+        if jsonl and txt:
+            from ..stream.errors import DataError
+
+            raise DataError(
+                f"holds both .txt ({txt[0]}) and .jsonl ({jsonl[0]}) files: name the reader "
+                "(--reader standoff or --reader jsonl)",
+                path=str(data),
+            )
+        return "jsonl" if jsonl else "standoff"
     return "jsonl"
 
 
@@ -65,20 +75,33 @@ def evaluate(
             )
         kwargs["default_attributes"] = default_attributes
     read = registry.readers.get(name)
-    for key in reader_options or {}:
-        params = inspect.signature(read).parameters
-        accepted = [p for p in params if p not in ("path", "default_attributes")]
+    kwargs.update(check_reader_options(name, reader_options))
+    nlp = load(model)
+    docs = list(read(str(data), **kwargs))
+    _warn_disjoint_labels(nlp, docs)
+    return Scorer(**scorer_kwargs)(nlp, docs)
+
+
+def check_reader_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
+    """``options`` for the registered reader ``name``, refused (``ValueError`` starting with
+    ``reader option``) where it takes no such keyword."""
+    params = inspect.signature(registry.readers.get(name)).parameters
+    accepted = [p for p in params if p not in ("path", "default_attributes")]
+    for key in options or {}:
         if key not in accepted:
             raise ValueError(
                 f"reader option {key!r}: the {name} reader takes "
                 + (", ".join(accepted) if accepted else "no option")
                 + (" (default_attributes has its own flag)" if key == "default_attributes" else "")
             )
-    kwargs.update(reader_options or {})
-    nlp = load(model)
-    docs = list(read(str(data), **kwargs))
-    _warn_disjoint_labels(nlp, docs)
-    return Scorer(**scorer_kwargs)(nlp, docs)
+    from .config import RecipeError
+    from .recipe import check_factory_table
+
+    try:  # the types a recipe's reader table is held to
+        check_factory_table({"factory": name, "path": ".", **(options or {})}, registry.readers, "")
+    except RecipeError as e:
+        raise ValueError(f"reader option {e}") from None
+    return dict(options or {})
 
 
 def _warn_disjoint_labels(nlp: Any, docs: list[Any]) -> None:

@@ -11,17 +11,19 @@ annotations are dropped before prediction, so the output holds the pipeline's sp
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from .. import registry
 from ..nlp.doc import Doc, Span
-from ..nlp.pipeline import INFERENCE_BATCH_SIZE, Pipeline
+from ..nlp.pipeline import INFERENCE_BATCH_SIZE, Pipeline, check_inference_batch_size
+from ..stream.errors import DataError
 from ..stream.jsonl import write_jsonl
 from ..stream.standoff import write_standoff
 from .checkpoint import write_atomic_dir
-from .evaluate import reader_for
+from .evaluate import check_reader_options, reader_for
 
 #: the span group written to the output: every predicted span, whichever head wrote it
 OUTPUT_GROUP = "predicted"
@@ -49,17 +51,55 @@ def output_groups(nlp: Pipeline) -> tuple[list[str], bool]:
     return list(dict.fromkeys(getters)) or ["gold"], True
 
 
-def _check_paths(data: Path, output: Path, overwrite: bool) -> None:
-    src, out = data.resolve(), output.resolve()
-    if out == src or out.is_relative_to(src) or src.is_relative_to(out):
-        raise PredictError(
-            f"{output}: the output would overlap the input {data}: choose another output path"
-        )
-    if output.exists() and not overwrite:
+def is_jsonl(output: Path) -> bool:
+    """Whether ``output`` is written as JSON lines (else as a brat folder)."""
+    return output.suffix.lower() == ".jsonl"
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def _check_paths(model: Path | None, data: Path, output: Path, overwrite: bool) -> None:
+    for what, path in (("input", data), ("model", model)):
+        if path is not None and _overlaps(output, path):
+            raise PredictError(
+                f"{output}: the output would overlap the {what} {path}: choose another output path"
+            )
+    if output.suffix.lower() == ".json":
+        raise PredictError(f"{output}: predictions are written as .jsonl (JSON lines) or a folder")
+    if not output.exists():
+        return
+    if not overwrite:
         raise PredictError(f"{output}: already exists: pass --overwrite (overwrite=True)")
-    if output.exists() and output.is_dir() != (output.suffix != ".jsonl"):
+    if output.is_dir() == is_jsonl(output):
         what = "a folder" if output.is_dir() else "a file"
         raise PredictError(f"{output}: is {what}; cannot replace it with predictions")
+    if output.is_dir():
+        # --overwrite replaces earlier predictions, never a folder that holds anything else
+        # (a run folder with its checkpoints, a corpus's notes)
+        other = next(
+            (p for p in output.rglob("*") if p.is_file() and p.suffix not in (".txt", ".ann")),
+            None,
+        )
+        if other is not None:
+            raise PredictError(
+                f"{output}: holds {other.relative_to(output)}, not only .txt and .ann files: "
+                "not earlier predictions; choose another output path"
+            )
+
+
+def check_batch_size(batch_size: int | str) -> Any:
+    """The parsed budget of ``predict``'s ``batch_size``: words or documents only (spans are
+    counted before the input's are dropped: "16 spans" put a whole corpus in one batch)."""
+    size = check_inference_batch_size(batch_size)
+    if size.stat not in ("words", "docs"):
+        raise ValueError(
+            f"{batch_size!r}: predictions are batched by words or documents (the input's "
+            "spans are dropped first)"
+        )
+    return size
 
 
 def predict(
@@ -68,6 +108,7 @@ def predict(
     output: str | os.PathLike,
     *,
     reader: str | None = None,
+    reader_options: dict[str, Any] | None = None,
     batch_size: int | str = INFERENCE_BATCH_SIZE,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -76,8 +117,11 @@ def predict(
     ``output`` ending in ``.jsonl`` is written as JSON lines, anything else as a brat folder
     (``id.txt`` + ``id.ann``). It is written whole or not at all: into a temporary sibling,
     renamed into place at the end (an interrupted run leaves the previous output, if any). An
-    existing ``output`` is replaced only with ``overwrite=True``; one that overlaps ``data`` is
-    refused. Returns ``{"docs", "spans", "words_per_s"}``.
+    existing ``output`` is replaced only with ``overwrite=True`` (a folder only if it holds
+    nothing but ``.txt`` and ``.ann`` files); one that overlaps ``data`` or ``model`` is refused.
+    ``reader_options`` go to the reader (as :func:`pureml.training.evaluate.evaluate`'s).
+    ``batch_size`` counts words or documents: the input's spans are dropped before batching.
+    Returns ``{"docs", "spans", "words_per_s", "classified_input"}``.
     """
     from ..nlp import load
     from .build import register_defaults
@@ -86,10 +130,12 @@ def predict(
     data, output = Path(data), Path(output)
     if not data.exists():
         raise FileNotFoundError(f"no data at {data}")
-    _check_paths(data, output, overwrite)
+    _check_paths(None if isinstance(model, Pipeline) else Path(model), data, output, overwrite)
+    check_batch_size(batch_size)
     nlp = model if isinstance(model, Pipeline) else load(model)
     groups, keep_input = output_groups(nlp)
-    docs = registry.readers.get(reader_for(data, reader))(str(data))
+    name = reader_for(data, reader)
+    docs = registry.readers.get(name)(str(data), **check_reader_options(name, reader_options))
     if not keep_input:  # predict from the text alone; nothing of the input leaks through
         docs = docs.map(lambda d: Doc(d.text, id=d.id, meta=d.meta))
     totals = {"docs": 0, "spans": 0, "words": 0}
@@ -105,22 +151,31 @@ def predict(
             meta = {k: v for k, v in doc.meta.items() if k != "standoff_lines"}
             yield Doc(doc.text, id=doc.id, spans={OUTPUT_GROUP: spans}, meta=meta)
 
-    if output.suffix == ".jsonl":
-        tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-        try:
-            write_jsonl(annotated(), tmp, span_group=OUTPUT_GROUP)
-            os.replace(tmp, output)
-        finally:
-            tmp.unlink(missing_ok=True)
-    else:
-        write_atomic_dir(
-            output,
-            lambda tmp: write_standoff(annotated(), tmp, span_group=OUTPUT_GROUP),
-            manifest=False,
-        )
+    # what an earlier predict killed before its cleanup left (SIGKILL, power loss)
+    for stale in output.parent.glob(f".tmp-{output.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in output.parent.glob(f".{output.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
+    try:
+        if is_jsonl(output):
+            tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+            try:
+                write_jsonl(annotated(), tmp, span_group=OUTPUT_GROUP)
+                os.replace(tmp, output)
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            write_atomic_dir(
+                output,
+                lambda tmp: write_standoff(annotated(), tmp, span_group=OUTPUT_GROUP),
+                manifest=False,
+            )
+    except DataError as e:  # named after the temporary folder it was writing
+        raise DataError(e.message, path=str(output), line=e.line) from None
     elapsed = time.perf_counter() - start
     return {
         "docs": totals["docs"],
         "spans": totals["spans"],
         "words_per_s": totals["words"] / elapsed if elapsed > 0 else 0.0,
+        "classified_input": keep_input,
     }

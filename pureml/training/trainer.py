@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -610,8 +611,6 @@ class Trainer:
                     )
 
     def _clear_run_dir(self) -> None:
-        import shutil
-
         for name in RUN_FILES:
             p = self.output_dir / name
             if p.is_dir():
@@ -943,19 +942,23 @@ class Trainer:
             (out / f"step-{step:06d}.json").write_text(json.dumps(scores, indent=1))
         return exact, timing
 
-    def _save_if_best(self, validation: dict, step: int) -> None:
+    def _save_if_best(self, validation: dict, step: int) -> Exception | None:
+        """Write model-best if this validation is the best so far; the error to raise, once
+        this step is checkpointed, when ``best_metric`` names no score (known only now: the
+        same command, the key fixed, then resumes from here)."""
         assert self._best is not None
         try:
             improved = self._best.update(validation, step)
-        except BestMetricError as e:  # the scores' keys are known only now
+        except BestMetricError as e:
             if self.recipe is not None:
                 from .config import RecipeError
 
-                raise RecipeError("train.best_metric", str(e)) from None
-            raise BestMetricError(f"best_metric: {e}") from None
+                return RecipeError("train.best_metric", str(e))
+            return BestMetricError(f"best_metric: {e}")
         if improved and self.world.is_main:
             # _validate synced the module with this step's weights
             self.nlp.to_disk(self.output_dir / BEST_DIR)
+        return None
 
     def _log(self, step: int, metrics: dict, validation: dict | None, timing: dict) -> None:
         for lg in self.loggers:
@@ -1032,7 +1035,11 @@ class Trainer:
                     if saved.get("metric") != self._best.metric
                     else "was measured on other validation documents"
                 )
-                self.message(f"best_metric: the checkpoint's best {why}; model-best starts over")
+                if self.world.is_main:  # another metric's best model must not pass for this one's
+                    shutil.rmtree(self.output_dir / BEST_DIR, ignore_errors=True)
+                self.message(
+                    f"best_metric: the checkpoint's best {why}; model-best starts over (removed)"
+                )
         self._model_step: int | None = None  # the step model-last was last written at
         start_phase = meta["phase"] if meta else 0
         start_step = meta["phase_step"] if meta else 0
@@ -1180,13 +1187,14 @@ class Trainer:
                     )
                 )
                 validation, val_timing = None, {}
+                failed: Exception | None = None  # raised once this step is checkpointed
                 if phase_step % self.validation_interval == 0 or phase_step == self.max_steps:
                     validation, val_timing = self._validate(state, step)
                     from .loggers import headline_score
 
                     self._last_score = headline_score(validation)
                     if self._best is not None and validation is not None:
-                        self._save_if_best(validation, step)
+                        failed = self._save_if_best(validation, step)
                 # each phase's last step too: the progress line ends at max_steps and the
                 # logs hold the final loss whatever log_interval divides
                 last = phase_step == self.max_steps
@@ -1218,6 +1226,7 @@ class Trainer:
                     or phase_step == self.max_steps
                     or stop
                     or isinstance(ahead, Exception)  # the run stops here: keep its steps
+                    or failed is not None
                 ):
                     self._checkpoint(state, step, phase_idx, phase_step, positions)
                 if stop:
@@ -1226,6 +1235,8 @@ class Trainer:
                         f"written at step {step}; run the same command again to resume"
                     )
                     raise TrainingInterrupted(f"stopped at step {step}, after its checkpoint")
+                if failed is not None:
+                    raise failed
                 if isinstance(ahead, Exception):
                     raise ahead
         finally:

@@ -248,6 +248,11 @@ def test_evaluate_warns_when_no_gold_label_is_the_models_and_takes_reader_option
         result = CliRunner().invoke(main, [*args, "--reader-option", "label=problem", "--json"])
     assert result.exit_code == 0, result.output
     assert set(json.loads(result.stdout)["ner"]["per_label"]) >= {"problem"}
+    # a value the reader cannot take, and defaults for a reader without them: the user's flags
+    for flag in (["--reader-option", "label=[1, 2]"], ["--default-attribute", "x=1"]):
+        bad = CliRunner().invoke(main, [*args, *flag])
+        assert bad.exit_code == 2, bad.output
+        assert bad.stderr.startswith(f"error: {flag[0]}: "), bad.stderr
     bad = CliRunner().invoke(main, [*args, "--reader-option", "labl=problem"])
     assert bad.exit_code == 2
     assert bad.stderr == (

@@ -128,3 +128,53 @@ def test_an_interrupted_predict_leaves_the_previous_output(model, corpus, tmp_pa
         predict_mod.predict(model, corpus / "dev", out, overwrite=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["pred"]
+
+
+def test_predict_never_replaces_the_model_or_a_folder_of_other_files(model, corpus, tmp_path):
+    # --overwrite replaced a whole run folder (checkpoints, model-last) with brat files, or
+    # the model folder it was reading (QA of pureml predict)
+    run = tmp_path / "run"
+    shutil.copytree(model.parent, run)
+    result = _predict(run / "model-last", corpus / "dev", run, "--overwrite")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {run}: the output would overlap the model {run / 'model-last'}: choose another "
+        "output path\n"
+    )
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("x")
+    (notes / "list.csv").write_text("a")
+    result = _predict(model, corpus / "dev", notes, "--overwrite")
+    assert result.exit_code == 2
+    assert "holds list.csv, not only .txt and .ann files" in result.stderr
+    assert sorted(p.name for p in notes.iterdir()) == ["a.txt", "list.csv"]
+    # a .json output is not silently a folder; .JSONL is JSON lines
+    assert "written as .jsonl" in _predict(model, corpus / "dev", tmp_path / "p.json").stderr
+    assert _predict(model, corpus / "dev", tmp_path / "P.JSONL").exit_code == 0
+    assert (tmp_path / "P.JSONL").is_file()
+    # spans: the input's are dropped before batching, so every document counted 0
+    result = _predict(model, corpus / "dev", tmp_path / "q", "--batch-size", "16 spans")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --batch-size: '16 spans': predictions are batched")
+
+
+def test_predict_reads_a_folder_by_what_its_sub_folders_hold(model, corpus, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(corpus / "dev", mixed / "sub")
+    from pureml.stream import write_jsonl
+
+    write_jsonl(read_standoff(corpus / "dev"), mixed / "notes.jsonl")
+    result = _predict(model, mixed, tmp_path / "out")
+    assert result.exit_code == 2
+    assert "holds both .txt (sub/" in result.stderr and "name the reader" in result.stderr
+    assert _predict(model, mixed, tmp_path / "out", "--reader", "jsonl").exit_code == 0
+    assert len(list(read_standoff(tmp_path / "out"))) == 10
+
+
+def test_predict_removes_what_a_killed_predict_left(model, corpus, tmp_path):
+    stale = tmp_path / ".tmp-pred-99999"  # SIGKILLed mid-write: its pid was in the name
+    stale.mkdir()
+    (stale / "a.txt").write_text("half")
+    assert _predict(model, corpus / "dev", tmp_path / "pred").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]

@@ -133,12 +133,15 @@ def test_best_metric_without_validation_or_with_a_typo_is_one_line(tiny_recipe, 
         "error: train.best_metric: no score 'ner/micro/f' in the validation scores; "
         "did you mean 'ner/micro/f1'?"
     )
+    # its steps are kept: the fixed command resumes at the step that failed
+    assert [p.name for p in (tmp_path / "out" / "checkpoints").iterdir()] == ["step-000002"]
     result = CliRunner().invoke(
         main, ["train", str(tiny_recipe()), "--set", "train.best_metric=ner/micro/f1"]
     )
     assert result.exit_code == 0, result.output
+    assert "resuming from" in result.stderr
     assert (tmp_path / "out" / "model-best").is_dir()
-    assert "model-best: step " in result.stderr
+    assert "model-best: step 4" in result.stderr
 
 
 def test_missing_data_path(tiny_recipe, tmp_path):

@@ -166,6 +166,29 @@ def test_write_standoff_keeps_files_inside_the_folder(tmp_path, doc_id):
     assert not (tmp_path / "escape.txt").exists()
 
 
+@pytest.mark.parametrize(
+    "doc_id, message",
+    [
+        # each was written, then read back as another id or not at all (QA of pureml predict)
+        ("sub/.hidden", "names a hidden file, which the reader skips"),
+        ("dir/", "is not a file path that reads back as this id"),
+        (".", "is not a file path that reads back as this id"),
+        ("a//b", "is not a file path that reads back as this id"),
+        ("nul\0byte", "is not a file path that reads back as this id"),
+        ("x" * 300, r"cannot write its files \(File name too long\)"),
+    ],
+)
+def test_write_standoff_refuses_ids_that_would_not_read_back(tmp_path, doc_id, message):
+    from pureml.stream import DataError
+
+    with pytest.raises(DataError, match=message):
+        write_standoff([Doc("ok", id="ok"), Doc("abc", id=doc_id)], tmp_path / "out")
+    # the ids that read back as themselves: one file per document, under its own id
+    docs = [Doc("a", id="a/b"), Doc("c", id="sub/c.d"), Doc("e", id="e f")]
+    assert write_standoff(docs, tmp_path / "good") == 3
+    assert [d.id for d in read_standoff(tmp_path / "good")] == ["a/b", "e f", "sub/c.d"]
+
+
 def test_write_standoff_refuses_two_documents_with_one_id(tmp_path):
     from pureml.stream import DataError
 

@@ -96,6 +96,22 @@ def test_a_later_better_score_replaces_model_best_and_restart_removes_it(tmp_pat
     assert _same(load(out / "model-best"), _weights_at(out, 2))
 
 
+def test_another_metric_on_resume_removes_the_old_model_best(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(Stop):
+        _train(out, _scorer([0.2, 0.5], stop_at=3))
+    assert (out / "model-best").is_dir()
+
+    def scorer(nlp, docs, mixed_precision="no"):  # no better than before for the new metric
+        raise Stop
+
+    # resumed with another metric: the folder held the old metric's best, which the run kept
+    # until its first validation (and for good when none came)
+    with pytest.raises(Stop):
+        _train(out, scorer, best_metric="ner/micro/p")
+    assert not (out / "model-best").exists()
+
+
 def test_a_list_of_metrics_ranks_validations_by_their_mean(tmp_path):
     values = iter([(0.9, 0.1), (0.6, 0.6), (0.2, 0.9)])  # means 0.5, 0.6, 0.55
 
