@@ -104,9 +104,37 @@ def check_reader_options(name: str, options: dict[str, Any] | None) -> dict[str,
     return dict(options or {})
 
 
+def _warn_attribute_values(name: str, comp: Any, docs: list[Any]) -> None:
+    """A span classifier's attributes as the gold spans hold them: none at all, or a value
+    the model predicts that no gold span has while some spans have none (brat's binary flags
+    read without the --default-attribute training had: every such prediction counts wrong)."""
+    getter = comp.span_getter
+    groups = [getter] if isinstance(getter, str) else list(getter)
+    spans = [s for d in docs for g in groups for s in d.spans.get(g, [])]
+    for attr, values in (comp.attributes or {}).items():
+        gold = [s.attributes.get(attr) for s in spans]
+        present = {v for v in gold if v is not None}
+        missing = [v for v in values if v not in present]
+        if spans and not present:
+            warnings.warn(
+                f"{name}: no gold span has a value for {attr!r}: nothing of it is scored "
+                f"(--default-attribute {attr}=VALUE, if training gave one)",
+                stacklevel=4,
+            )
+        elif missing and len(present) < len(gold):
+            warnings.warn(
+                f"{name}: {len(gold) - sum(v is not None for v in gold)} gold span(s) have no "
+                f"{attr!r} and none has {missing[0]!r}, which the model predicts: if training "
+                f"gave it by default, pass --default-attribute {attr}={missing[0]}",
+                stacklevel=4,
+            )
+
+
 def _warn_disjoint_labels(nlp: Any, docs: list[Any]) -> None:
     for name in nlp.pipe_names:
         comp = nlp.get_pipe(name)
+        if isinstance(getattr(comp, "attributes", None), dict):
+            _warn_attribute_values(name, comp, docs)
         labels, group = getattr(comp, "labels", None), getattr(comp, "target_group", None)
         if not isinstance(labels, list) or not isinstance(group, str):
             continue

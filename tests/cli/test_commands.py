@@ -94,13 +94,16 @@ def test_evaluate_default_attribute_fills_what_brat_leaves_out(corpus, tmp_path)
         return json.loads(result.stdout)["span_attributes"]
 
     full = scores(str(corpus / "dev"))
-    assert scores(str(dev)) != full  # no gold "affirmed": every affirmed prediction is wrong
+    # no gold "affirmed": every affirmed prediction is wrong, and evaluate says what to pass
+    with pytest.warns(UserWarning, match=r"none has 'affirmed'.*--default-attribute status="):
+        assert scores(str(dev)) != full
     assert scores(str(dev), "--default-attribute", "status=affirmed") == full
     # the same notes as JSON lines, as tools export them: the default works there too
     from pureml.stream import read_standoff, write_jsonl
 
     write_jsonl(read_standoff(dev), tmp_path / "dev.jsonl")
-    assert scores(str(tmp_path / "dev.jsonl")) != full
+    with pytest.warns(UserWarning, match=r"--default-attribute status=affirmed"):
+        assert scores(str(tmp_path / "dev.jsonl")) != full
     assert scores(str(tmp_path / "dev.jsonl"), "--default-attribute", "status=affirmed") == full
     bad = CliRunner().invoke(main, ["evaluate", model, str(dev), "--default-attribute", "status"])
     assert bad.exit_code == 2
