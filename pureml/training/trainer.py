@@ -20,6 +20,8 @@ same command ends bitwise equal to an uninterrupted run.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import json
 import os
 import platform
@@ -1328,6 +1330,15 @@ def train(
         train(nlp, TrainingData(read_standoff("data/train"), batch_size="2000 words"),
               val_data=read_standoff("data/dev"), max_steps=200, output_dir="runs/ner")
     """
+    known = inspect.signature(Trainer.__init__).parameters
+    for key in options:
+        if key not in known or key == "self":
+            # else Python names Trainer.__init__(), which the caller never called
+            hint = difflib.get_close_matches(key, [k for k in known if k != "self"], n=1)
+            raise TypeError(
+                f"train() got an unexpected keyword argument {key!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
+            )
     if restart:
         if options.get("resume") is True:
             raise ValueError(

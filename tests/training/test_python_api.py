@@ -309,3 +309,13 @@ def test_bad_arguments_are_refused_naming_the_argument(tmp_path, args, options, 
     with pytest.raises(error, match=message):
         train(*(given[a] for a in args), output_dir=tmp_path / "run", **{**RUN, **options})
     assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_keyword_names_train_and_its_neighbour(tmp_path):
+    # was: "Trainer.__init__() got an unexpected keyword argument 'lr'"
+    with pytest.raises(
+        TypeError,
+        match=r"^train\(\) got an unexpected keyword argument 'max_step'; did you mean 'max_steps'\?$",
+    ):
+        train(_nlp(), TrainingData(make_corpus(5)), output_dir=tmp_path / "run", max_step=3)
+    assert not (tmp_path / "run").exists()
