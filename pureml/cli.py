@@ -168,6 +168,36 @@ def _check_reader(reader: str | None) -> None:
         raise RecipeError("--reader", f"unknown reader {reader!r} (known: {known})")
 
 
+def _reader_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--reader`` and ``--reader-option``: how ``evaluate`` and ``predict`` read DATA."""
+    fn = click.option(
+        "--reader-option",
+        "options",
+        multiple=True,
+        metavar="NAME=VALUE",
+        help="A key of the reader's recipe table (label=Disease), as in training. Repeatable.",
+    )(fn)
+    return click.option(
+        "--reader",
+        default=None,
+        help="Reader name (default: standoff for a folder, jsonl for a .jsonl file).",
+    )(fn)
+
+
+# How evaluate() and predict() start the ValueErrors that are about one of the CLI's flags.
+_FLAG_ERRORS = (("--reader-option", "reader option"), ("--default-attribute", "default attributes"))
+
+
+def _flag_error(e: ValueError) -> Exception:
+    """``e`` as the user's mistake in a flag (exit 2, naming it) where it is one, else ``e``."""
+    from .training.config import RecipeError
+
+    for flag, prefix in _FLAG_ERRORS:
+        if str(e).startswith(prefix):
+            return RecipeError(flag, str(e))
+    return e
+
+
 def _parse_pairs(option: str, items: tuple[str, ...]) -> dict[str, Any]:
     """``("a=1", "b=x")`` -> ``{"a": 1, "b": "x"}`` (values read as recipe values)."""
     from .training.config import RecipeError
@@ -191,7 +221,6 @@ def _run_evaluate(
     defaults: tuple[str, ...],
     options: tuple[str, ...],
 ) -> None:
-    from .training.config import RecipeError
     from .training.evaluate import evaluate, format_scores
 
     _check_reader(reader)
@@ -206,13 +235,7 @@ def _run_evaluate(
             reader_options=reader_options or None,
         )
     except ValueError as e:
-        for flag, prefix in (
-            ("--reader-option", "reader option"),
-            ("--default-attribute", "default attributes"),
-        ):
-            if str(e).startswith(prefix):
-                raise RecipeError(flag, str(e)) from None
-        raise
+        raise _flag_error(e) from None
     if as_json:
         click.echo(json.dumps(scores, indent=1))
     else:
@@ -222,12 +245,8 @@ def _run_evaluate(
 @main.command("evaluate")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
+@_reader_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option(
-    "--reader",
-    default=None,
-    help="Reader name (default: standoff for a folder, jsonl for a .jsonl file).",
-)
 @click.option(
     "--default-attribute",
     "defaults",
@@ -235,13 +254,6 @@ def _run_evaluate(
     metavar="NAME=VALUE",
     help="An attribute value for the spans without one (Negation=false), as "
     "the recipe's default_attributes gave it in training. Repeatable.",
-)
-@click.option(
-    "--reader-option",
-    "options",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="A key of the reader's recipe table (label=Disease), as in training. Repeatable.",
 )
 @debug_option
 def evaluate_command(
@@ -295,9 +307,7 @@ def _run_predict(
             overwrite=overwrite,
         )
     except ValueError as e:
-        if str(e).startswith("reader option"):
-            raise RecipeError("--reader-option", str(e)) from None
-        raise
+        raise _flag_error(e) from None
     click.echo(
         f"wrote {done['docs']} documents ({done['spans']} spans) to {output} "
         f"({done['words_per_s']:,.0f} words/s)"
@@ -314,23 +324,12 @@ def _run_predict(
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
-@click.option(
-    "--reader",
-    default=None,
-    help="Reader name (default: standoff for a folder, jsonl for a .jsonl file).",
-)
+@_reader_options
 @click.option(
     "--batch-size",
     default="2000 words",
     show_default=True,
     help='Inference batch budget: "N words" or a number of documents.',
-)
-@click.option(
-    "--reader-option",
-    "options",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="A key of the reader's recipe table (label=Disease), as in training. Repeatable.",
 )
 @click.option(
     "--overwrite",

@@ -51,8 +51,9 @@ class NerCrf(Component):
         super().__init__()
         self.embedding = embedding
         # one label is one label, not the list of its letters
-        self.labels = [labels] if isinstance(labels, str) else labels
-        self.labels = list(self.labels) if self.labels is not None else None
+        self.labels = (
+            [labels] if isinstance(labels, str) else None if labels is None else list(labels)
+        )
         self.target_group = target_group
         self.span_setter = span_setter
         self.p = dropout

@@ -23,10 +23,14 @@ from .component import Component, ForwardContext, pad_length
 MODES = ("mean", "max", "attention")
 
 
+def span_groups(span_getter: str | list[str] | None) -> list[str]:
+    """The group names ``span_getter`` names (a group name or a list of them)."""
+    return [span_getter] if isinstance(span_getter, str) else list(span_getter or [])
+
+
 def get_spans(doc, span_getter: str | list[str]) -> list:
     """The spans of ``doc`` in the groups ``span_getter`` names (a group name or a list)."""
-    groups = [span_getter] if isinstance(span_getter, str) else list(span_getter)
-    return [s for g in groups for s in doc.spans.get(g, [])]
+    return [s for g in span_groups(span_getter) for s in doc.spans.get(g, [])]
 
 
 @components.register("span_pooler")

@@ -18,6 +18,7 @@ of issue 6 for the public hooks that would replace it).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -172,11 +173,8 @@ class RebuiltRun:
         runs lack it: then those of the first checkpoint at or after the step (a resumed run
         rewrites the records after the checkpoint it resumes from), else of the latest
         checkpoint; 1 when there is none."""
-        records = self.records
-        if any("world_size" in r for r in records.values()) or not ckpt.list_checkpoints(
-            self.run_dir
-        ):
-            return int(records.get(step, {}).get("world_size", 1))
+        if self._sizes_recorded:
+            return int(self.records.get(step, {}).get("world_size", 1))
         found = ckpt.list_checkpoints(self.run_dir)
         after = [p for s, p in found if s >= step] or [p for _, p in found[-1:]]
         for path in after:
@@ -186,6 +184,12 @@ class RebuiltRun:
                 continue
         return 1
 
+    @functools.cached_property
+    def _sizes_recorded(self) -> bool:
+        """Whether the records say how many processes ran each step (runs since world_size
+        went into steps.jsonl; older ones leave it to their checkpoints)."""
+        return any("world_size" in r for r in self.records.values())
+
     def _check_world_size(self, step: int) -> None:
         """Refuse a replay with another number of processes than the run's: under data
         parallelism each rank trains on its own share of the batch with its own dropout keys,
@@ -193,8 +197,10 @@ class RebuiltRun:
         recorded, here = self.world_size(step), self.trainer.world.world_size
         before = self.checkpoint_before(step)
         first = int(ckpt.read_meta(before)["step"]) + 1 if before is not None else 1
-        # a replay runs every step from the checkpoint before ``step`` in one layout
-        changed = [s for s in range(first, step) if self.world_size(s) != recorded]
+        # a replay runs every step from the checkpoint before ``step`` in one layout (older
+        # runs' records cannot say: their layout is their checkpoints')
+        steps = range(first, step) if self._sizes_recorded else ()
+        changed = [s for s in steps if self.world_size(s) != recorded]
         if changed:
             start = f"checkpoint {before.name}" if before is not None else "the initial state"
             raise ReplayError(

@@ -70,9 +70,11 @@ def write_atomic_dir(final: Path, write: Callable[[Path], None], *, manifest: bo
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # what an earlier writer killed before its cleanup left (SIGKILL, power loss): its pid,
+    # in the name, is not ours
+    for stale in final.parent.glob(f".tmp-{final.name}-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir()
     try:
         write(tmp)

@@ -78,7 +78,7 @@ def evaluate(
     kwargs.update(check_reader_options(name, reader_options))
     nlp = load(model)
     docs = list(read(str(data), **kwargs))
-    _warn_disjoint_labels(nlp, docs)
+    _warn_unscorable(nlp, docs)
     return Scorer(**scorer_kwargs)(nlp, docs)
 
 
@@ -108,9 +108,9 @@ def _warn_attribute_values(name: str, comp: Any, docs: list[Any]) -> None:
     """A span classifier's attributes as the gold spans hold them: none at all, or a value
     the model predicts that no gold span has while some spans have none (brat's binary flags
     read without the --default-attribute training had: every such prediction counts wrong)."""
-    getter = comp.span_getter
-    groups = [getter] if isinstance(getter, str) else list(getter)
-    spans = [s for d in docs for g in groups for s in d.spans.get(g, [])]
+    from ..nlp.span_pooler import get_spans
+
+    spans = [s for d in docs for s in get_spans(d, comp.span_getter)]
     for attr, values in (comp.attributes or {}).items():
         gold = [s.attributes.get(attr) for s in spans]
         present = {v for v in gold if v is not None}
@@ -130,7 +130,9 @@ def _warn_attribute_values(name: str, comp: Any, docs: list[Any]) -> None:
             )
 
 
-def _warn_disjoint_labels(nlp: Any, docs: list[Any]) -> None:
+def _warn_unscorable(nlp: Any, docs: list[Any]) -> None:
+    """Warn where the documents hold what a component predicts otherwise than in training:
+    NER labels none of which the model knows, span attributes without their values."""
     for name in nlp.pipe_names:
         comp = nlp.get_pipe(name)
         if isinstance(getattr(comp, "attributes", None), dict):

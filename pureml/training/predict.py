@@ -11,7 +11,6 @@ annotations are dropped before prediction, so the output holds the pipeline's sp
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 from .. import registry
 from ..nlp.doc import Doc, Span
 from ..nlp.pipeline import INFERENCE_BATCH_SIZE, Pipeline, check_inference_batch_size
+from ..nlp.span_pooler import span_groups
 from ..stream.errors import DataError
 from ..stream.jsonl import write_jsonl
 from ..stream.standoff import write_standoff
@@ -44,10 +44,7 @@ def output_groups(nlp: Pipeline) -> tuple[list[str], bool]:
     setters = [c.span_setter for c in comps if isinstance(getattr(c, "span_setter", None), str)]
     if setters:
         return list(dict.fromkeys(setters)), False
-    getters: list[str] = []
-    for comp in comps:
-        getter = getattr(comp, "span_getter", None)
-        getters += [getter] if isinstance(getter, str) else list(getter or [])
+    getters = [g for c in comps for g in span_groups(getattr(c, "span_getter", None))]
     return list(dict.fromkeys(getters)) or ["gold"], True
 
 
@@ -151,9 +148,8 @@ def predict(
             meta = {k: v for k, v in doc.meta.items() if k != "standoff_lines"}
             yield Doc(doc.text, id=doc.id, spans={OUTPUT_GROUP: spans}, meta=meta)
 
-    # what an earlier predict killed before its cleanup left (SIGKILL, power loss)
-    for stale in output.parent.glob(f".tmp-{output.name}-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    # what an earlier predict killed before its cleanup left (SIGKILL, power loss); a
+    # folder's temporaries write_atomic_dir removes itself
     for stale in output.parent.glob(f".{output.name}.tmp-*"):
         stale.unlink(missing_ok=True)
     try:

@@ -34,6 +34,7 @@ from ..distributed.collectives import gather_strings
 from ..distributed.process_group import DistInfo
 from ..nlp.doc import Doc, Span
 from ..nlp.pipeline import INFERENCE_BATCH_SIZE, check_inference_batch_size
+from ..nlp.span_pooler import span_groups
 from ..registry import scorers
 from ..stream.batching import balanced_bounds
 
@@ -392,8 +393,7 @@ class Scorer:
                         docs, preds, gold_group=gold_group, pred_group=pred_group
                     )
                 else:
-                    getter = getattr(comp, "span_getter", "gold")
-                    groups = [getter] if isinstance(getter, str) else list(getter)
+                    groups = span_groups(getattr(comp, "span_getter", "gold"))
                     attributes = list(getattr(comp, "attributes", None) or [])
                     inputs = []
                     for d in docs:

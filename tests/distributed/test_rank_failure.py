@@ -37,20 +37,27 @@ def _stderr(logs: Path, local_rank: int) -> str:
     return path.read_text()
 
 
+def _launch(recipe: Path, logs: Path | None, **env: str) -> subprocess.CompletedProcess:
+    """Two torchrun ranks of the hooked trainer (``PUREML_FAULT_RANK`` and friends in ``env``);
+    with ``logs``, each rank's stderr goes to its own file there (read with ``_stderr``)."""
+    redirect = ["--log-dir", str(logs), "--redirects", "2"] if logs is not None else []
+    return subprocess.run(
+        [*launcher(2), *redirect, str(HOOKED_TRAIN), str(recipe)],
+        cwd=ROOT,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
 @pytest.mark.parametrize("how", ["raise", "kill"])
 def test_survivor_says_in_one_line_that_another_rank_stopped(tmp_path, corpus, how):
     out, logs = tmp_path / "out", tmp_path / "logs"
     template = tiny_template(max_steps=30, checkpoint_interval=2, validation_interval=30)
     recipe = write_recipe(template, tmp_path, corpus, out)
     start = time.monotonic()
-    proc = subprocess.run(
-        [*launcher(2), "--log-dir", str(logs), "--redirects", "2", str(HOOKED_TRAIN), str(recipe)],
-        cwd=ROOT,
-        env=clean_env(PUREML_FAULT_RANK=f"1:{FAIL_AT}:{how}"),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _launch(recipe, logs, PUREML_FAULT_RANK=f"1:{FAIL_AT}:{how}")
     assert time.monotonic() - start < 120
     assert proc.returncode != 0
     survivor, failed = _stderr(logs, 0), _stderr(logs, 1)
@@ -82,26 +89,12 @@ def test_sigterm_to_one_rank_stops_every_rank_after_one_checkpoint(tmp_path, cor
     out, logs = tmp_path / "out", tmp_path / "logs"
     template = tiny_template(max_steps=30, checkpoint_interval=30, validation_interval=30)
     recipe = write_recipe(template, tmp_path, corpus, out)
-    proc = subprocess.run(
-        [*launcher(2), "--log-dir", str(logs), "--redirects", "2", str(HOOKED_TRAIN), str(recipe)],
-        cwd=ROOT,
-        env=clean_env(PUREML_FAULT_RANK=f"1:{FAIL_AT}:term"),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = _launch(recipe, logs, PUREML_FAULT_RANK=f"1:{FAIL_AT}:term")
     assert proc.returncode != 0
     survivor = _stderr(logs, 0)
     assert "lost contact" not in survivor, survivor
     assert "a signal to another rank: checkpoint written at step 4" in survivor, survivor
     assert [step for step, _ in ckpt.list_checkpoints(out)] == [FAIL_AT - 1]
-    resumed = subprocess.run(
-        [*launcher(2), str(HOOKED_TRAIN), str(recipe)],
-        cwd=ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    resumed = _launch(recipe, None)
     assert resumed.returncode == 0, resumed.stderr
     assert [step for step, _ in ckpt.list_checkpoints(out)][-1] == 30
