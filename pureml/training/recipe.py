@@ -60,6 +60,7 @@ __all__ = [
     "parse_recipe_text",
     "apply_overrides",
     "resolve_references",
+    "escape_references",
     "check_factory_table",
     "dump_toml",
     "recipe_hash",
@@ -263,11 +264,18 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
     return data
 
 
-_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+# ``${key.path}`` is a reference; ``$${`` is a literal ``${`` (a regex, a path that holds one).
+# One pattern for both, scanned left to right, so ``$${a.b}`` is never read as ``$`` + ``${a.b}``.
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}")
 
 
 def resolve_references(data: dict[str, Any]) -> dict[str, Any]:
-    """Replace ``${key.path}`` in strings by the value at that path (``${paths.data}/train``)."""
+    """Replace ``${key.path}`` in strings by the value at that path (``${paths.data}/train``),
+    and ``$${`` by a literal ``${``.
+
+    >>> resolve_references({"paths": {"d": "/data"}, "x": {"re": "$${paths.d} is ${paths.d}"}})["x"]
+    {'re': '${paths.d} is /data'}
+    """
 
     def lookup(ref: str, where: str) -> Any:
         node: Any = data
@@ -292,10 +300,12 @@ def resolve_references(data: dict[str, Any]) -> dict[str, Any]:
             if "${" in _REFERENCE.sub("", node):
                 raise RecipeError(where, f"unterminated reference: {node!r}")
             whole = _REFERENCE.fullmatch(node)
-            if whole:  # a lone reference keeps the referenced value's type
+            if whole and whole.group(1) is not None:  # a lone reference keeps the value's type
                 return visit(lookup(whole.group(1), where), where, depth + 1)
 
             def text(m: re.Match[str]) -> str:
+                if m.group(1) is None:
+                    return "${"
                 value = visit(lookup(m.group(1), where), where, depth + 1)
                 if isinstance(value, dict | list):
                     kind = "table" if isinstance(value, dict) else "list"
@@ -309,6 +319,24 @@ def resolve_references(data: dict[str, Any]) -> dict[str, Any]:
         return node
 
     return visit(data, "")
+
+
+def escape_references(data: Any) -> Any:
+    """``data`` with every ``${`` in its strings written ``$${``: a resolved recipe as a recipe
+    that resolves back to it (``config.toml``, which replay and diff read as a recipe).
+
+    >>> escape_references({"x": ["${a} $${b}", 3]})
+    {'x': ['$${a} $$${b}', 3]}
+    >>> resolve_references(escape_references({"x": "${a} $${b}"}))
+    {'x': '${a} $${b}'}
+    """
+    if isinstance(data, dict):
+        return {k: escape_references(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [escape_references(v) for v in data]
+    if isinstance(data, str):
+        return data.replace("${", "$${")
+    return data
 
 
 def parse_recipe_text(text: str, overrides: Iterable[str] = (), source: str = "recipe") -> dict:

@@ -1014,8 +1014,11 @@ class Trainer:
                 _remove_validations_after(self.output_dir, ckpt.read_meta(resume_from)["step"])
             if self.recipe is not None:
                 from ..toml_writer import dump_toml
+                from .recipe import escape_references
 
-                (self.output_dir / "config.toml").write_text(dump_toml(self.recipe))
+                # read back as a recipe (replay, diff): a resolved literal ${ stays literal
+                config = dump_toml(escape_references(self.recipe))
+                (self.output_dir / "config.toml").write_text(config)
         self.nlp.loss_scales = {**getattr(self.nlp, "loss_scales", {}), **self.loss_scales}
         self.nlp.to(self.device)
 

@@ -1,4 +1,5 @@
-"""evaluate / plot / recipe-reference, and train() from Python (the callable module)."""
+"""evaluate / plot / recipe-reference, a run's config.toml as a recipe, and train() from Python
+(the callable module)."""
 
 from __future__ import annotations
 
@@ -130,6 +131,23 @@ def test_run_folder_layout(trained):
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all("loss" in r for r in rows) and "validation" in rows[1] and "validation" in rows[3]
     assert "speed" not in rows[1]["validation"]  # wall-clock figures live in timings.jsonl
+
+
+def test_a_literal_dollar_brace_survives_config_toml(tiny_recipe, tmp_path):
+    """``$${`` in ``--set`` is a literal ``${``; config.toml (read again as a recipe by the
+    same command, replay and diff) keeps it literal, so the run resumes instead of failing on an
+    unknown reference or refusing a different recipe."""
+    recipe = tiny_recipe(**{"max_steps = 4": "max_steps = 2", "validation_interval = 2": ""})
+    out = tmp_path / "runs" / "${run}"
+    runner = CliRunner()
+    first = runner.invoke(
+        main, ["train", str(recipe), "--set", f"train.output_dir={tmp_path}/runs/$${{run}}"]
+    )
+    assert first.exit_code == 0, first.output
+    assert f'output_dir = "{tmp_path}/runs/$${{run}}"' in (out / "config.toml").read_text()
+    again = runner.invoke(main, ["train", str(out / "config.toml")])
+    assert again.exit_code == 0, again.output
+    assert "resuming from" in again.stderr, again.output
 
 
 def test_plot(trained, tmp_path):

@@ -14,6 +14,7 @@ from pureml.training.recipe import (
     apply_overrides,
     check_factory_table,
     dump_toml,
+    escape_references,
     parse_recipe_text,
     recipe_diff,
     recipe_hash,
@@ -170,6 +171,58 @@ def test_bad_references_name_the_key_path(value, message):
     data["train"] |= {"seed": 3, "lr": 1e-3, "copy": "${optimizer}"}
     resolved = resolve_references(data)["train"]
     assert resolved["output_dir"] == "/data/3-0.001" and resolved["copy"] == {"factory": "adamw"}
+
+
+def test_dollar_dollar_brace_is_a_literal_dollar_brace():
+    data = {
+        "paths": {"root": "/data"},
+        "train": {
+            "pattern": "^$${not.a.key}\\d+$",  # escaped: never looked up
+            "literal": "$${paths.root}",
+            "both": "${paths.root}/$${paths.root}/${paths.root}",
+            "open": "a$${b",  # a literal ${ needs no closing brace
+            "dollars": "$$ and $$${paths.root}",  # $$ alone stays; $$${ is $ + a literal ${
+        },
+    }
+    assert resolve_references(data)["train"] == {
+        "pattern": "^${not.a.key}\\d+$",
+        "literal": "${paths.root}",
+        "both": "/data/${paths.root}//data",
+        "open": "a${b",
+        "dollars": "$$ and $${paths.root}",
+    }
+    # through a reference, the escape is read once: the literal is not resolved afterwards
+    data["train"] = {"copy": "${paths.x}", "inside": "${paths.x}/y", "bad": "${paths.x"}
+    data["paths"]["x"] = "$${paths.root}"
+    assert error_of(resolve_references, data) == "train.bad: unterminated reference: '${paths.x'"
+    del data["train"]["bad"]
+    assert resolve_references(data)["train"] == {
+        "copy": "${paths.root}",
+        "inside": "${paths.root}/y",
+    }
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("$${ok} ${nope}", "unknown reference ${nope}"),
+        ("$${ok} ${paths.root", "unterminated reference: '$${ok} ${paths.root'"),
+        ("$${ok}-${paths}", "${paths} is a table: only a whole-string reference takes it"),
+    ],
+)
+def test_an_escape_leaves_bad_references_named_by_key_path(value, message):
+    data = {"paths": {"root": "/data"}, "train": {"output_dir": value}}
+    assert error_of(resolve_references, data) == f"train.output_dir: {message}"
+
+
+def test_an_escaped_override_is_literal_and_config_toml_reads_back_equal():
+    text = '[paths]\nroot = "/data"\n[train]\noutput_dir = "${paths.root}/run"\n'
+    data = parse_recipe_text(text, ["paths.root=/tmp/$${USER}"])
+    assert data["train"]["output_dir"] == "/tmp/${USER}/run"
+    # config.toml holds the resolved recipe escaped: read as a recipe, it is the same
+    written = dump_toml(escape_references(data))
+    assert 'output_dir = "/tmp/$${USER}/run"' in written
+    assert parse_recipe_text(written) == data
 
 
 def test_invalid_toml_names_the_line():
