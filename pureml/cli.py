@@ -97,19 +97,35 @@ debug_option = click.option(
 )
 
 
+def _is_own_warning(category: type[Warning], filename: str) -> bool:
+    """A warning of pureml's own code about the user's data or recipe (not torch's)."""
+    return category is UserWarning and "/pureml/" in filename.replace("\\", "/")
+
+
 def _short_warnings() -> None:
     """pureml's own warnings (about the user's data or recipe) as one ``warning:`` line each,
-    like the ``error:`` lines; others (torch's) keep Python's format, with their source."""
+    like the ``error:`` lines; others (torch's) keep Python's format, with their source.
+
+    Under torchrun every rank reads the same recipe and data, so each of pureml's warnings
+    would come once per rank: like the ``error:`` lines, only local rank 0 shows them.
+    """
     import warnings
 
-    default = warnings.formatwarning
+    default_format, default_show = warnings.formatwarning, warnings.showwarning
+    quiet = not _speaks_for_node()
 
     def formatwarning(message, category, filename, lineno, line=None):  # type: ignore[no-untyped-def]
-        if category is UserWarning and "/pureml/" in filename.replace("\\", "/"):
+        if _is_own_warning(category, filename):
             return f"warning: {message}\n"
-        return default(message, category, filename, lineno, line)
+        return default_format(message, category, filename, lineno, line)
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if quiet and _is_own_warning(category, filename):
+            return
+        default_show(message, category, filename, lineno, file, line)
 
     warnings.formatwarning = formatwarning
+    warnings.showwarning = showwarning
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -249,6 +249,32 @@ def test_a_second_ctrl_c_says_what_it_skipped(capsys):
     )
 
 
+@pytest.mark.parametrize("local_rank, shown", [("0", 2), ("1", 1), (None, 2)])
+def test_only_local_rank_zero_shows_puremls_warnings(monkeypatch, local_rank, shown):
+    """Under torchrun every rank meets the same data: pureml's warnings come from local rank 0
+    only (as the error lines); torch's, which may be one rank's own, from every rank."""
+    from pureml import cli
+
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # what it replaces
+    with warnings.catch_warnings(record=True) as shown_warnings:
+        warnings.simplefilter("always")
+        cli._short_warnings()
+        warnings.warn_explicit("torch's", UserWarning, "/site-packages/torch/x.py", 1)
+        warnings.warn_explicit("unknown label", UserWarning, "/src/pureml/nlp/ner_crf.py", 1)
+        text = [
+            warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+            for w in shown_warnings
+        ]
+    assert len(text) == shown
+    assert "torch's" in text[0] and not text[0].startswith("warning:")
+    if shown == 2:
+        assert text[1] == "warning: unknown label\n"
+
+
 def test_evaluate_warns_when_no_gold_label_is_the_models_and_takes_reader_options(trained, corpus):
     # Read otherwise than in training (every entity relabelled "Entity"), every NER score was
     # 0 with no word of why; and the reader's own keys (label=...) could not be given.

@@ -1,4 +1,4 @@
-"""What a torchrun user sees when a 2-rank command fails on bad input: one line, not one per rank."""
+"""What a torchrun user sees of a 2-rank command's bad input: one line, not one per rank."""
 
 from __future__ import annotations
 
@@ -78,3 +78,21 @@ def test_folder_locked_by_a_live_run_is_one_clear_error(tmp_path):
     assert "Connection closed" not in proc.stderr
     assert "exitcode  : 2" in proc.stderr
     assert not (out / "config.toml").exists()
+
+
+def test_a_warning_about_the_data_comes_once_not_once_per_rank(tmp_path):
+    # was: both ranks met the unknown label in post_init and each printed the warning
+    labels = '["problem", "drug", "test", "allergyy"]'
+    proc, _ = _train(
+        tmp_path / "run",
+        "train.max_steps=1",
+        "train_data.notes.data.n_train=20",
+        "val_data.n_train=20",
+        f"nlp.components.ner.labels={labels}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    output = (proc.stdout + proc.stderr).splitlines()
+    assert [line for line in output if line.startswith("warning:")] == [
+        "warning: ner: label 'allergyy' never occurs in group 'gold' of the training docs "
+        "(they have: drug, problem, test)"
+    ], proc.stderr[-3000:]
