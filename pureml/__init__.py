@@ -34,23 +34,28 @@ Training a pipeline from Python (README.md's "Training from Python"; see it for 
     print([(doc.text[s.start : s.end], s.label) for s in doc.spans["ents"]])
 """
 
-from pureml import optim, stream
-from pureml.core import (
-    TrainState,
-    fingerprint,
-    init_state,
-    load_state,
-    make_step,
-    save_state,
-    state_from_flat,
-    state_to_flat,
-)
-from pureml.nlp import Doc, Pipeline, Span, load
-from pureml.registry import Registry
+# first, and torch-free: Ctrl-C while the imports below load torch (seconds) ends a pureml
+# command with one line, as later, not a traceback through torch
+from pureml.startup import interrupt_ends_command
 
-# `pureml.train` is the callable module: `train(...)` and `python -m pureml.train` both work.
-from . import train
-from .train import TrainingData
+with interrupt_ends_command():
+    from pureml import optim, stream
+    from pureml.core import (
+        TrainState,
+        fingerprint,
+        init_state,
+        load_state,
+        make_step,
+        save_state,
+        state_from_flat,
+        state_to_flat,
+    )
+    from pureml.nlp import Doc, Pipeline, Span, load
+    from pureml.registry import Registry
+
+    # `pureml.train` is the callable module: `train(...)` and `python -m pureml.train` both work.
+    from . import train
+    from .train import TrainingData
 
 __version__ = "0.1.0"
 

@@ -24,9 +24,9 @@ from typing import Any
 import click
 
 from .replay.cli import diff_command, replay_command
+from .startup import EXIT_INTERRUPTED, is_node_leader
 
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
@@ -52,8 +52,6 @@ def _input_errors() -> tuple[type[BaseException], ...]:
 
 
 def _speaks_for_node() -> bool:
-    from .distributed.process_group import is_node_leader
-
     return is_node_leader()
 
 

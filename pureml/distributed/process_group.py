@@ -21,6 +21,9 @@ import attrs
 import torch
 import torch.distributed as dist
 
+# torch-free, where the CLI reads it before torch is imported; here for pureml.distributed
+from ..startup import is_node_leader as is_node_leader
+
 _TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -53,19 +56,6 @@ def _int_env(name: str) -> int:
         return int(value)
     except ValueError:
         raise DistributedSetupError(f"{name}={value!r} is not an integer") from None
-
-
-def is_node_leader(env: Mapping[str, str] | None = None) -> bool:
-    """Whether this process speaks for its machine: not under torchrun, or its local rank 0.
-
-    Read from the environment, so it answers before (or without) a process group: the CLI
-    prints an input error (a recipe typo, a bad data file) that every rank of a node meets
-    alike once per node instead of once per rank.
-
-    >>> is_node_leader({}), is_node_leader({"LOCAL_RANK": "1"}), is_node_leader({"LOCAL_RANK": "0"})
-    (True, False, True)
-    """
-    return (os.environ if env is None else env).get("LOCAL_RANK", "0").strip() in ("0", "")
 
 
 # Substrings (lower case) of what a collective raises on a rank whose peer is gone or silent.

@@ -35,7 +35,7 @@ def _fail(e: BaseException, debug: bool) -> None:
     if debug:
         raise e
     if isinstance(e, _input_errors()):
-        from ..distributed.process_group import is_node_leader
+        from ..startup import is_node_leader
 
         if is_node_leader():  # under torchrun every rank meets it: one line per machine
             click.echo(f"error: {e}", err=True)
