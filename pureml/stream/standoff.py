@@ -40,6 +40,7 @@ from ..nlp.doc import Doc, Span
 from ..registry import readers
 from .attributes import check_default_attributes, fill_attributes
 from .errors import DataError
+from .fingerprint import files_fingerprint
 from .sources import Source, folder_files
 from .stream import Stream
 
@@ -226,7 +227,7 @@ class StandoffSource(Source):
         if not root.is_dir():
             raise DataError("not a directory", path=str(root))
         self._root = root
-        files = folder_files(root, (".txt", ".ann"))
+        self._files = files = folder_files(root, (".txt", ".ann"))
         txts = [name[:-4] for name in files if name.endswith(".txt")]
         anns = [name[:-4] for name in files if name.endswith(".ann")]
         if not txts:
@@ -245,6 +246,9 @@ class StandoffSource(Source):
 
     def describe(self, index: int) -> str:
         return str(self._root / f"{self._ids[index]}.txt")
+
+    def _make_fingerprint(self) -> dict[str, Any]:
+        return files_fingerprint(self._root, self._files)
 
     def _load(self, index: int) -> Doc:
         doc_id = self._ids[index]
