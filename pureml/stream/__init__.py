@@ -29,7 +29,7 @@ from .batching import (
     stat_value,
     stats_of,
 )
-from .errors import DataError, StreamError
+from .errors import DataError, StreamChangedWarning, StreamError
 from .jsonl import read_jsonl, write_jsonl
 from .sources import ListSource, Source
 from .split import shard_batch, shard_range, split_batch
@@ -57,6 +57,7 @@ __all__ = [
     "SplitCount",
     "StatSize",
     "Stream",
+    "StreamChangedWarning",
     "StreamError",
     "apply",
     "balanced_bounds",

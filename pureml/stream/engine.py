@@ -37,6 +37,9 @@ from .stages import (
 )
 
 STATE_VERSION = 1
+# what a state keeps besides the position to say on resume what changed (fingerprint.py);
+# older states lack them, and a step record leaves them out (see ``position_of``)
+IDENTITY_KEYS = ("functions", "source")
 DROP = object()  # what a filtered-out item evaluates to
 
 Pos = tuple[int, int, int | None, int]  # (epoch, block start, block stop or None, offset)
@@ -164,8 +167,15 @@ class Cursor:
     ``stream.state_dict()`` still describes where it stopped.
     """
 
-    def __init__(self, stages: tuple[Any, ...], signature: dict[str, Any], start: Any) -> None:
+    def __init__(
+        self,
+        stages: tuple[Any, ...],
+        signature: dict[str, Any],
+        start: Any,
+        source: Source | None = None,
+    ) -> None:
         self._sig = signature
+        self._source = source
         if start is None:
             start = {"epoch": 0, "block": [0, None], "offset": 0, "skip": 0}
         self.anchor: Pos = (
@@ -186,7 +196,7 @@ class Cursor:
         else:
             epoch, start, stop, offset = self.pos
             skip = 0
-        return {
+        state = {
             "version": STATE_VERSION,
             "epoch": epoch,
             "block": [start, stop],
@@ -195,6 +205,20 @@ class Cursor:
             "items": self._sig["items"],
             "chain": list(self._sig["chain"]),
         }
+        if "functions" in self._sig:
+            state["functions"] = list(self._sig["functions"])
+        # computed on the first call (not when iteration starts: reading a folder to predict
+        # needs none) and shared, not copied: a trainer asks for the state at every step
+        fingerprint = None if self._source is None else self._source.fingerprint()
+        if fingerprint is not None:
+            state["source"] = fingerprint
+        return state
+
+
+def position_of(state: dict[str, Any]) -> dict[str, Any]:
+    """A state without what identifies the data and functions: the position alone, what a
+    training step's record keeps (the same size whatever the number of files)."""
+    return {k: v for k, v in state.items() if k not in IDENTITY_KEYS}
 
 
 class StreamIterator(Iterator[Any]):
@@ -208,7 +232,7 @@ class StreamIterator(Iterator[Any]):
         start: dict[str, Any] | None,
     ) -> None:
         self.source, self.stages = source, stages
-        self.cursor = Cursor(stages, signature, start)
+        self.cursor = Cursor(stages, signature, start, source)
         self._it: Iterator[Any] | None = None
 
     def _build(self) -> Iterator[Any]:

@@ -25,3 +25,9 @@ class DataError(StreamError):
         self.message = message
         self.path = path
         self.line = line
+
+
+class StreamChangedWarning(UserWarning):
+    """A stream resumed from a state saved with other files or other functions: the position
+    may now stand for other documents. ``warnings.simplefilter("error", StreamChangedWarning)``
+    makes it an error."""

@@ -26,6 +26,7 @@ from ..nlp.doc import Doc, Span, lone_surrogate
 from ..registry import readers
 from .attributes import check_default_attributes, fill_attributes
 from .errors import DataError
+from .fingerprint import files_fingerprint
 from .sources import Source, folder_files
 from .standoff import read_text
 from .stream import Stream
@@ -100,11 +101,12 @@ class JsonlSource(Source):
         self._defaults = check_default_attributes(default_attributes)
         self.name = f"jsonl:{root}"
         if root.is_dir():
-            files = [root / name for name in folder_files(root, ".jsonl")]
+            self._base, self._names = root, folder_files(root, ".jsonl")
         elif root.exists():
-            files = [root]
+            self._base, self._names = root.parent, [root.name]
         else:
             raise DataError("no such file or directory", path=str(root))
+        files = [self._base / name for name in self._names]
         self._lines: list[tuple[str, int, str]] = []  # (file, line number, content)
         for file in files:
             text = read_text(file)
@@ -123,6 +125,9 @@ class JsonlSource(Source):
     def describe(self, index: int) -> str:
         file, lineno, _ = self._lines[index]
         return f"{file}:{lineno}"
+
+    def _make_fingerprint(self) -> dict[str, Any]:
+        return files_fingerprint(self._base, self._names)
 
     def _load(self, index: int) -> Doc:
         file, lineno, line = self._lines[index]

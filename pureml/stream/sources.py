@@ -44,6 +44,9 @@ def folder_files(root: Path, suffix: str | tuple[str, ...]) -> list[str]:
     return sorted(found)
 
 
+_UNSET = object()
+
+
 class Source:
     """Base class: subclasses set ``name`` and implement ``__len__`` and ``_load(i)``."""
 
@@ -52,6 +55,7 @@ class Source:
     def __init__(self) -> None:
         self._cache: dict[int, Any] = {}
         self._lock = threading.Lock()
+        self._fingerprint: Any = _UNSET
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -73,6 +77,18 @@ class Source:
     def describe(self, index: int) -> str:
         """Where item ``index`` comes from, for error messages (a file, ``file:line``)."""
         return f"item {index} of {self.name}"
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What a saved stream state keeps of this source, to say on resume which data changed
+        (see :mod:`pureml.stream.fingerprint`); ``None`` when there is nothing cheap to compare
+        beyond the item count. Found without parsing, once per source: like the parsed items,
+        it describes the data as this source first saw it."""
+        if self._fingerprint is _UNSET:
+            self._fingerprint = self._make_fingerprint()
+        return self._fingerprint
+
+    def _make_fingerprint(self) -> dict[str, Any] | None:
+        return None
 
     @property
     def n_parsed(self) -> int:

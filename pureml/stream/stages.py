@@ -1,7 +1,8 @@
 """The transforms a stream is made of, as immutable records (a Stream is a source plus a tuple).
 
 ``describe`` gives what a saved state is checked against on resume: kinds, sizes and seeds,
-not function identities (a rebuilt stream has new function objects).
+not function identities (a rebuilt stream has new function objects; their names are compared
+apart, as a warning: see :mod:`pureml.stream.fingerprint`).
 
 >>> describe(Batch(parse_size("2000 words"), drop_last=False))
 'batch(2000 words)'

@@ -32,6 +32,7 @@ unknown entity raises :class:`DataError` naming ``file:line``.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from ..nlp.doc import Doc, Span
 from ..registry import readers
 from .attributes import check_default_attributes, fill_attributes
 from .errors import DataError
+from .fingerprint import files_fingerprint
 from .sources import Source, folder_files
 from .stream import Stream
 
@@ -226,7 +228,7 @@ class StandoffSource(Source):
         if not root.is_dir():
             raise DataError("not a directory", path=str(root))
         self._root = root
-        files = folder_files(root, (".txt", ".ann"))
+        self._files = files = folder_files(root, (".txt", ".ann"))
         txts = [name[:-4] for name in files if name.endswith(".txt")]
         anns = [name[:-4] for name in files if name.endswith(".ann")]
         if not txts:
@@ -245,6 +247,9 @@ class StandoffSource(Source):
 
     def describe(self, index: int) -> str:
         return str(self._root / f"{self._ids[index]}.txt")
+
+    def _make_fingerprint(self) -> dict[str, Any]:
+        return files_fingerprint(self._root, self._files)
 
     def _load(self, index: int) -> Doc:
         doc_id = self._ids[index]
@@ -299,7 +304,11 @@ def _check_writable(value: str, what: str, doc_id: str, ident: str, root: Path, 
 
 
 def write_standoff(
-    docs: Iterable[Doc], path: str | os.PathLike[str], *, span_group: str = "gold"
+    docs: Iterable[Doc],
+    path: str | os.PathLike[str],
+    *,
+    span_group: str = "gold",
+    overwrite: bool = False,
 ) -> int:
     """Write ``id.txt`` + ``id.ann`` per document (spans of ``span_group``); returns the count.
 
@@ -311,60 +320,61 @@ def write_standoff(
     store (a label or attribute value with whitespace, a note with a line break, an id
     outside ``path``, two documents with one id) raises :class:`DataError` instead of writing
     a file that reads back differently.
+
+    ``path`` may already hold documents: those written again are replaced. Any other ``.txt``
+    or ``.ann`` there would be read back with the new ones, so a folder holding such files is
+    refused (a :class:`DataError` naming it and one of them) unless ``overwrite=True``, which
+    removes them; other files (brat's ``annotation.conf``, notes) are never touched. The files
+    are written to a hidden temporary folder inside ``path`` and moved in once every document
+    is written: a refusal or an error on any document leaves ``path`` as it was.
     """
     root = Path(path)
+    if root.exists() and not root.is_dir():
+        raise DataError("not a directory", path=str(root))
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    count = 0
+    # what a write killed before its cleanup left (SIGKILL, power loss); the reader skips it
+    for leftover in root.glob(f"{_STAGE}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    before = folder_files(root, (".txt", ".ann"))
+    stage = root / f"{_STAGE}{os.getpid()}"
+    stage.mkdir()
+    try:
+        written = _write_docs(docs, stage, root, span_group)
+        stale = [name for name in before if name[:-4] not in written]
+        if stale and not overwrite:
+            raise DataError(
+                f"holds {len(stale)} .txt/.ann file(s) of documents not written now, e.g. "
+                f"{stale[0]}, which would be read back with them: pass overwrite=True to "
+                "remove them (other files stay), or write into another folder",
+                path=str(root),
+            )
+        _move_in(stage, root)
+        for name in stale:
+            _remove(root, name)
+    except BaseException:
+        if created:  # nothing of it existed: leave nothing
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return len(written)
+
+
+# the temporary folder's name: hidden, so a reader of the folder never sees half a write
+_STAGE = ".tmp-write_standoff-"
+
+
+def _write_docs(docs: Iterable[Doc], stage: Path, root: Path, span_group: str) -> set[str]:
+    """Each document's files under ``stage``; the file stems written (errors name ``root``)."""
     written: set[str] = set()
-    for doc in docs:
+    for count, doc in enumerate(docs):
         name = _file_stem(doc.id, count, root)
         if name in written:  # its files would replace the earlier document's
             raise DataError(f"document #{count}: duplicate id {doc.id!r}", path=str(root))
         written.add(name)
-        txt = root / f"{name}.txt"
-        lines: list[str] = []
-        spans = doc.spans.get(span_group, [])
-        used = {s.id for s in spans if s.id}
-        unique = len(used) == len(spans) and all(s.id and s.id[:1] == "T" for s in spans)
-        n_attr = n_norm = n_note = 0
-        for i, span in enumerate(spans, start=1):
-            ident = span.id if unique else f"T{i}"
-            where = (doc.id, ident, root)
-            _check_writable(span.label, "label", *where)
-            frags = span.attributes.get("fragments") or [[span.start, span.end]]
-            offsets = ";".join(f"{s} {e}" for s, e in frags)
-            surface = " ".join(doc.text[s:e] for s, e in frags).replace("\n", " ")
-            lines.append(f"{ident}\t{span.label} {offsets}\t{surface}")
-            for name, value in span.attributes.items():
-                if name in ("fragments", "norm_name") or value is None or value is False:
-                    continue
-                if name == "norm":
-                    names = str(span.attributes.get("norm_name", "")).split("|")
-                    for j, ref in enumerate(str(value).split("|")):
-                        n_norm += 1
-                        _check_writable(ref, "norm", *where)
-                        tail = ""
-                        if "norm_name" in span.attributes:
-                            tail = "\t" + _check_writable(
-                                names[j], "norm_name", *where, spaces=True
-                            )
-                        lines.append(f"N{n_norm}\tReference {ident} {ref}{tail}")
-                elif name == "note":
-                    n_note += 1
-                    _check_writable(str(value), "note", *where, spaces=True, tabs=True)
-                    lines.append(f"#{n_note}\tAnnotatorNotes {ident}\t{value}")
-                else:
-                    n_attr += 1
-                    _check_writable(name, "attribute name", *where)
-                    tail = ""
-                    if value is not True:
-                        text = _fmt_attr_value(value)
-                        tail = " " + _check_writable(text, f"attribute {name!r} value", *where)
-                    lines.append(f"A{n_attr}\t{name} {ident}{tail}")
-        # relations and events refer to the entities read, by id: they stay true only for
-        # those entities under their ids (not for predictions written from another group)
-        if span_group == "gold" and unique:
-            lines.extend(doc.meta.get("standoff_lines", []))
+        lines = _ann_lines(doc, span_group, root)
+        txt = stage / f"{name}.txt"
         try:
             txt.parent.mkdir(parents=True, exist_ok=True)
             txt.write_text(doc.text, encoding="utf-8", newline="")
@@ -375,8 +385,81 @@ def write_standoff(
             raise DataError(
                 f"document id {doc.id!r}: cannot write its files ({e.strerror})", path=str(root)
             ) from None
-        count += 1
-    return count
+    return written
+
+
+def _ann_lines(doc: Doc, span_group: str, root: Path) -> list[str]:
+    """The ``.ann`` lines of one document (see :func:`write_standoff`)."""
+    lines: list[str] = []
+    spans = doc.spans.get(span_group, [])
+    used = {s.id for s in spans if s.id}
+    unique = len(used) == len(spans) and all(s.id and s.id[:1] == "T" for s in spans)
+    n_attr = n_norm = n_note = 0
+    for i, span in enumerate(spans, start=1):
+        ident = span.id if unique else f"T{i}"
+        where = (doc.id, ident, root)
+        _check_writable(span.label, "label", *where)
+        frags = span.attributes.get("fragments") or [[span.start, span.end]]
+        offsets = ";".join(f"{s} {e}" for s, e in frags)
+        surface = " ".join(doc.text[s:e] for s, e in frags).replace("\n", " ")
+        lines.append(f"{ident}\t{span.label} {offsets}\t{surface}")
+        for name, value in span.attributes.items():
+            if name in ("fragments", "norm_name") or value is None or value is False:
+                continue
+            if name == "norm":
+                names = str(span.attributes.get("norm_name", "")).split("|")
+                for j, ref in enumerate(str(value).split("|")):
+                    n_norm += 1
+                    _check_writable(ref, "norm", *where)
+                    tail = ""
+                    if "norm_name" in span.attributes:
+                        tail = "\t" + _check_writable(names[j], "norm_name", *where, spaces=True)
+                    lines.append(f"N{n_norm}\tReference {ident} {ref}{tail}")
+            elif name == "note":
+                n_note += 1
+                _check_writable(str(value), "note", *where, spaces=True, tabs=True)
+                lines.append(f"#{n_note}\tAnnotatorNotes {ident}\t{value}")
+            else:
+                n_attr += 1
+                _check_writable(name, "attribute name", *where)
+                tail = ""
+                if value is not True:
+                    text = _fmt_attr_value(value)
+                    tail = " " + _check_writable(text, f"attribute {name!r} value", *where)
+                lines.append(f"A{n_attr}\t{name} {ident}{tail}")
+    # relations and events refer to the entities read, by id: they stay true only for
+    # those entities under their ids (not for predictions written from another group)
+    if span_group == "gold" and unique:
+        lines.extend(doc.meta.get("standoff_lines", []))
+    return lines
+
+
+def _move_in(stage: Path, root: Path) -> None:
+    """Every file under ``stage`` to the same relative path under ``root`` (replacing it)."""
+    for folder, _dirs, names in os.walk(stage):
+        rel = Path(folder).relative_to(stage)
+        for name in names:
+            target = root / rel / name
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(Path(folder) / name, target)
+            except OSError as e:  # a folder where the file goes, say
+                raise DataError(
+                    f"cannot write {rel / name} ({e.strerror})", path=str(root)
+                ) from None
+
+
+def _remove(root: Path, name: str) -> None:
+    """Remove ``root/name``, then the folders that held nothing else (up to ``root``)."""
+    path = root / name
+    path.unlink(missing_ok=True)
+    for parent in path.parents:
+        if parent == root:
+            break
+        try:
+            parent.rmdir()
+        except OSError:  # not empty: other files live there
+            break
 
 
 def _file_stem(doc_id: str | None, count: int, root: Path) -> str:

@@ -34,7 +34,8 @@ from typing import Any
 
 from .batching import DatasetSize, SplitCount, StatSize, parse_size
 from .engine import STATE_VERSION, Cursor, StreamIterator
-from .errors import StreamError
+from .errors import StreamChangedWarning, StreamError
+from .fingerprint import function_changes, function_name, source_changes
 from .sources import ListSource, Source
 from .stages import (
     INDEXED,
@@ -242,28 +243,45 @@ class Stream:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON-able position after the last element handed out by the latest iteration
-        (the loaded or initial position when not iterated yet)."""
-        if self._last is not None:
-            return self._last.state_dict()
-        if self._start is not None:
-            return dict(self._start)
-        return Cursor(self.stages, self._signature(), None).state_dict()
+        (the loaded or initial position when not iterated yet), with what identifies the data
+        and functions it means something for (``"source"``: the files' names, sizes and edge
+        hashes, for a file source; ``"functions"``: the names of the map/filter/apply
+        functions). The ``"source"`` value is shared between states: do not modify it."""
+        if self._last is None:
+            return Cursor(self.stages, self._signature(), self._start, self.source).state_dict()
+        return self._last.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(
+        self, state: dict[str, Any], *, on_change: Callable[[str], None] | None = None
+    ) -> None:
         """Start the next iteration where the stream that saved ``state`` stopped.
 
         The stream must be built the same way (same source size, transforms, sizes, seeds);
         a mismatch raises ``StreamError`` rather than silently yielding other batches.
+        Changed files (same count) or map/filter/apply functions under another name are
+        legitimate (a fixed annotation, a fixed preprocessing bug) but move what the position
+        stands for: each is told in one line, through ``on_change`` if given, else as a
+        :class:`StreamChangedWarning`. A state saved before these were recorded resumes
+        without a word.
         """
         expected = self._signature()
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise StreamError(f"not a stream state (version {STATE_VERSION}): {state!r:.200}")
+        changes = function_changes(state.get("functions"), self._functions())
+        if "source" in state:  # only then: reading every file's edges is not free
+            changes = source_changes(state["source"], self.source.fingerprint()) + changes
         if state.get("chain") != expected["chain"] or state.get("items") != expected["items"]:
+            detail = "".join(f"; {line}" for line in changes)
             raise StreamError(
                 "state was saved from a stream built differently: saved "
                 f"{state.get('items')} items, {state.get('chain')}; this stream has "
-                f"{expected['items']} items, {expected['chain']}"
+                f"{expected['items']} items, {expected['chain']}{detail}"
             )
+        for line in changes:
+            if on_change is not None:
+                on_change(line)
+            else:
+                warnings.warn(line, StreamChangedWarning, stacklevel=2)
         self._start = dict(state)
         self._last = None
 
@@ -271,7 +289,13 @@ class Stream:
         # prefetch and shard do not move batch boundaries: a state saved by any rank, with or
         # without prefetch, resumes the same global sequence (also under another world size)
         chain = [describe(s) for s in self.stages if not isinstance(s, Prefetch | Shard)]
-        return {"items": len(self.source), "chain": chain}
+        functions = [name for _, name in self._functions()]
+        return {"items": len(self.source), "chain": chain, "functions": functions}
+
+    def _functions(self) -> list[tuple[str, str]]:
+        """(kind, ``module.qualname``) of each map, filter and apply, in chain order."""
+        kinds = {Map: "map", Filter: "filter", Apply: "apply"}
+        return [(kinds[type(s)], function_name(s.fn)) for s in self.stages if type(s) in kinds]
 
     def __repr__(self) -> str:
         chain = ".".join(describe(s) for s in self.stages)

@@ -8,7 +8,7 @@ One JSON object per optimizer step, written before the next step starts::
      "grad_norm": "0x1.0a3d70a000000p-1",        # before clipping, exact
      "lr": {"default": "0x1.89374bc6a7efap-9"},  # per optimizer group, exact
      "spike": false, "skipped": false,
-     "streams": {"main": {"position": {...},     # stream.state_dict() before this batch
+     "streams": {"main": {"position": {...},     # stream position before this batch
                           "doc_ids": ["d12", "d3"], "sub_batches": 2}},
      "batch": "9f0c...",                         # fingerprint of doc ids + collated tensors
      "params": "41ab..."}                        # after the step; every record_params_interval

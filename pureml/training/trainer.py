@@ -41,6 +41,7 @@ from ..core.state import CheckpointError, TrainState, fingerprint, load_state, s
 from ..nlp.doc import Doc
 from ..registry import loggers as logger_registry
 from ..stream import Stream
+from ..stream.engine import position_of
 from ..stream.errors import StreamError
 from . import checkpoint as ckpt
 from .best import BEST_DIR, BestMetricError, BestScore, docs_key
@@ -761,7 +762,7 @@ class Trainer:
         ids: list[str] = []
         per_stream: dict[str, int] = {}
         for name, it in iterators.items():
-            position = it.state_dict()
+            position = position_of(it.state_dict())  # the files' fingerprint is a checkpoint's
             sub_items = next(it)
             stream_ids = [item["id"] for sub in sub_items for item in sub]
             record[name] = {
@@ -1099,13 +1100,23 @@ class Trainer:
                 raise RunDirError(f"{e} (checkpoint {resume_from}): {START_OVER}") from None
             saved = ckpt.read_meta(resume_from)["streams"]
             for name, td, _pipes in feeds:
+                where = self._stream_path(name, td)
+                changes: list[str] = []
                 try:
-                    streams[name].load_state_dict(saved[name])
+                    streams[name].load_state_dict(saved[name], on_change=changes.append)
                 except StreamError as e:
                     raise RunDirError(
-                        f"{self._stream_path(name, td)}: the training data changed since "
+                        f"{where}: the training data changed since "
                         f"checkpoint {resume_from} ({e}): {START_OVER}"
                     ) from None
+                # not an error: resuming after fixing a file or a preprocessing bug is fair
+                for line in changes:
+                    self.message(f"warning: {where} changed since {Path(resume_from).name}: {line}")
+                if changes:
+                    self.message(
+                        f"warning: {where}: resuming at the saved data position anyway, which "
+                        f"may now stand for other documents; {START_OVER}"
+                    )
             self._sync_module(state)
         from ..distributed import RankTrace, any_rank, check_same_everywhere
 

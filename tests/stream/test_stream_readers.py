@@ -308,3 +308,67 @@ def test_annotator_note_after_a_space_is_kept(tmp_path):
     # brat puts a tab before the note; with a space the note was read as '' and lost
     (doc,) = _one_doc(tmp_path, "#1\tAnnotatorNotes T1 brand name\n")
     assert doc.spans["gold"][0].attributes == {"note": "brand name"}
+
+
+def _snapshot(folder):
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def test_write_standoff_replaces_the_documents_it_writes_again(tmp_path):
+    write_standoff([Doc("first text", id="a"), Doc("b", id="sub/b")], tmp_path)
+    assert write_standoff([Doc("second text", id="a"), Doc("b", id="sub/b")], tmp_path) == 2
+    assert [(d.id, d.text) for d in read_standoff(tmp_path)] == [
+        ("a", "second text"),
+        ("sub/b", "b"),
+    ]
+    assert sorted(_snapshot(tmp_path)) == ["a.ann", "a.txt", "sub/b.ann", "sub/b.txt"]
+
+
+def test_write_standoff_refuses_a_folder_with_other_documents_and_touches_nothing(tmp_path):
+    from pureml.stream import DataError
+
+    write_standoff([Doc("old a", id="a"), Doc("old b", id="b"), Doc("c", id="sub/c")], tmp_path)
+    (tmp_path / "annotation.conf").write_text("[entities]\nDisease\n")
+    before = _snapshot(tmp_path)
+    with pytest.raises(DataError) as e:
+        write_standoff([Doc("new a", id="a")], tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path}: holds 4 .txt/.ann file(s) of documents not written now, e.g. b.ann, which "
+        "would be read back with them: pass overwrite=True to remove them (other files stay), "
+        "or write into another folder"
+    )
+    assert _snapshot(tmp_path) == before  # not even "a", and no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ann", "a.txt", "annotation.conf",
+                                                          "b.ann", "b.txt", "sub"]  # fmt: skip
+    # overwrite=True: the folder reads back as what was written; other files stay
+    assert write_standoff([Doc("new a", id="a")], tmp_path, overwrite=True) == 1
+    assert [(d.id, d.text) for d in read_standoff(tmp_path)] == [("a", "new a")]
+    assert sorted(_snapshot(tmp_path)) == ["a.ann", "a.txt", "annotation.conf"]
+    assert not (tmp_path / "sub").exists()  # emptied by removing c: removed too
+
+
+def test_write_standoff_error_on_a_later_document_writes_nothing(tmp_path):
+    from pureml.stream import DataError
+
+    docs = [Doc("ok", id="ok"), Doc("bad", id="bad", spans={"gold": [Span(0, 3, "Two words")]})]
+    with pytest.raises(DataError, match="label 'Two words'"):
+        write_standoff(docs, tmp_path / "new" / "out")
+    assert not (tmp_path / "new" / "out").exists()  # created for the write: gone again
+    write_standoff([Doc("kept", id="ok")], tmp_path / "old")
+    before = _snapshot(tmp_path / "old")
+    with pytest.raises(DataError, match="label 'Two words'"):
+        write_standoff(docs, tmp_path / "old")
+    assert _snapshot(tmp_path / "old") == before
+
+
+def test_write_standoff_removes_what_a_killed_write_left_and_refuses_a_file(tmp_path):
+    from pureml.stream import DataError
+
+    (tmp_path / ".tmp-write_standoff-99999").mkdir()  # a write killed before its cleanup
+    (tmp_path / ".tmp-write_standoff-99999" / "x.txt").write_text("half")
+    write_standoff([Doc("a", id="a")], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ann", "a.txt"]
+    with pytest.raises(DataError, match=r"a\.txt: not a directory$"):
+        write_standoff([Doc("a", id="a")], tmp_path / "a.txt")

@@ -299,3 +299,73 @@ def test_resume_with_another_validation_interval_drops_the_stopped_runs_later_va
         "step-000003.json",
         "step-000008.json",
     ]
+
+
+def _same_doc(doc):
+    return doc
+
+
+def _same_doc_too(doc):
+    return doc
+
+
+def test_resume_names_changed_files_and_functions_and_old_checkpoints_say_nothing(tmp_path, capsys):
+    """Same number of documents, so the position still fits: an edited file or another map
+    function is a warning per change, naming the stream's key path; a checkpoint from before
+    these were recorded resumes as it always did."""
+    import shutil
+
+    from pureml import TrainingData, train
+    from pureml.nlp.synthetic import write_corpus
+    from pureml.stream import read_standoff
+    from pureml.training.checkpoint import MANIFEST, META, _sha256
+
+    from .tiny_recipes import tiny_pipeline
+
+    corpus = write_corpus(tmp_path / "corpus", seed=0, splits={"train": 16})["train"]
+
+    def go(fn, out):
+        data = TrainingData(read_standoff(corpus).map(fn), batch_size="200 words", name="ner")
+        capsys.readouterr()
+        train(tiny_pipeline(), data, max_steps=4, checkpoint_interval=2, compile=False,
+              logger=["json"], save_model=False, output_dir=out)  # fmt: skip
+        return capsys.readouterr().err
+
+    def stopped_after_step_2(name):
+        out = tmp_path / name
+        shutil.copytree(tmp_path / "ref", out)
+        shutil.rmtree(out / "checkpoints" / "step-000004")
+        return out
+
+    go(_same_doc, tmp_path / "ref")
+    reference = (tmp_path / "ref" / "steps.jsonl").read_text()
+    assert '"source"' not in reference  # records keep positions only, whatever the file count
+
+    old = stopped_after_step_2("old")
+    folder = old / "checkpoints" / "step-000002"
+    meta = json.loads((folder / META).read_text())
+    for key in ("source", "functions"):
+        del meta["streams"]["ner"][key]
+    (folder / META).write_text(json.dumps(meta))
+    manifest = json.loads((folder / MANIFEST).read_text())
+    (folder / MANIFEST).write_text(json.dumps({**manifest, META: _sha256(folder / META)}))
+    err = go(_same_doc, old)
+    assert "resuming from" in err and "warning" not in err
+    assert (old / "steps.jsonl").read_text() == reference
+
+    edited = stopped_after_step_2("edited")
+    txt = corpus / "note-0003.txt"
+    size = txt.stat().st_size
+    txt.write_text(txt.read_text() + " Seen.")
+    err = go(_same_doc_too, edited)
+    where = "warning: train_data.ner changed since step-000002: "
+    assert [line for line in err.splitlines() if line.startswith("warning")] == [
+        f"{where}file note-0003.txt changed size ({size} -> {size + 6} bytes)",
+        f"{where}map function was {__name__}._same_doc, now {__name__}._same_doc_too",
+        "warning: train_data.ner: resuming at the saved data position anyway, which may now "
+        "stand for other documents; pass --restart (restart=True) to start over there, or "
+        "choose another train.output_dir",
+    ]
+    # later checkpoints record the data as resumed: resuming from them says nothing again
+    meta = json.loads((edited / "checkpoints" / "step-000004" / META).read_text())
+    assert meta["streams"]["ner"]["source"]["files"]["note-0003.txt"][0] == size + 6
