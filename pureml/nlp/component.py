@@ -79,6 +79,11 @@ class Component(torch.nn.Module):
     def post_init(self, docs: Iterable[Doc]) -> None:
         """Inspect training docs to infer labels; default: nothing to infer."""
 
+    def plan_shapes(self, words: int | None) -> None:
+        """Told before training the most words a training (sub-)batch normally holds (``None``:
+        batches are not budgeted in words); a component may pad its shapes up to it, so that
+        torch.compile builds one graph for all of them. Default: nothing to plan."""
+
     def preprocess(self, doc: Doc, supervision: bool = False) -> dict[str, Any]:
         raise NotImplementedError
 

@@ -271,13 +271,16 @@ class _Chain:
         return levels
 
 
-def _pad_to_power_of_two(emissions, mask, first):
-    """Positions appended (masked: identities) up to the next power of two, so that the depth
-    of the tree depends only on the power of two: under torch.compile a dynamic length guards on
-    a range (``256 < K <= 512``), not on K itself, and all lengths of one octave share one
+def _pad_to_power_of_two(emissions, mask, first, at_least: int = 2):
+    """Positions appended (masked: identities) up to the next power of two, and to ``at_least``
+    positions at least, so that the depth of the tree depends only on the power of two: under
+    torch.compile a dynamic length guards on a range (``256 < K <= 512``, or ``K <= at_least``),
+    not on K itself, and all lengths of one octave (or all up to ``at_least``) share one
     graph."""
     bsz, count, n = emissions.shape
     size = 2  # a tree has two leaves at least
+    while size < at_least:
+        size *= 2
     while size < count:
         size *= 2
     pad = size - count
@@ -313,12 +316,15 @@ def log_partition(
     start: torch.Tensor,
     end: torch.Tensor,
     first: torch.Tensor | None = None,
+    tree_size: int = 2,
 ) -> torch.Tensor:
     """log Z of each sequence: ``[B, L, T]`` emissions, ``[B, L]`` bool mask -> ``[B]``.
 
     Sequences with no unmasked position get 0. Masked positions are skipped wherever they are.
     ``first`` (``[B, L]`` bool) marks where further sequences start inside a row (sequences
     packed end to end): each row's result is then the sum of its sequences' log Z.
+    ``tree_size``: the product tree spans at least this many positions (padded with
+    identities), so that under torch.compile every length up to it shares one graph.
 
     The gradient is exact to first order only: it is made of the marginals (forward-backward)
     rather than by differentiating the product tree, so a second derivative through it is 0.
@@ -355,7 +361,7 @@ def log_partition(
         cols = (e[:, 1:], mask[:, 1:], first[:, 1:])
         before, after = a0.unsqueeze(1), en.expand(bsz, 1, n)
         if length > 2:
-            inner = _pad_to_power_of_two(e[:, 1:-1], mask[:, 1:-1], first[:, 1:-1])
+            inner = _pad_to_power_of_two(e[:, 1:-1], mask[:, 1:-1], first[:, 1:-1], tree_size)
             levels = chain.tree_levels(*inner)
             top = tuple(t[:, 0] for t in levels[-1])
             alpha, beta0 = _vec_scaled(a0, top), _scaled_vec(top, after_tree)
@@ -443,13 +449,15 @@ def packed_log_likelihood(
     transitions: torch.Tensor,
     start: torch.Tensor,
     end: torch.Tensor,
+    tree_size: int = 2,
 ) -> torch.Tensor:
     """The summed log p(tags | emissions) of sequences packed end to end: ``[N, T]`` emissions,
     ``[N]`` tags, ``[N]`` bool ``first`` (True where a sequence starts; ``first[0]`` must be).
 
     One tree over the N real positions instead of B rows padded to the longest: for batches of
     documents of mixed lengths most of the padded work goes, and the tree's size depends on the
-    batch's word count only (one compiled graph per octave of N).
+    batch's word count only (one compiled graph per octave of N, and one for every N up to
+    ``tree_size``: see :func:`log_partition`).
 
     >>> e = torch.zeros(3, 2, dtype=torch.float64)
     >>> z = torch.zeros(2, 2, dtype=torch.float64)
@@ -463,7 +471,9 @@ def packed_log_likelihood(
     score = score + (transitions[tags[:-1], tags[1:]] * ~first[1:]).sum()
     score = score + (start[tags] * first).sum() + (end[tags] * last).sum()
     ones = torch.ones_like(first).unsqueeze(0)
-    logz = log_partition(emissions.unsqueeze(0), ones, transitions, start, end, first.unsqueeze(0))
+    logz = log_partition(
+        emissions.unsqueeze(0), ones, transitions, start, end, first.unsqueeze(0), tree_size
+    )
     return score - logz[0]
 
 

@@ -58,6 +58,8 @@ class NerCrf(Component):
         self.span_setter = span_setter
         self.p = dropout
         self._warned: set[str] = set()
+        # the CRF's product tree spans at least this many words (``plan_shapes``)
+        self.tree_size = 2
         self._built_for: tuple[int, tuple[str, ...]] | None = None
 
     def config(self) -> dict[str, Any]:
@@ -176,6 +178,13 @@ class NerCrf(Component):
             out["tags"] = crf.bioul_encode(kept, n)
         return out
 
+    def plan_shapes(self, words: int | None) -> None:
+        # The tree pads to the next power of two anyway, one compiled graph per octave of a
+        # batch's word total; sized from the budget, sub-batches of 300 and 700 words share one.
+        # The padding multiplies by identities: log Z is bitwise the same, the gradient's sums
+        # over positions round differently in float64 (1e-13 relative), a function of the recipe.
+        self.tree_size = 2 if words is None else max(2, words)
+
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -212,7 +221,7 @@ class NerCrf(Component):
             words = emb["embeddings"][batch["rows"], batch["cols"]]  # [N, D], real words only
             emissions = self.emit(ctx.dropout(words, self.p, self.name))
             ll = crf.packed_log_likelihood(
-                emissions, batch["tags"], batch["cols"] == 0, trans, start, end
+                emissions, batch["tags"], batch["cols"] == 0, trans, start, end, self.tree_size
             )
             support = ctx.stats[self.stat("words")].clamp(min=1)
             return {"loss": -ll / support, "emissions": emissions}

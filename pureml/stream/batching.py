@@ -100,6 +100,33 @@ def parse_size(
     return parsed
 
 
+def sub_batch_words(
+    batch_size: str | int | Size, sub_batch_size: str | int | Size | None = None, parts: int = 1
+) -> int | None:
+    """The most words a training sub-batch normally holds, from its stream's sizes: ``parts``
+    ranks share each batch, and each share is split by ``sub_batch_size``. ``None`` where the
+    batch budget is not in words. Parts balanced by words miss an even share by up to a
+    document: twice the even share leaves room for that. An item over the budget (a batch of
+    its own) is not counted.
+
+    >>> sub_batch_words("2000 words"), sub_batch_words("2000 words", "4 splits")
+    (2000, 1000)
+    >>> sub_batch_words("2000 words", "300 words", parts=2), sub_batch_words(32)
+    (300, None)
+    """
+    batch = parse_size(batch_size)
+    if not (isinstance(batch, StatSize) and batch.stat == "words"):
+        return None
+    sub = parse_size(
+        sub_batch_size if sub_batch_size is not None else "1 splits", allow_splits=True
+    )
+    count = parts * (sub.count if isinstance(sub, SplitCount) else 1)
+    words = batch.amount if count == 1 else min(batch.amount, -(-2 * batch.amount // count))
+    if isinstance(sub, StatSize) and sub.stat == "words":
+        words = min(words, sub.amount)
+    return words
+
+
 def stats_of(item: Any) -> Mapping[str, int]:
     """The stats of an item: ``item["stats"]`` for a preprocessed dict; for a Doc
     ``{"docs": 1, "words": len(doc.words), "spans": len(doc.spans["gold"])}``.

@@ -754,6 +754,21 @@ class Trainer:
             stream = stream.prefetch(max(2, self.num_workers))
         return stream
 
+    def _plan_shapes(self, comps: list[str], feeds) -> None:
+        """Tell each component of the phase the most words its training sub-batches hold (the
+        largest over the streams feeding it; None when one is not budgeted in words)."""
+        from ..stream.batching import sub_batch_words
+
+        parts = self.world.world_size if self.world.is_distributed else 1
+        for comp in comps:
+            bounds = [
+                sub_batch_words(td.batch_size, td.sub_batch_size, parts)
+                for _, td, pipes in feeds
+                if comp in pipes
+            ]
+            known = bool(bounds) and None not in bounds
+            self.nlp.get_pipe(comp).plan_shapes(max(bounds) if known else None)
+
     def _draw(self, iterators: dict[str, Any]) -> tuple[list[dict], dict[str, dict], list[str]]:
         """One batch from each stream: collated sub-batches with global stats (on the host),
         and the record."""
@@ -1088,6 +1103,7 @@ class Trainer:
         return self.nlp
 
     def _run_phase(self, phase_idx, comps, feeds, first_step, resume_from, interrupts, loss_scale):
+        self._plan_shapes(comps, feeds)
         step_fn, state = self._phase_state(phase_idx, comps, loss_scale)
         streams = {
             name: self._training_stream(phase_idx, name, td, pipes) for name, td, pipes in feeds

@@ -185,6 +185,24 @@ def test_a_compiled_run_says_why_its_first_step_and_a_recompile_take_long(tmp_pa
     assert "torch.compile built 1 more graph" in err, err
 
 
+def test_the_crf_tree_is_sized_from_the_word_budget_so_one_graph_serves(tmp_path, capsys):
+    # "150 words" batches of these documents hold 83 to 148 words: two octaves of the CRF's
+    # tree, one more graph (a minute with inductor) unless the tree is padded to the budget.
+    docs = make_corpus(24, seed=2)
+    run = {**RUN, "max_steps": 8, "compile": True, "compile_backend": "aot_eager"}
+    nlp = _nlp()
+    train(nlp, TrainingData(docs, "150 words", shuffle=False), output_dir=tmp_path, **run)
+    assert nlp.get_pipe("ner").tree_size == 150
+    assert "more graph" not in capsys.readouterr().err
+    nlp = _nlp()
+    split = TrainingData(docs, "600 words", sub_batch_size="4 splits")
+    train(nlp, split, output_dir=tmp_path / "split", **RUN)
+    assert nlp.get_pipe("ner").tree_size == 300  # twice an even share: room for one document
+    nlp = _nlp()
+    train(nlp, TrainingData(docs, 4), output_dir=tmp_path / "docs", **RUN)
+    assert nlp.get_pipe("ner").tree_size == 2  # a budget in documents bounds no word total
+
+
 def test_restart_true_starts_over_as_the_refusal_says(tmp_path, capsys):
     # the refusal says "pass --restart (restart=True)", but train() took no restart keyword
     docs = make_corpus(8, seed=2)
