@@ -1,11 +1,14 @@
 """JSON lines: one document per line.
 
 Each line is an object ``{"text": str, "id"?: str, "spans"?: [...], "meta"?: {...}}`` where a
-span is ``{"start": int, "end": int, "label": str, "attributes"?: {...}, "id"?: str}``. Spans
-go in ``doc.spans["gold"]``. A document without ``"id"`` (or with ``null``) gets
-``"<file stem>:<line>"``.
+span is ``{"start": int, "end": int, "label": str, "attributes"?: {...}, "id"?: str,
+"text"?: str}`` (character offsets into ``text``, end excluded; a span's ``"text"``, when
+given, must equal ``text[start:end]``). Spans go in ``doc.spans["gold"]``. A document without
+``"id"`` (or with ``null``) gets ``"<file stem>:<line>"``; other keys are ignored.
 Blank lines are skipped; anything else that is not such an object (or a text with a lone
-UTF-16 surrogate, ``"\\ud83d"`` without its pair) raises :class:`DataError` naming ``file:line``.
+UTF-16 surrogate, ``"\\ud83d"`` without its pair) raises :class:`DataError` naming ``file:line``,
+as does a line of EDS-NLP's schemas (``"note_text"``, or ``"entities"`` without ``"spans"``),
+whose entities would otherwise be lost: the message names the keys to rename.
 
 >>> import tempfile, pathlib
 >>> p = pathlib.Path(tempfile.mkdtemp()) / "docs.jsonl"
@@ -31,9 +34,16 @@ from .sources import Source, folder_files
 from .standoff import read_text
 from .stream import Stream
 
+# what an EDS-NLP export (its "omop" and "standoff" JSON schemas) has to be renamed to
+_SCHEMA_HINT = (
+    'pureml reads {"id", "text", "spans": [{"start", "end", "label", "attributes"}]} '
+    "(README: Data formats); rename the keys"
+)
 
-def parse_doc(obj: Any, *, path: str, line: int, default_id: str) -> Doc:
-    """A Doc from one decoded JSON line (validated)."""
+
+def parse_doc(obj: Any, *, path: str, line: int, default_id: str, annotations: bool = True) -> Doc:
+    """A Doc from one decoded JSON line (validated); ``annotations=False`` leaves out (and does
+    not look at) its ``"spans"``."""
 
     def fail(msg: str) -> DataError:
         return DataError(msg, path=path, line=line)
@@ -41,6 +51,8 @@ def parse_doc(obj: Any, *, path: str, line: int, default_id: str) -> Doc:
     if not isinstance(obj, dict):
         raise fail(f"expected a JSON object, got {type(obj).__name__}")
     text = obj.get("text")
+    if text is None and "note_text" in obj:
+        raise fail(f'missing "text": "note_text" is EDS-NLP\'s OMOP schema; {_SCHEMA_HINT}')
     if not isinstance(text, str):
         raise fail('missing "text" (a string)' if text is None else '"text" must be a string')
     if (at := lone_surrogate(text)) is not None:
@@ -54,7 +66,10 @@ def parse_doc(obj: Any, *, path: str, line: int, default_id: str) -> Doc:
         doc_id = default_id
     elif not isinstance(doc_id, str):
         doc_id = str(doc_id)
-    raw_spans = obj.get("spans", [])
+    if annotations and "entities" in obj and "spans" not in obj:
+        # read as a document without entities, a training set would silently teach nothing
+        raise fail(f'"entities" is not read (EDS-NLP\'s schema?); {_SCHEMA_HINT}')
+    raw_spans = obj.get("spans", []) if annotations else []
     if not isinstance(raw_spans, list):
         raise fail('"spans" must be a list')
     spans = []
@@ -94,11 +109,15 @@ class JsonlSource(Source):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], default_attributes: dict[str, Any] | None = None
+        self,
+        path: str | os.PathLike[str],
+        default_attributes: dict[str, Any] | None = None,
+        annotations: bool = True,
     ) -> None:
         super().__init__()
         root = Path(path)
         self._defaults = check_default_attributes(default_attributes)
+        self._annotations = annotations
         self.name = f"jsonl:{root}"
         if root.is_dir():
             self._base, self._names = root, folder_files(root, ".jsonl")
@@ -137,21 +156,30 @@ class JsonlSource(Source):
             raise DataError(
                 f"invalid JSON: {e.msg} (column {e.colno})", path=file, line=lineno
             ) from None
-        doc = parse_doc(obj, path=file, line=lineno, default_id=f"{self._stems[file]}:{lineno}")
+        doc = parse_doc(
+            obj,
+            path=file,
+            line=lineno,
+            default_id=f"{self._stems[file]}:{lineno}",
+            annotations=self._annotations,
+        )
         return fill_attributes(doc, self._defaults)
 
 
 @readers.register("jsonl")
 def read_jsonl(
-    path: str | os.PathLike[str], default_attributes: dict[str, Any] | None = None
+    path: str | os.PathLike[str],
+    default_attributes: dict[str, Any] | None = None,
+    annotations: bool = True,
 ) -> Stream:
     """A stream of the documents of a JSON lines file (or folder of them); spans in "gold".
 
     A folder is read with its sub-folders, without hidden files and folders
     (``.ipynb_checkpoints/``). ``default_attributes`` gives each span the attributes it lacks,
-    as :func:`read_standoff`'s does.
+    as :func:`read_standoff`'s does. ``annotations=False`` reads the texts alone (``"spans"``
+    neither read nor checked), as ``pureml predict`` does.
     """
-    return Stream(JsonlSource(path, default_attributes))
+    return Stream(JsonlSource(path, default_attributes, annotations))
 
 
 def doc_to_json(doc: Doc, span_group: str = "gold") -> dict[str, Any]:

@@ -18,7 +18,10 @@ What is read from ``.ann`` (one annotation per line, tab separated):
   :func:`write_standoff`, so nothing is dropped silently.
 
 Any other line, bad offsets, a text field that differs from the text, or a reference to an
-unknown entity raises :class:`DataError` naming ``file:line``.
+unknown entity raises :class:`DataError` naming ``file:line``. A ``.txt`` without its ``.ann``
+is a document without entities, with one warning per folder naming the first few (an
+annotator's forgotten export, more often than not); ``annotations=False`` reads the ``.txt``
+files alone, without opening any ``.ann``.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -201,13 +205,13 @@ def _check_links(line: str, known: set[str], where: tuple[str, int]) -> None:
             )
 
 
-def read_standoff_doc(txt_path: Path, doc_id: str) -> Doc:
-    """One document from ``name.txt`` and, when present, ``name.ann``."""
+def read_standoff_doc(txt_path: Path, doc_id: str, annotations: bool = True) -> Doc:
+    """One document from ``name.txt`` and, when present (and ``annotations``), ``name.ann``."""
     text = read_text(txt_path)
     ann_path = txt_path.with_suffix(".ann")
     spans: list[Span] = []
     meta: dict[str, Any] = {}
-    if ann_path.exists():
+    if annotations and ann_path.exists():
         spans, kept = parse_ann(read_text(ann_path), text, str(ann_path))
         if kept:
             meta["standoff_lines"] = kept
@@ -219,11 +223,15 @@ class StandoffSource(Source):
     one on demand."""
 
     def __init__(
-        self, path: str | os.PathLike[str], default_attributes: dict[str, Any] | None = None
+        self,
+        path: str | os.PathLike[str],
+        default_attributes: dict[str, Any] | None = None,
+        annotations: bool = True,
     ) -> None:
         super().__init__()
         root = Path(path)
         self._defaults = check_default_attributes(default_attributes)
+        self._annotations = annotations
         self.name = f"standoff:{root}"
         if not root.is_dir():
             raise DataError("not a directory", path=str(root))
@@ -241,6 +249,16 @@ class StandoffSource(Source):
                 f"{len(orphans)} .ann file(s) without a .txt, e.g. {orphans[0]}.ann",
                 path=str(root),
             )
+        missing = sorted(set(txts) - set(anns)) if annotations else []
+        if missing:
+            # training and evaluation data: most often an annotator's forgotten export, which
+            # would train (or score) as a note without any entity
+            names = ", ".join(f"{m}.txt" for m in missing[:3]) + (", ..." if missing[3:] else "")
+            warnings.warn(
+                f"{root}: {len(missing)} .txt file(s) have no .ann (treated as documents "
+                f"without entities): {names}",
+                stacklevel=2,
+            )
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -254,13 +272,16 @@ class StandoffSource(Source):
     def _load(self, index: int) -> Doc:
         doc_id = self._ids[index]
         return fill_attributes(
-            read_standoff_doc(self._root / f"{doc_id}.txt", doc_id), self._defaults
+            read_standoff_doc(self._root / f"{doc_id}.txt", doc_id, self._annotations),
+            self._defaults,
         )
 
 
 @readers.register("standoff")
 def read_standoff(
-    path: str | os.PathLike[str], default_attributes: dict[str, Any] | None = None
+    path: str | os.PathLike[str],
+    default_attributes: dict[str, Any] | None = None,
+    annotations: bool = True,
 ) -> Stream:
     """A stream of the documents of a brat folder; ids are file stems; entities in "gold".
 
@@ -271,19 +292,30 @@ def read_standoff(
     attribute (``A1<TAB>Negation T1``) only on the entities where it holds, so without
     ``{"Negation": False}`` a span classifier never sees the other value. In a recipe:
     ``data = { factory = "standoff", path = "data/train", default_attributes = { Negation = false } }``.
+
+    A ``.txt`` without its ``.ann`` is read as a document without entities, with a warning
+    (once, naming the first few): in training data it is most often a missing export.
+    ``annotations=False`` reads the texts alone (no ``.ann`` is opened, so none can stop the
+    reading, and none is missed): what ``pureml predict`` does, its pipeline predicting from
+    the text.
     """
-    return Stream(StandoffSource(path, default_attributes))
+    return Stream(StandoffSource(path, default_attributes, annotations))
 
 
 def _fmt_attr_value(value: Any) -> str:
     return str(value)
 
 
+# Every character ``str.splitlines`` ends a line at: brat reads an .ann line by line with
+# Python's codecs, which split there (as do most readers of a text file), not at "\n" alone.
+LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+
+
 def _unwritable(value: str, *, spaces: bool = False, tabs: bool = False) -> str | None:
     """Why ``value`` cannot be one brat field (``None`` when it can): fields are separated by
     spaces (unless ``spaces``) and tabs (unless ``tabs``: a note runs to the end of its line),
     and an annotation is one line."""
-    if any(c in value for c in "\n\r"):
+    if any(c in LINE_BREAKS for c in value):
         return "contains a line break"
     if not spaces and (not value or any(c.isspace() for c in value)):
         return "is empty or contains whitespace"
@@ -303,6 +335,34 @@ def _check_writable(value: str, what: str, doc_id: str, ident: str, root: Path, 
     return value
 
 
+def _line_fragments(text: str, fragments: list[list[int]]) -> list[tuple[int, int]]:
+    """``fragments`` split where the text has line breaks, as brat splits a mention drawn across
+    lines: an .ann annotation is one line, and its text field must equal the fragments' text
+    joined by spaces. The whitespace beside each break is left out (brat trims it too); the
+    span's own first start and last end are kept, so that it reads back with its offsets.
+
+    >>> _line_fragments("a cardiologie\\r\\nECG b", [[2, 18]])
+    [(2, 13), (15, 18)]
+    """
+    out: list[tuple[int, int]] = []
+    for start, end in fragments:
+        pos = start
+        for k in range(start, end + 1):
+            if k < end and text[k] not in LINE_BREAKS:
+                continue
+            a, b = pos, k
+            if a > start:  # after a break: no leading whitespace
+                while a < b and text[a].isspace():
+                    a += 1
+            if b < end:  # before a break: no trailing whitespace
+                while b > a and text[b - 1].isspace():
+                    b -= 1
+            if a < b or (a == start and b == end):  # an empty span stays one empty fragment
+                out.append((a, b))
+            pos = k + 1
+    return out
+
+
 def write_standoff(
     docs: Iterable[Doc],
     path: str | os.PathLike[str],
@@ -316,10 +376,14 @@ def write_standoff(
     reader kept are written back with the ``gold`` group under its own ids (they refer to those
     entities), never with another group's spans; attributes are written back as the reader reads
     them (``norm`` as N lines, ``note`` as ``#`` lines, ``fragments`` as discontinuous offsets,
-    other values as A lines; ``False``/``None`` attributes are left out). What brat cannot
-    store (a label or attribute value with whitespace, a note with a line break, an id
-    outside ``path``, two documents with one id) raises :class:`DataError` instead of writing
-    a file that reads back differently.
+    other values as A lines; ``False``/``None`` attributes are left out). A span across a line
+    break is written as brat writes one, in fragments split at the break (the text field of an
+    annotation is on its line: ``T1<TAB>Exam 25 36;38 49<TAB>cardiologie ECG du foie`` for a
+    span 25-49 over ``"cardiologie\\r\\nECG du foie"``); it reads back with its start and end,
+    and those fragments as ``attributes["fragments"]``. What brat cannot store (a label or
+    attribute value with whitespace, a note with a line break, an id outside ``path``, two
+    documents with one id) raises :class:`DataError` instead of writing a file that reads back
+    differently.
 
     ``path`` may already hold documents: those written again are replaced. Any other ``.txt``
     or ``.ann`` there would be read back with the new ones, so a folder holding such files is
@@ -399,9 +463,17 @@ def _ann_lines(doc: Doc, span_group: str, root: Path) -> list[str]:
         ident = span.id if unique else f"T{i}"
         where = (doc.id, ident, root)
         _check_writable(span.label, "label", *where)
-        frags = span.attributes.get("fragments") or [[span.start, span.end]]
+        frags = _line_fragments(
+            doc.text, span.attributes.get("fragments") or [[span.start, span.end]]
+        )
+        if not frags:
+            raise DataError(
+                f"document {doc.id!r}, span {ident}: its text {doc.text[span.start : span.end]!r}"
+                " is line breaks and whitespace only; brat standoff cannot store it",
+                path=str(root),
+            )
         offsets = ";".join(f"{s} {e}" for s, e in frags)
-        surface = " ".join(doc.text[s:e] for s, e in frags).replace("\n", " ")
+        surface = " ".join(doc.text[s:e] for s, e in frags)
         lines.append(f"{ident}\t{span.label} {offsets}\t{surface}")
         for name, value in span.attributes.items():
             if name in ("fragments", "norm_name") or value is None or value is False:

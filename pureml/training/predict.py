@@ -2,14 +2,16 @@
 
 The usual next step after training on a clinical corpus is pre-annotating the rest of it for
 review in brat, or exporting the entities for analysis. The input is read as ``pureml evaluate``
-reads it (a brat folder, plain ``.txt`` files without ``.ann``, or JSON lines); its own
-annotations are dropped before prediction, so the output holds the pipeline's spans only.
+reads it (a brat folder, plain ``.txt`` files without ``.ann``, or JSON lines), but without its
+annotations where the pipeline predicts from the text alone: the output holds the pipeline's
+spans only, and a malformed ``.ann`` of the input cannot stop a run that would not use it.
 
 >>> n = predict("artifacts/model-last", "notes/", "notes-predicted/")   # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from pathlib import Path
@@ -116,7 +118,9 @@ def predict(
     renamed into place at the end (an interrupted run leaves the previous output, if any). An
     existing ``output`` is replaced only with ``overwrite=True`` (a folder only if it holds
     nothing but ``.txt`` and ``.ann`` files); one that overlaps ``data`` or ``model`` is refused.
-    ``reader_options`` go to the reader (as :func:`pureml.training.evaluate.evaluate`'s).
+    ``reader_options`` go to the reader (as :func:`pureml.training.evaluate.evaluate`'s); a
+    pipeline with an NER head has the input read with ``annotations=False`` where the reader
+    takes it (standoff, jsonl) and the options do not say otherwise: its spans are not used.
     ``batch_size`` counts words or documents: the input's spans are dropped before batching.
     Returns ``{"docs", "spans", "words_per_s", "classified_input"}``.
     """
@@ -132,7 +136,13 @@ def predict(
     nlp = model if isinstance(model, Pipeline) else load(model)
     groups, keep_input = output_groups(nlp)
     name = reader_for(data, reader)
-    docs = registry.readers.get(name)(str(data), **check_reader_options(name, reader_options))
+    options = check_reader_options(name, reader_options)
+    read = registry.readers.get(name)
+    if not keep_input and "annotations" in inspect.signature(read).parameters:
+        # the spans would be dropped below: not reading them spares a run stopped by an .ann
+        # it does not need, and the standoff reader's warning about .txt files without one
+        options.setdefault("annotations", False)
+    docs = read(str(data), **options)
     if not keep_input:  # predict from the text alone; nothing of the input leaks through
         docs = docs.map(lambda d: Doc(d.text, id=d.id, meta=d.meta))
     totals = {"docs": 0, "spans": 0, "words": 0}
@@ -152,22 +162,25 @@ def predict(
     # folder's temporaries write_atomic_dir removes itself
     for stale in output.parent.glob(f".{output.name}.tmp-*"):
         stale.unlink(missing_ok=True)
-    try:
-        if is_jsonl(output):
-            tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-            try:
-                write_jsonl(annotated(), tmp, span_group=OUTPUT_GROUP)
-                os.replace(tmp, output)
-            finally:
-                tmp.unlink(missing_ok=True)
-        else:
-            write_atomic_dir(
-                output,
-                lambda tmp: write_standoff(annotated(), tmp, span_group=OUTPUT_GROUP),
-                manifest=False,
-            )
-    except DataError as e:  # named after the temporary folder it was writing
-        raise DataError(e.message, path=str(output), line=e.line) from None
+
+    def write_folder(tmp: Path) -> None:
+        try:
+            write_standoff(annotated(), tmp, span_group=OUTPUT_GROUP)
+        except DataError as e:
+            if e.path != str(tmp):  # the input's (read as the output is written): as it is
+                raise
+            # the writer names the temporary folder it was writing: name the output instead
+            raise DataError(e.message, path=str(output), line=e.line) from None
+
+    if is_jsonl(output):
+        tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+        try:
+            write_jsonl(annotated(), tmp, span_group=OUTPUT_GROUP)
+            os.replace(tmp, output)
+        finally:
+            tmp.unlink(missing_ok=True)
+    else:
+        write_atomic_dir(output, write_folder, manifest=False)
     elapsed = time.perf_counter() - start
     return {
         "docs": totals["docs"],

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from pureml.cli import main
-from pureml.nlp import Doc, load
+from pureml.nlp import Doc, Span, load
 from pureml.stream import read_jsonl, read_standoff
 
 
@@ -178,3 +178,81 @@ def test_predict_removes_what_a_killed_predict_left(model, corpus, tmp_path):
     (stale / "a.txt").write_text("half")
     assert _predict(model, corpus / "dev", tmp_path / "pred").exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]
+
+
+def test_predict_names_the_input_file_of_an_error_and_reads_no_annotation_it_drops(
+    model, corpus, tmp_path, recwarn
+):
+    # QA: errors of the input were blamed on the output ("error: predbad:1: T1 text 'foo'
+    # ..."), and a malformed .ann stopped a run that drops the input's annotations anyway
+    bad = tmp_path / "bad"
+    shutil.copytree(corpus / "dev", bad)
+    ann = sorted(bad.glob("*.ann"))
+    ann[0].write_text("T1\tproblem 0 3\tfoo\n", encoding="utf-8")
+    ann[1].write_text(ann[1].read_text(encoding="utf-8") + "A99\tstatus T77 negated\n")
+    ann[2].unlink()  # a note without its .ann: no warning, predict reads texts alone
+    result = _predict(model, bad, tmp_path / "pred")
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert not [w for w in recwarn if ".ann" in str(w.message)]
+    assert _predict(model, corpus / "dev", tmp_path / "clean").exit_code == 0
+    assert _spans(read_standoff(tmp_path / "pred"), "gold") == _spans(
+        read_standoff(tmp_path / "clean"), "gold"
+    )
+    # reading them, asked for: the input's file and line, as pureml evaluate names them
+    ann[2].write_text("")
+    result = _predict(model, bad, tmp_path / "p2", "--reader-option", "annotations=true")
+    assert result.exit_code == 2
+    text = ann[0].with_suffix(".txt").read_text(encoding="utf-8")
+    assert result.stderr == (
+        f"error: {ann[0]}:1: T1 text 'foo' does not match the text at 0 3: {text[:3]!r}\n"
+    )
+    assert not (tmp_path / "p2").exists()
+    ann[0].write_text("")
+    result = _predict(model, bad, tmp_path / "p2.jsonl", "--reader-option", "annotations=true")
+    line = len(ann[1].read_text().splitlines())
+    assert result.stderr == f"error: {ann[1]}:{line}: A99 refers to unknown entity T77\n"
+    # a .txt that is not UTF-8 stops it, naming that file
+    txt = sorted(bad.glob("*.txt"))[3]
+    txt.write_bytes("fièvre".encode("latin-1"))
+    result = _predict(model, bad, tmp_path / "p3")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {txt}: not valid UTF-8 (byte 2: b'\\xe8'); convert the file to UTF-8\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "clean", "pred"]
+    # what the writer refuses names the output (not the temporary folder it was writing)
+    (tmp_path / "ids.jsonl").write_text('{"id": "a//b", "text": "Chest pain."}\n')
+    result = _predict(model, tmp_path / "ids.jsonl", tmp_path / "p4")
+    assert result.stderr == (
+        f"error: {tmp_path / 'p4'}: document id 'a//b' is not a file path that reads back as "
+        "this id\n"
+    )
+
+
+def test_predict_writes_an_entity_across_a_crlf_as_brat_does(model, tmp_path, monkeypatch):
+    # QA: "T1\tExamen 25 65\tcardiologie\r électrocardiogramme du foie" broke the .ann line in
+    # two for brat and for any reader of lines; brat splits such a mention at the line break
+    from pureml.nlp.pipeline import Pipeline
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    text = "COMPTE RENDU\r\nService de cardiologie\r\nélectrocardiogramme du foie.\r\n"
+    (notes / "crlf_001.txt").write_bytes(text.encode())
+    start, end = text.index("cardiologie"), text.index(".")
+    real = Pipeline.pipe
+
+    def pipe(self, docs, **kwargs):  # the model predicts the entity across the line break
+        for doc in real(self, docs, **kwargs):
+            doc.spans["ents"] = [Span(start, end, "Examen")]
+            yield doc
+
+    monkeypatch.setattr(Pipeline, "pipe", pipe)
+    assert (start, end) == (25, 65)
+    result = _predict(model, notes, tmp_path / "pred")
+    assert result.exit_code == 0, result.output
+    ann = (tmp_path / "pred" / "crlf_001.ann").read_bytes().decode("utf-8")
+    assert ann == "T1\tExamen 25 36;38 65\tcardiologie électrocardiogramme du foie\n"
+    assert (tmp_path / "pred" / "crlf_001.txt").read_bytes() == text.encode()
+    (doc,) = read_standoff(tmp_path / "pred")
+    assert [(s.start, s.end, s.label) for s in doc.spans["gold"]] == [(25, 65, "Examen")]

@@ -162,6 +162,7 @@ def test_documents_without_words_are_an_error_not_a_hang(tmp_path, corpus):
     folder.mkdir()
     for i in range(3):
         (folder / f"empty-{i}.txt").write_text("")
+        (folder / f"empty-{i}.ann").write_text("")  # annotated: none (else a warning too)
     recipe = write(
         KILL, tmp_path, corpus, **{DATA: f'data = {{ factory = "standoff", path = "{folder}" }}'}
     )

@@ -62,8 +62,11 @@ def test_offsets_computed_without_the_txt_bom_get_a_hint(tmp_path):
 
 def test_non_utf8_names_the_file(tmp_path):
     (tmp_path / "bad.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    (tmp_path / "bad.ann").write_text("")
     with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8 \(byte 3"):
         list(read_standoff(tmp_path))
+    with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8 \(byte 3"):  # texts alone
+        list(read_standoff(tmp_path, annotations=False))
     (tmp_path / "bad.jsonl").write_bytes(b'{"text": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"bad\.jsonl: not valid UTF-8"):
         read_jsonl(tmp_path / "bad.jsonl")
@@ -101,6 +104,51 @@ def test_empty_directory(tmp_path):
 def test_bad_json_lines_name_file_and_line(tmp_path, line, message):
     (tmp_path / "c.jsonl").write_text('{"text": "fine"}\n' + line + "\n")
     with pytest.raises(DataError, match=message):
+        list(read_jsonl(tmp_path / "c.jsonl"))
+
+
+_SCHEMA = (
+    'pureml reads {"id", "text", "spans": [{"start", "end", "label", "attributes"}]} '
+    "(README: Data formats); rename the keys"
+)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        # EDS-NLP's OMOP schema (and the QA's export, its entities with start/end/label)
+        (
+            '{"note_id": "n1", "note_text": "Pas de fièvre.", "entities": '
+            '[{"start": 7, "end": 13, "label": "Pathologie", "negation": true}]}',
+            f'c.jsonl:2: missing "text": "note_text" is EDS-NLP\'s OMOP schema; {_SCHEMA}',
+        ),
+        # EDS-NLP's standoff schema: read, its entities were silently lost
+        (
+            '{"doc_id": "n1", "text": "Pas de fièvre.", "entities": '
+            '[{"label": "Pathologie", "fragments": [{"begin": 7, "end": 13}]}]}',
+            f'c.jsonl:2: "entities" is not read (EDS-NLP\'s schema?); {_SCHEMA}',
+        ),
+    ],
+)
+def test_eds_nlp_json_lines_name_the_keys_pureml_reads(tmp_path, line, message):
+    (tmp_path / "c.jsonl").write_text('{"text": "fine"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        list(read_jsonl(tmp_path / "c.jsonl"))
+    assert str(info.value) == f"{tmp_path}/{message}"
+
+
+def test_jsonl_without_annotations_reads_texts_alone(tmp_path):
+    # what predict reads: spans it would drop neither read nor checked
+    (tmp_path / "c.jsonl").write_text(
+        '{"id": "a", "text": "ab", "spans": [{"start": 0, "end": 5, "label": "X"}]}\n'
+        '{"id": "b", "text": "cd", "entities": [], "meta": {"k": 1}}\n'
+    )
+    docs = list(read_jsonl(tmp_path / "c.jsonl", annotations=False))
+    assert [(d.id, d.text, d.spans["gold"], d.meta) for d in docs] == [
+        ("a", "ab", [], {}),
+        ("b", "cd", [], {"k": 1}),
+    ]
+    with pytest.raises(DataError, match=r"c\.jsonl:1: span #0: offsets 0-5 are outside"):
         list(read_jsonl(tmp_path / "c.jsonl"))
 
 
@@ -179,6 +227,7 @@ def test_an_exception_in_map_or_filter_names_the_document(tmp_path):
 
     for name in ("a", "b"):
         (tmp_path / f"{name}.txt").write_text("Breast cancer.")
+        (tmp_path / f"{name}.ann").write_text("")
 
     def preprocess(doc):
         if doc.id == "b":

@@ -3,6 +3,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import warnings
 
 import pytest
 from stream_fixtures import NCBI_TRAIN, make_docs
@@ -86,9 +87,40 @@ def test_standoff_txt_without_ann_and_nested_ids(tmp_path):
     (tmp_path / "a" / "b").mkdir(parents=True)
     (tmp_path / "a" / "b" / "n.txt").write_text("No annotations here.")
     (tmp_path / "a" / "m.txt").write_text("Nor here.")
-    docs = list(read_standoff(tmp_path))
+    with pytest.warns(UserWarning, match="have no .ann"):
+        docs = list(read_standoff(tmp_path))
     assert [d.id for d in docs] == ["a/b/n", "a/m"]
     assert all(d.spans["gold"] == [] for d in docs)
+
+
+def test_a_txt_without_its_ann_is_flagged_unless_annotations_are_not_read(tmp_path):
+    # an annotator's forgotten export trained as a note without entities, silently (QA)
+    for name in ("a", "b", "c", "d", "e"):
+        (tmp_path / f"{name}.txt").write_text("Breast cancer.")
+    for name in ("a", "e"):
+        (tmp_path / f"{name}.ann").write_text("T1\tDisease 0 6\tBreast\n")
+    with pytest.warns(UserWarning) as record:
+        read_standoff(tmp_path)
+    assert [str(w.message) for w in record] == [
+        f"{tmp_path}: 3 .txt file(s) have no .ann (treated as documents without entities): "
+        "b.txt, c.txt, d.txt"
+    ]
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.warns(
+        UserWarning, match=r": 4 \.txt file\(s\) .*: b\.txt, c\.txt, d\.txt, \.\.\.$"
+    ):
+        read_standoff(tmp_path)
+    # texts alone (what predict reads): nothing is missing, no .ann is opened, even a bad one
+    (tmp_path / "e.ann").write_text("T1\tDisease 0 6\tWrong\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        docs = list(read_standoff(tmp_path, annotations=False))
+    assert [(d.id, d.spans["gold"]) for d in docs] == [(n, []) for n in "abcdef"]
+    for name in "bcdf":
+        (tmp_path / f"{name}.ann").write_text("")  # an empty .ann: a note without entities
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_standoff(tmp_path)
 
 
 def test_hidden_files_and_folders_are_not_documents(tmp_path):
@@ -204,6 +236,11 @@ def test_write_standoff_refuses_two_documents_with_one_id(tmp_path):
         (Span(0, 6, "Disease", {"type": "Specific Disease"}), r"attribute 'type' value"),
         (Span(0, 6, "Disease", {"has type": True}), r"attribute name 'has type'"),
         (Span(0, 6, "Disease", {"note": "line one\nline two"}), r"note 'line one\\nline two'"),
+        # where str.splitlines() ends a line too, as brat's reader (Python's codecs) does
+        (Span(0, 6, "Disease", {"note": "one\u2028two"}), r"note 'one\\u2028two' contains a line"),
+        (Span(0, 6, "Disease", {"norm": "D1", "norm_name": "a\x85b"}), r"norm_name 'a\\x85b' con"),
+        (Span(0, 6, "Dis\x0cease"), r"label 'Dis\\x0cease' contains a line break"),
+        (Span(6, 7, "Disease"), r"its text '\\r' is line breaks and whitespace only"),
         (Span(0, 6, "Disease", {"norm": "MeSH: D1"}), r"norm 'MeSH: D1'"),
         (Span(0, 6, "Disease", {"norm": "D1", "norm_name": "a\tb"}), r"norm_name 'a\\tb'"),
     ],
@@ -213,9 +250,35 @@ def test_write_standoff_refuses_what_brat_cannot_read_back(tmp_path, span, messa
     # give a file that read_standoff (and brat) reject or misread
     from pureml.stream import DataError
 
-    doc = Doc("Breast cancer.", id="d", spans={"gold": [span]})
+    doc = Doc("Breast\rcancer.", id="d", spans={"gold": [span]})
     with pytest.raises(DataError, match=r"document 'd', span T1: " + message):
         write_standoff([doc], tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\n", "\r", "\u2028", "\x85", "\x0c", "\n\n"])
+def test_a_span_across_a_line_break_is_written_in_fragments_as_brat_does(tmp_path, newline):
+    # the writer replaced "\n" only: "cardiologie\r électrocardiogramme" broke the line in two
+    # for brat and any reader of lines (QA: CRLF notes); brat itself splits such a mention in
+    # fragments at the break, its text field their texts joined by a space
+    text = f"COMPTE RENDU{newline}Service de cardiologie {newline}électrocardiogramme du foie."
+    start, end = text.index("cardiologie"), text.index(".")
+    doc = Doc(text, id="n", spans={"gold": [Span(0, 6, "X"), Span(start, end, "Examen")]})
+    write_standoff([doc], tmp_path / "out")
+    cut = text.index(newline, start)
+    assert (tmp_path / "out" / "n.ann").read_bytes().decode() == (
+        f"T1\tX 0 6\tCOMPTE\nT2\tExamen {start} {start + 11};{cut + len(newline)} {end}\t"
+        "cardiologie électrocardiogramme du foie\n"
+    )
+    assert (tmp_path / "out" / "n.txt").read_bytes() == text.encode()
+    (again,) = read_standoff(tmp_path / "out")
+    assert again.text == text
+    exam = again.spans["gold"][1]
+    assert (exam.start, exam.end, exam.label) == (start, end, "Examen")
+    assert exam.attributes == {"fragments": [[start, start + 11], [cut + len(newline), end]]}
+    # written again as read: the same file
+    write_standoff([again], tmp_path / "again")
+    assert (tmp_path / "again" / "n.ann").read_bytes() == (tmp_path / "out" / "n.ann").read_bytes()
 
 
 def test_write_standoff_keeps_spaces_and_tabs_where_brat_can(tmp_path):

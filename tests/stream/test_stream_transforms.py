@@ -267,7 +267,9 @@ def test_each_file_is_parsed_once_per_run(corpus_dir, monkeypatch):
 
     calls = []
     real = standoff.read_standoff_doc
-    monkeypatch.setattr(standoff, "read_standoff_doc", lambda p, i: calls.append(i) or real(p, i))
+    monkeypatch.setattr(
+        standoff, "read_standoff_doc", lambda p, i, *a: calls.append(i) or real(p, i, *a)
+    )
     data = read_standoff(corpus_dir)
     first = list(data)  # e.g. the trainer's post_init pass
     s = data.shuffle(seed=0).loop().batch("300 words").prefetch(2)  # same source: shared parse
