@@ -147,6 +147,16 @@ class NerCrf(Component):
                         "training; its spans are treated as outside any entity",
                     )
                     continue
+                frags = span.attributes.get("fragments")
+                if isinstance(frags, list) and len(frags) > 1:  # brat's "Label 0 7;19 29"
+                    parts = " … ".join(repr(doc.text[a:b]) for a, b in frags)
+                    self._warn_once(
+                        "discontinuous",
+                        f"{self.name}: gold span {parts} (doc {doc.id!r}) is discontinuous; "
+                        "the CRF tags contiguous entities, so it is trained as the whole "
+                        f"stretch {doc.text[span.start : span.end]!r} (warned for the first "
+                        "such span only)",
+                    )
                 first, last = doc.word_range(span)
                 if first < last:
                     spans.append((first, last, index[span.label]))

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import inspect
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 from .. import registry
-from .scorer import Scorer
+from .scorer import Scorer, warn_unscorable
 
 
 def reader_for(data: Path, reader: str | None) -> str:
@@ -78,7 +77,7 @@ def evaluate(
     kwargs.update(check_reader_options(name, reader_options))
     nlp = load(model)
     docs = list(read(str(data), **kwargs))
-    _warn_unscorable(nlp, docs)
+    warn_unscorable(nlp, docs, stacklevel=3)
     return Scorer(**scorer_kwargs)(nlp, docs)
 
 
@@ -102,52 +101,6 @@ def check_reader_options(name: str, options: dict[str, Any] | None) -> dict[str,
     except RecipeError as e:
         raise ValueError(f"reader option {e}") from None
     return dict(options or {})
-
-
-def _warn_attribute_values(name: str, comp: Any, docs: list[Any]) -> None:
-    """A span classifier's attributes as the gold spans hold them: none at all, or a value
-    the model predicts that no gold span has while some spans have none (brat's binary flags
-    read without the --default-attribute training had: every such prediction counts wrong)."""
-    from ..nlp.span_pooler import get_spans
-
-    spans = [s for d in docs for s in get_spans(d, comp.span_getter)]
-    for attr, values in (comp.attributes or {}).items():
-        gold = [s.attributes.get(attr) for s in spans]
-        present = {v for v in gold if v is not None}
-        missing = [v for v in values if v not in present]
-        if spans and not present:
-            warnings.warn(
-                f"{name}: no gold span has a value for {attr!r}: nothing of it is scored "
-                f"(--default-attribute {attr}=VALUE, if training gave one)",
-                stacklevel=4,
-            )
-        elif missing and len(present) < len(gold):
-            warnings.warn(
-                f"{name}: {len(gold) - sum(v is not None for v in gold)} gold span(s) have no "
-                f"{attr!r} and none has {missing[0]!r}, which the model predicts: if training "
-                f"gave it by default, pass --default-attribute {attr}={missing[0]}",
-                stacklevel=4,
-            )
-
-
-def _warn_unscorable(nlp: Any, docs: list[Any]) -> None:
-    """Warn where the documents hold what a component predicts otherwise than in training:
-    NER labels none of which the model knows, span attributes without their values."""
-    for name in nlp.pipe_names:
-        comp = nlp.get_pipe(name)
-        if isinstance(getattr(comp, "attributes", None), dict):
-            _warn_attribute_values(name, comp, docs)
-        labels, group = getattr(comp, "labels", None), getattr(comp, "target_group", None)
-        if not isinstance(labels, list) or not isinstance(group, str):
-            continue
-        gold = {s.label for d in docs for s in d.spans.get(group, [])}
-        if gold and not gold & set(labels):
-            warnings.warn(
-                f"{name}: none of the gold labels ({', '.join(sorted(gold))}) is one the model "
-                f"predicts ({', '.join(labels)}): every {name} score is 0. Read the data as in "
-                "training (--reader, --reader-option)",
-                stacklevel=3,
-            )
 
 
 def format_scores(scores: dict[str, Any]) -> str:

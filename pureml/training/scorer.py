@@ -24,6 +24,7 @@ import contextlib
 import inspect
 import json
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -102,6 +103,7 @@ def span_attribute_scores(
     *,
     gold_group: str = "gold",
     pred_group: str = "gold",
+    span_labels: Mapping[str, Iterable[str]] | None = None,
 ) -> dict[str, Any]:
     """Per attribute, per value P/R/F1 of span attributes, and micro over the values.
 
@@ -109,13 +111,17 @@ def span_attribute_scores(
     attribute, a (span, value) pair is an item, so a wrong value counts as one false positive
     (the predicted value) and one false negative (the gold value). A gold span without a value
     for the attribute (not annotated: None, as in the loss) is not scored: what is predicted for
-    it counts neither way.
+    it counts neither way. ``span_labels`` (``{attribute: [labels]}``, as the span classifier
+    takes it) scores an attribute on the gold and predicted spans of those labels only.
     """
     out: dict[str, Any] = {}
     for attr in attributes:
         gold, pred, unannotated = set(), set(), set()
+        only = set((span_labels or {}).get(attr, ())) or None
         for i, (g, p) in enumerate(zip(gold_docs, pred_docs, strict=True)):
             for span in _spans(g, gold_group):
+                if only is not None and span.label not in only:
+                    continue
                 value = span.attributes.get(attr)
                 key = (i, span.start, span.end, span.label)
                 if value is None:
@@ -123,6 +129,8 @@ def span_attribute_scores(
                 else:
                     gold.add((*key, str(value)))
             for span in _spans(p, pred_group):
+                if only is not None and span.label not in only:
+                    continue
                 value = span.attributes.get(attr)
                 key = (i, span.start, span.end, span.label)
                 if value is not None and key not in unannotated:
@@ -247,6 +255,103 @@ def accepts_world(scorer: Callable[..., Any]) -> bool:
         inspect.Parameter.POSITIONAL_OR_KEYWORD,
         inspect.Parameter.KEYWORD_ONLY,
     )
+
+
+# --- data the model cannot be scored on fairly ---------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` as a recipe writes it (``false``, ``"no"``, ``3``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def _attribute_problems(name: str, comp: Any, docs: Sequence[Doc], training: bool) -> list[str]:
+    """What is wrong with the gold values of a span classifier's attributes in ``docs``: none
+    at all; a value the model predicts that no gold span has while some have none (brat's
+    binary flags read without the default training had: every such prediction counts wrong);
+    a value the model never learnt (another default than training's: every such span is a
+    miss). Values compare as ``str``, as the scores do."""
+    from ..nlp.span_pooler import get_spans
+
+    span_labels = getattr(comp, "span_labels", None) or {}
+    spans_word = "validation span(s)" if training else "gold span(s)"
+    problems = []
+    for attr, values in (comp.attributes or {}).items():
+        only = span_labels.get(attr)
+        gold = [
+            s.attributes.get(attr)
+            for d in docs
+            for s in get_spans(d, comp.span_getter)
+            if only is None or s.label in only
+        ]
+        present = {str(v): v for v in gold if v is not None}
+        n_none = len(gold) - sum(v is not None for v in gold)
+        missing = [v for v in values if str(v) not in present]
+        unknown = [v for k, v in present.items() if k not in {str(x) for x in values}]
+        if training:  # the fix is in the recipe
+            value = missing[0] if missing else "VALUE"
+            fix = (
+                "give the validation reader the default_attributes of the training reader "
+                f"(default_attributes = {{ {attr} = {_toml_value(value)} }}?)"
+            )
+        else:
+            fix = f"if training gave it by default, pass --default-attribute {attr}="
+            fix += str(missing[0]) if missing else "VALUE"
+        if gold and not present:
+            problems.append(
+                f"{name}: no {spans_word} has a value for {attr!r}: nothing of it is scored ({fix})"
+            )
+            continue
+        if missing and n_none:
+            problems.append(
+                f"{name}: {n_none} {spans_word} have no {attr!r} and none has "
+                f"{missing[0]!r}, which the model predicts: {fix}"
+            )
+        if unknown:
+            count = sum(str(v) == str(unknown[0]) for v in gold)
+            problems.append(
+                f"{name}: {count} {spans_word} have {attr} = {unknown[0]!r}, a value the model "
+                f"never learnt (it predicts {', '.join(map(repr, values))}): each counts as a "
+                "miss; read the data as training did ("
+                + (
+                    "the validation reader's default_attributes?)"
+                    if training
+                    else "--default-attribute?)"
+                )
+            )
+    return problems
+
+
+def warn_unscorable(
+    nlp: Any, docs: Sequence[Doc], *, training: bool = False, stacklevel: int = 2
+) -> None:
+    """Warn where ``docs`` hold what a component predicts otherwise than in training: NER
+    labels none of which the model knows, span attribute values missing or never learnt.
+    ``pureml evaluate`` calls it on the documents it scores, the trainer on the validation
+    documents (``training=True``: the fix is then in the recipe, not a flag)."""
+    docs = list(docs)
+    for name in nlp.pipe_names:
+        comp = nlp.get_pipe(name)
+        problems = []
+        if isinstance(getattr(comp, "attributes", None), dict):
+            problems = _attribute_problems(name, comp, docs, training)
+        labels, group = getattr(comp, "labels", None), getattr(comp, "target_group", None)
+        if isinstance(labels, list) and isinstance(group, str):
+            gold = {s.label for d in docs for s in d.spans.get(group, [])}
+            if gold and not gold & set(labels):
+                problems.append(
+                    f"{name}: none of the gold labels ({', '.join(sorted(gold))}) is one the "
+                    f"model predicts ({', '.join(labels)}): every {name} score is 0. Read the "
+                    + (
+                        "validation data as the training data (val_data's reader and options)"
+                        if training
+                        else "data as in training (--reader, --reader-option)"
+                    )
+                )
+        for message in problems:
+            warnings.warn(message, stacklevel=stacklevel)
 
 
 # --- the default scorer ------------------------------------------------------------------------
@@ -409,8 +514,12 @@ class Scorer:
                     preds = self._predict(
                         nlp, inputs, enable, world, {g: attributes for g in scored}
                     )
+                    # an attribute restricted to some span labels is scored on those only
+                    only = getattr(comp, "span_labels", None) or None
                     per_group = [
-                        span_attribute_scores(docs, preds, attributes, gold_group=g, pred_group=g)
+                        span_attribute_scores(
+                            docs, preds, attributes, gold_group=g, pred_group=g, span_labels=only
+                        )
                         for g in scored
                     ]
                     scores[key] = per_group[0] if len(scored) == 1 else dict(zip(scored, per_group))

@@ -47,7 +47,7 @@ from . import checkpoint as ckpt
 from .best import BEST_DIR, BestMetricError, BestScore, docs_key
 from .loggers import BaseLogger, ProgressLogger
 from .records import StepRecorder, batch_fingerprint, params_fingerprint, step_record
-from .scorer import Scorer, accepts_world
+from .scorer import Scorer, accepts_world, warn_unscorable
 
 FORMAT = "pureml.run/1"
 RUN_FILES = (
@@ -996,6 +996,9 @@ class Trainer:
         self._check_batch_stats()
         # read (and check) the validation documents before the output folder is touched
         self.val_docs = _validation_docs(self.val_data)
+        # as pureml evaluate does: validation read otherwise than training (no default_attributes)
+        # scores part of the spans, silently, and that score picks model-best
+        warn_unscorable(self.nlp, self.val_docs, training=True)
         if self.best_metric is not None and not self.val_docs:
             raise ValueError("best_metric: needs validation documents (val_data) to score")
         self.recipe_hash()

@@ -376,3 +376,23 @@ def test_ner_says_which_gold_spans_it_cannot_train_on_as_written():
     with warnings.catch_warnings():  # once per component
         warnings.simplefilter("error")
         nlp.preprocess(doc, supervision=True)
+
+
+def test_ner_says_a_discontinuous_entity_is_trained_as_its_whole_stretch(tmp_path):
+    # brat's "T1 Pathologie 0 7;19 29" read as one span over "Douleur intense et thoracique":
+    # the CRF learnt "intense et" as part of the entity, silently
+    from pureml.stream import read_standoff
+
+    (tmp_path / "a.txt").write_text("Douleur intense et thoracique.")
+    (tmp_path / "a.ann").write_text("T1\tPathologie 0 7;19 29\tDouleur thoracique\n")
+    (doc,) = read_standoff(tmp_path)
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=1), "ner": NerCrf()})
+    nlp.post_init([doc])
+    with pytest.warns(UserWarning) as record:
+        tags = nlp.preprocess(doc, supervision=True)["ner"]["tags"]
+    assert [str(w.message) for w in record] == [
+        "ner: gold span 'Douleur' … 'thoracique' (doc 'a') is discontinuous; the CRF tags "
+        "contiguous entities, so it is trained as the whole stretch 'Douleur intense et "
+        "thoracique' (warned for the first such span only)"
+    ]
+    assert sum(t != 0 for t in tags) == 4  # B I I L: the four words

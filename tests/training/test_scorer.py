@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import pytest
@@ -92,6 +93,41 @@ def test_span_attributes_per_value():
     assert s["per_value"]["affirmed"]["p"] == pytest.approx(2 / 3)
     assert s["per_value"]["affirmed"]["r"] == 1.0
     assert s["per_value"]["negated"]["r"] == 0.0
+
+
+def test_span_attributes_restricted_to_span_labels_score_those_spans_only():
+    # Certitude annotated on pathologies only: the classifier predicts it on them only, and a
+    # drug span's gold value (or a predicted one) must not count either way
+    text = "Pas de fievre. Aspirine."
+    gold = doc(text, "gold", [(7, 13, "Patho", {"c": "sure"}), (15, 23, "Drug", {"c": "sure"})])
+    pred = doc(text, "gold", [(7, 13, "Patho", {"c": "sure"}), (15, 23, "Drug", {})])
+    s = span_attribute_scores([gold], [pred], ["c"], span_labels={"c": ["Patho"]})["c"]["micro"]
+    assert (s["p"], s["r"], s["n_gold"]) == (1.0, 1.0, 1)
+    assert span_attribute_scores([gold], [pred], ["c"])["c"]["micro"]["r"] == 0.5
+    pred.spans["gold"][1].attributes["c"] = "unsure"  # predicted on a drug: not scored
+    s = span_attribute_scores([gold], [pred], ["c"], span_labels={"c": ["Patho"]})["c"]["micro"]
+    assert (s["p"], s["n_pred"]) == (1.0, 1)
+
+
+def test_the_default_scorer_scores_attributes_on_their_span_labels_only():
+    import torch
+
+    from pureml.nlp import Pipeline, ScratchEncoder, SpanClassifier
+    from pureml.nlp.synthetic import make_corpus
+    from pureml.training.scorer import Scorer
+
+    docs = make_corpus(8, seed=2)  # status on problem, test and drug spans
+    torch.manual_seed(0)
+    clf = SpanClassifier(attributes=["status"], span_labels={"status": ["problem"]})
+    nlp = Pipeline({"embedding": ScratchEncoder(width=8, depth=0), "status": clf})
+    nlp.post_init(docs)
+    for d in docs:  # a value on the other spans no prediction can match: scored, it shows
+        for span in d.spans["gold"]:
+            if span.label != "problem":
+                span.attributes["status"] = "other"
+    scores = Scorer(speed=False)(nlp, docs)["span_attributes"]["status"]
+    assert "other" not in scores["per_value"]
+    assert set(scores["per_value"]) <= {"affirmed", "negated", "family"}
 
 
 def test_scorer_batches_by_words_with_the_same_scores(inference_batches):
@@ -250,3 +286,93 @@ def test_predictions_of_each_share_merge_into_the_predictions_of_all():
             )
     with pytest.raises(RuntimeError, match="predictions for 24 of 25 validation documents"):
         merge_predictions(docs, [encode_predictions(docs[1:], groups)], groups)
+
+
+def _status_docs(edit):
+    """Synthetic notes, each gold span's status ``edit(value, label)`` (None: no value)."""
+    from pureml.nlp.synthetic import make_corpus
+
+    docs = make_corpus(8, seed=2)
+    for d in docs:
+        for span in d.spans["gold"]:
+            value = edit(span.attributes["status"], span.label)
+            if value is None:
+                del span.attributes["status"]
+            else:
+                span.attributes["status"] = value
+    return docs
+
+
+def test_validation_attributes_read_otherwise_than_training_warn_at_the_start(tmp_path):
+    # the training reader had default_attributes, the validation reader not (or another
+    # default): the attribute's F1 was computed over part of the spans and fed best_metric,
+    # silently (pureml evaluate warned; training did not)
+    from pureml import TrainingData, train
+    from pureml.nlp import Pipeline, ScratchEncoder, SpanClassifier
+
+    def run(val_docs):
+        nlp = Pipeline(
+            {
+                "embedding": ScratchEncoder(width=8, depth=0),
+                "status": SpanClassifier(attributes=["status"]),
+            }
+        )
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            train(
+                nlp,
+                TrainingData(_status_docs(lambda v, _: v)),
+                val_data=val_docs,
+                scorer=lambda nlp, docs, **kw: {},
+                output_dir=tmp_path / str(len(list(tmp_path.iterdir()))),
+                max_steps=1,
+                compile=False,
+                logger=False,
+                save_model=False,
+            )
+        return [str(w.message) for w in record if "validation span" in str(w.message)]
+
+    assert run(_status_docs(lambda v, _: v)) == []
+    assert run(_status_docs(lambda v, _: None if v == "affirmed" else v)) == [
+        "status: 27 validation span(s) have no 'status' and none has 'affirmed', which the "
+        "model predicts: give the validation reader the default_attributes of the training "
+        'reader (default_attributes = { status = "affirmed" }?)'
+    ]
+    assert run(_status_docs(lambda v, _: "no" if v == "affirmed" else v)) == [
+        "status: 27 validation span(s) have status = 'no', a value the model never learnt (it "
+        "predicts 'affirmed', 'family', 'negated'): each counts as a miss; read the data as "
+        "training did (the validation reader's default_attributes?)"
+    ]
+
+
+def test_evaluate_warns_only_about_spans_an_attribute_is_scored_on():
+    from pureml.nlp import SpanClassifier
+    from pureml.training.scorer import warn_unscorable
+
+    class _Nlp:  # what warn_unscorable reads of a pipeline
+        pipe_names = ["status"]
+
+        def __init__(self, comp):
+            self.comp = comp
+
+        def get_pipe(self, name):
+            return self.comp
+
+    clf = SpanClassifier(attributes={"status": ["affirmed", "negated"]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # every span has a value, none "negated": a small dev set, nothing to fix ("0 gold
+        # span(s) have no 'status'" was warned)
+        warn_unscorable(_Nlp(clf), _status_docs(lambda v, _: "affirmed"))
+        # the spans without a value are drugs and tests, which status is not predicted on
+        clf.span_labels = {"status": ["problem"]}
+        warn_unscorable(
+            _Nlp(clf), _status_docs(lambda v, label: "negated" if label == "problem" else None)
+        )
+    clf.span_labels = {}
+    with pytest.warns(
+        UserWarning, match=r"status: 18 gold span\(s\) have no 'status' and none has 'affirmed'"
+    ):
+        warn_unscorable(
+            _Nlp(clf), _status_docs(lambda v, label: "negated" if label == "problem" else None)
+        )
