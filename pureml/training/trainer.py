@@ -249,7 +249,11 @@ def _jsonable(tree: Any) -> Any:
         return tree.tolist()
     if isinstance(tree, float | int | str | bool) or tree is None:
         return tree
-    return repr(tree)
+    from ..optim import describe
+
+    # a component's config value (a function, an object): without the memory address its repr
+    # may hold, which would make every run a different recipe
+    return describe(tree)
 
 
 def _default_optimizer(nlp: Any, names: Sequence[str] | None, total_steps: int) -> Any:
@@ -484,6 +488,7 @@ class Trainer:
         self.resume = resume
         self.recipe = dict(recipe) if recipe is not None else None
         self._recipe_hash = recipe_hash
+        self._signature: dict[str, Any] | None = None  # from Python: what the hash is of
         self.loggers: list[BaseLogger] = []
         # before the process group (which may start CUDA): cuBLAS reads its workspace setting
         # when its first handle is created
@@ -528,7 +533,7 @@ class Trainer:
                 self.grad_max_dev,
             ],
             "loss_scales": self.loss_scales,
-            "optimizer": repr(self.optimizer) if self.optimizer is not None else None,
+            "optimizer": self._optimizer_signature(),
             # flat changes the rounding of the clipped norm: part of what a run computes
             "compile": [
                 self.compile,
@@ -537,11 +542,47 @@ class Trainer:
             ],
         }
 
+    def _optimizer_signature(self) -> Any:
+        """The optimizer as the run's identity compares it: its description (factories and
+        arguments, see :func:`pureml.optim.describe`), never its repr, which holds memory
+        addresses. A factory is named by its ``module.qualname`` and described by what it builds
+        for the first phase (that object is the one the phase then trains with)."""
+        from ..optim import describe
+
+        if self.optimizer is None:
+            return None  # the default: what it builds follows from the components
+        if hasattr(self.optimizer, "init") and hasattr(self.optimizer, "update"):
+            return describe(self.optimizer)
+        plan = getattr(self, "plan", None) or self._phase_plan()
+        return {
+            "factory": describe(self.optimizer),
+            "builds": describe(self._optimizer_for(self._phase_param_names(plan[0][0], plan))),
+        }
+
+    def _phase_param_names(self, comps: Sequence[str], plan: Sequence[Any]) -> list[str] | None:
+        """The names a phase's optimizer factory is given: its trainable parameters' (None with
+        several phases: a group selector may match another phase's parameters only)."""
+        if len(plan) != 1:
+            return None
+        prefixes = tuple(f"{c}." for c in comps)
+        return [k for k, _ in self.nlp.named_parameters() if k.startswith(prefixes)]
+
+    def _optimizer_for(self, names: list[str] | None) -> Any:
+        """The phase's optimizer, built once per set of names (the identity built it first)."""
+        built = self.__dict__.setdefault("_built_optimizers", {})
+        key = tuple(names) if names is not None else None
+        if key not in built:
+            built[key] = _make_optimizer(self.optimizer, self.nlp, names, self.max_steps)
+        return built[key]
+
     def recipe_hash(self) -> str:
         if self._recipe_hash is None:
             from .recipe import recipe_hash
 
-            self._recipe_hash = recipe_hash(self.recipe or {"python": self._run_signature()})
+            if self.recipe is None:
+                # as JSON reads it back from a checkpoint, to compare key by key on resume
+                self._signature = json.loads(json.dumps(self._run_signature(), default=repr))
+            self._recipe_hash = recipe_hash(self.recipe or {"python": self._signature})
         return self._recipe_hash
 
     def _find_resume_point(self) -> Path | None:
@@ -559,11 +600,13 @@ class Trainer:
             return None
         meta = ckpt.read_meta(path)
         if meta.get("recipe_hash") != self.recipe_hash():
-            keys = None  # unknown: train() from Python keeps no recipe to compare
-            if self.recipe is not None and isinstance(meta.get("recipe"), dict):
-                from .recipe import recipe_diff
+            from .recipe import recipe_diff
 
+            keys = None  # unknown: a checkpoint written before pureml recorded what it compares
+            if self.recipe is not None and isinstance(meta.get("recipe"), dict):
                 keys = recipe_diff(meta["recipe"], self.recipe)
+            elif self._signature is not None and isinstance(meta.get("signature"), dict):
+                keys = recipe_diff(meta["signature"], self._signature) or None
             # keys == []: only keys that older versions hashed differ (validation_interval, ...)
             if keys != []:
                 detail = ""
@@ -859,9 +902,7 @@ class Trainer:
         named = dict(self.nlp.named_parameters())
         params = {k: v.detach().clone() for k, v in named.items() if k.startswith(prefixes)}
         frozen = {k: v.detach().clone() for k, v in named.items() if not k.startswith(prefixes)}
-        # with several phases a group selector may match another phase's parameters only
-        names = list(params) if len(self.plan) == 1 else None
-        optimizer = _make_optimizer(self.optimizer, self.nlp, names, self.max_steps)
+        optimizer = self._optimizer_for(self._phase_param_names(comps, self.plan))
         step = make_step(
             self._loss_fn(),
             optimizer,
@@ -919,6 +960,8 @@ class Trainer:
             "phase_step": phase_step,
             "recipe_hash": self.recipe_hash(),
             "recipe": self.recipe,
+            # from Python, no recipe: what the hash covers, so a refusal can say what differs
+            "signature": self._signature if self.recipe is None else None,
             "world_size": self.world.world_size,
             "versions": _versions(),
             "streams": positions,
@@ -1349,6 +1392,10 @@ def train(
 
     ``optimizer`` is a ``GradientTransformation`` or a factory ``(param_names, total_steps) ->
     GradientTransformation`` (called once per phase); default: AdamW with EDS-NLP's two groups.
+    A run resumes when its optimizer is described as the checkpoint's (:func:`pureml.optim.describe`:
+    pureml's optimizers, schedules and groups by their arguments, a factory by its
+    ``module.qualname`` and what it builds, a function of your own by its ``module.qualname``
+    only: its body is not compared).
 
     Returns the trained pipeline. After Ctrl-C, writes a checkpoint and raises
     :class:`TrainingInterrupted` (a ``KeyboardInterrupt``).
