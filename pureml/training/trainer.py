@@ -20,6 +20,7 @@ same command ends bitwise equal to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import json
@@ -735,8 +736,30 @@ class Trainer:
                 for comp in self.nlp._closure(pipes):
                     docs_for.setdefault(comp, []).extend(cache[name])
         for comp, docs in docs_for.items():
-            self.nlp.get_pipe(comp).post_init(docs)
-        self.nlp.initialize()
+            with self._component_errors(comp):
+                self.nlp.get_pipe(comp).post_init(docs)
+        with self._component_errors(None):
+            self.nlp.initialize()
+
+    @contextlib.contextmanager
+    def _component_errors(self, name: str | None) -> Any:
+        """From a recipe: a component's ``post_init`` or ``initialize`` refusing its settings
+        (an attribute no training span has, a model folder without its config) as a recipe
+        error at ``nlp.components.NAME`` (exit 2), raised before the run folder is touched.
+        ``name`` None: the component the traceback went through."""
+        try:
+            yield
+        except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
+            if self.recipe is None or isinstance(e, StreamError):
+                raise
+            from .build import component_error, component_in_traceback
+
+            comps = {n: self.nlp.get_pipe(n) for n in self.nlp.pipe_names}
+            name = name or component_in_traceback(e, comps)
+            if name is None:
+                raise
+            table = self.recipe.get("nlp", {}).get("components", {}).get(name, {})
+            raise component_error(name, e, table) from None
 
     def _stream_path(self, name: str, td: TrainingData) -> str:
         """A training stream's key path in messages: ``train_data.NAME`` as a recipe names it,
