@@ -184,10 +184,23 @@ def _unwrap_optional(hint: Any) -> Any:
     return hint
 
 
-def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
-    """Raise unless ``parts`` names a key the recipe schema (or a factory signature) knows."""
+def _default_table(cls: type, name: str) -> dict[str, Any] | None:
+    """The default of the field ``name`` of ``cls`` where it is a table (``scorer``'s
+    ``{factory = "default"}``): what a recipe without that table has."""
+    default = attrs.fields_dict(cls)[name].default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        default = default.factory()
+    return copy.deepcopy(default) if isinstance(default, dict) else None
+
+
+def _check_key_exists(data: dict, parts: list[str], raw: str) -> dict[int, dict[str, Any]]:
+    """Raise unless ``parts`` names a key the recipe schema (or a factory signature) knows.
+
+    Returns, by depth, the default tables of the parts the recipe leaves out: an override
+    inside one starts from it (``scorer.speed=false`` keeps ``factory = "default"``)."""
     hint: Any = Recipe
     node: Any = data
+    defaults: dict[int, dict[str, Any]] = {}
     for depth, part in enumerate(parts):
         here = ".".join(map(join_path_part, parts[: depth + 1]))
         hint = _unwrap_optional(hint)
@@ -196,6 +209,9 @@ def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
             if part not in names:
                 hint = known_keys_hint(part, sorted(names))
                 raise RecipeError(here, f"no such key to override ({hint})")
+            absent = not (isinstance(node, dict) and isinstance(node.get(part), dict))
+            if absent and (default := _default_table(hint, part)) is not None:
+                defaults[depth] = default
             hint = typing.get_type_hints(hint)[part]
         elif typing.get_origin(hint) is dict:
             value_hint = typing.get_args(hint)[1]
@@ -229,7 +245,9 @@ def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
                 raise RecipeError(here, "no such key to override")
         else:
             raise RecipeError(here, f"no such key to override ({type_name(hint)} has no keys)")
-        node = node.get(part) if isinstance(node, dict) else None
+        child = node.get(part) if isinstance(node, dict) else None
+        node = defaults[depth] if child is None and depth in defaults else child
+    return defaults
 
 
 def join_path_part(part: str) -> str:
@@ -250,12 +268,12 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             raise RecipeError(item, "an override is written key.path=value")
         key, text = item.split("=", 1)
         parts = split_key_path(key.strip())
-        _check_key_exists(data, parts, key)
+        defaults = _check_key_exists(data, parts, key)
         node = data
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
-                child = node[part] = {}
+                child = node[part] = defaults.get(depth, {})
             elif not isinstance(child, dict):
                 here = ".".join(map(join_path_part, parts[: depth + 1]))
                 raise RecipeError(here, f"expected a table to hold {parts[depth + 1]!r}")
