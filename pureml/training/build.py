@@ -243,7 +243,7 @@ def _schedule_spec(table: Any, where: str) -> Any:
     """A recipe schedule table (``{factory = "linear", ...}``) -> what ``param_groups`` takes."""
     if table is None:
         return None
-    check_factory_table(table, registry.schedules, where, supplied=("total_steps", "max", "value"))
+    check_factory_table(table, registry.schedules, where)
     spec = dict(table)
     return {"name": spec.pop("factory"), **spec}
 

@@ -124,6 +124,17 @@ CASES = [
         [],
         "error: nlp.components.qualif: ",
     ),
+    (  # the keys a schedule takes, max included (the trainer fills it in when left out)
+        {},
+        ["--set", 'optimizer.schedule={factory="linear",warmup=0.1}'],
+        "optimizer.schedule.warmup: unknown key for schedule 'linear' (did you mean "
+        "'warmup_rate'? expected one of: start, max, end, warmup_rate, total_steps)",
+    ),
+    (
+        {},
+        ["--set", "optimizer.total_steps=10"],
+        "optimizer.total_steps: set by the trainer for optimizer 'adamw': leave it out",
+    ),
     ({"[train]": "[train"}, [], "invalid TOML"),
     ({'logger = ["json"]': 'logger = ["jsn"]'}, [], "train.logger[0]: unknown logger 'jsn'"),
 ]

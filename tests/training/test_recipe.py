@@ -145,6 +145,41 @@ def test_override_in_a_table_the_recipe_leaves_out_starts_from_its_default():
     )
 
 
+def test_unknown_key_errors_list_what_is_accepted_and_documented():
+    """One list per factory: the keys an unknown-key error names are those the table accepts
+    and those the reference documents (a schedule's max, filled in when left out, was missing
+    from the error)."""
+    import re
+
+    from pureml import registry
+    from pureml.training.build import register_defaults
+    from pureml.training.recipe import SUPPLIED, settable_params
+
+    register_defaults()
+    reference = recipe_reference()
+    checked = 0
+    for reg in (
+        registry.components,
+        registry.readers,
+        registry.optimizers,
+        registry.schedules,
+        registry.scorers,
+    ):
+        for name in reg.names():
+            factory = reg.get(name)
+            try:
+                check_factory_table({"factory": name, "zzz": 1}, reg, "t")
+            except RecipeError as e:
+                listed = e.message.split("expected one of: ")[1].rstrip(")").split(", ")
+            else:
+                continue  # takes **kwargs: any key
+            row = next(r for r in reference.splitlines() if r.startswith(f"| `{name}` |"))
+            documented = re.findall(r"`(\w+)` \(", row.rsplit(" | ", 1)[1])
+            assert listed == documented == settable_params(factory, SUPPLIED[reg.kind]), name
+            checked += 1
+    assert checked >= 10
+
+
 def test_the_whole_table_hint_keeps_the_entries_the_recipe_has():
     # the table set replaces the recipe's: a hint without them dropped the other scales
     base = {**BASE, "train": {"loss_scales": {"ner": 1.0, "status": 0.5}}}
