@@ -257,6 +257,40 @@ def _jsonable(tree: Any) -> Any:
     return describe(tree)
 
 
+def empty_share_message(
+    path: str, batch_size: Any, docs: Sequence[tuple[str, int]], world_size: int
+) -> str | None:
+    """Why a global batch of ``docs`` (``(id, size in the batch_size's stat)``, all ranks) left
+    a rank without documents, when one document larger than the budget forms it alone (the
+    batcher gives such a document a batch of its own); None otherwise.
+
+    >>> import textwrap
+    >>> message = empty_share_message("train_data.notes", "1000 words", [("cr_017", 2689)], 2)
+    >>> print(textwrap.fill(message, 92))
+    train_data.notes: document 'cr_017' (2689 words) is larger than train_data.notes.batch_size
+    ("1000 words") and forms a batch alone, which 2 ranks cannot share: raise
+    train_data.notes.batch_size to at least "5378 words" (room for it and as long a document for
+    each other rank), shorten or split that document, or run fewer processes
+    """
+    from ..stream.batching import StatSize, parse_size
+
+    size = parse_size(batch_size)
+    if not isinstance(size, StatSize) or len(docs) >= world_size:
+        return None
+    over = [(doc_id, value) for doc_id, value in docs if value > size.amount]
+    if not over:
+        return None
+    doc_id, value = max(over, key=lambda d: d[1])
+    shown = json.dumps(batch_size) if isinstance(batch_size, str) else str(batch_size)
+    return (
+        f"{path}: document {doc_id!r} ({value} {size.stat}) is larger than {path}.batch_size "
+        f"({shown}) and forms a batch alone, which {world_size} ranks cannot share: raise "
+        f'{path}.batch_size to at least "{value * world_size} {size.stat}" (room for it and '
+        "as long a document for each other rank), shorten or split that document, or run "
+        "fewer processes"
+    )
+
+
 def _default_optimizer(nlp: Any, names: Sequence[str] | None, total_steps: int) -> Any:
     from ..nlp.hf_transformer import encoder_selector
     from ..optim import eds_default
@@ -842,9 +876,10 @@ class Trainer:
         record: dict[str, dict] = {}
         ids: list[str] = []
         per_stream: dict[str, int] = {}
+        drawn: dict[str, list] = {}
         for name, it in iterators.items():
             position = position_of(it.state_dict())  # the files' fingerprint is a checkpoint's
-            sub_items = next(it)
+            sub_items = drawn[name] = next(it)
             stream_ids = [item["id"] for sub in sub_items for item in sub]
             record[name] = {
                 "position": position,
@@ -858,9 +893,38 @@ class Trainer:
         for sb in subs:
             for k, v in sb["stats"].items():
                 totals[k] = totals[k] + v if k in totals else v.clone()
-        totals, self.sub_batch_indices = self.reduce_stats(totals, per_stream)
+        try:
+            totals, self.sub_batch_indices = self.reduce_stats(totals, per_stream)
+        except StreamError as e:  # every rank raises it, from the same all-reduced counts
+            if "without documents" not in str(e):
+                raise
+            raise self._explain_empty_share(e, drawn) from None
         subs = [{**sb, "stats": dict(totals)} for sb in subs]
         return subs, record, ids
+
+    def _explain_empty_share(self, error: StreamError, drawn: dict[str, list]) -> StreamError:
+        """A global batch of fewer documents than ranks: say so with the document's id and size
+        when one document larger than the budget forms the batch alone (every rank runs this,
+        a collective: each sends its share's ids and sizes)."""
+        from ..distributed import gather_strings
+        from ..stream.batching import StatSize, parse_size, stat_value
+
+        tds = dict(zip(self.stream_names, self.train_data))
+        local = {}
+        for name, sub_items in drawn.items():
+            size = parse_size(tds[name].batch_size)
+            stat = size.stat if isinstance(size, StatSize) else "docs"
+            items = [item for sub in sub_items for item in sub]
+            local[name] = [[item["id"], stat_value(item, stat, size)] for item in items]
+        shares = [json.loads(text) for text in gather_strings(self.world, json.dumps(local))]
+        for name in drawn:
+            docs = [tuple(doc) for share in shares for doc in share[name]]
+            message = empty_share_message(
+                self._stream_paths[name], tds[name].batch_size, docs, self.world.world_size
+            )
+            if message is not None:
+                return StreamError(message)
+        return error
 
     def _explain_first_step(
         self, subs: list[dict], streams_rec: dict[str, dict], feeds: list[tuple]
