@@ -75,7 +75,8 @@ def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Grad
             count, dict(zip(names, mu)), dict(zip(names, nu))
         )
 
-    return GradientTransformation(init, update)
+    config = {"factory": "scale_by_adam", "b1": b1, "b2": b2, "eps": eps}
+    return GradientTransformation(init, update, config)
 
 
 def _scalar_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -91,6 +92,8 @@ def _adam(
     weight_decay: float,
     decoupled: bool,
 ) -> GradientTransformation:
+    name = "adamw" if decoupled else "adam"
+    config = {"factory": name, "learning_rate": learning_rate, "b1": b1, "b2": b2, "eps": eps}
     # One transformation instead of a chain: torch folds lr and the first bias correction into a
     # single scalar (``addcdiv(m, denom, value=-lr / bc1)``); doing the same keeps the rounding
     # close to torch's (1e-6 rel in float32 after 100 steps) and saves two passes over memory.
@@ -141,7 +144,7 @@ def _adam(
         new_adam = AdamState(count, dict(zip(names, mu)), dict(zip(names, nu)))
         return dict(zip(names, upd)), (new_adam, new_lr_s)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, update, {**config, "weight_decay": weight_decay})
 
 
 @optimizers.register("adam")

@@ -17,9 +17,13 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import inspect
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import attrs
 import torch
 from torch import Tensor
 
@@ -29,6 +33,7 @@ __all__ = [
     "Params",
     "GradientTransformation",
     "ScaleByLrState",
+    "describe",
     "chain",
     "apply_updates",
     "global_norm",
@@ -48,10 +53,77 @@ Schedule = Callable[[Tensor], Tensor]
 
 
 class GradientTransformation(NamedTuple):
-    """``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``."""
+    """``init(params) -> state`` and ``update(grads, state, params) -> (updates, state)``.
+
+    ``config`` says what built it, ``{"factory": name, **arguments}`` (pureml's builders fill
+    it in): :func:`describe` reads it, since ``init`` and ``update`` are closures whose repr is
+    a memory address, and a run resumes only when its optimizer is described the same.
+    """
 
     init: Callable[[Params], Any]
     update: Callable[[Params, Any, Params | None], tuple[Params, Any]]
+    config: Mapping[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        return f"GradientTransformation({describe(self)!r})"
+
+
+# what object.__repr__ and function reprs add: it differs from one process to the next
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _qualified_name(fn: Any) -> str:
+    fn = inspect.unwrap(fn) if callable(fn) else fn
+    qualname = getattr(fn, "__qualname__", None)
+    if not isinstance(qualname, str):  # a callable object: its class says what it does
+        return f"{type(fn).__module__}.{type(fn).__qualname__}"
+    return f"{getattr(fn, '__module__', None) or type(fn).__module__}.{qualname}"
+
+
+def describe(obj: Any) -> Any:
+    """A stable, JSON-able description of an optimizer, a schedule or one of their arguments:
+    the same in every process for the same configuration, without memory addresses.
+
+    pureml's optimizers and groups are described by their factory and arguments, schedules by
+    their class and fields; a function or other callable without a known configuration (a
+    lambda, a user's schedule function) by its ``module.qualname`` only: its body is not
+    compared.
+
+    >>> from pureml.optim import adamw, linear
+    >>> lr = describe(adamw(linear(0.0, 1e-3, 0.0, 0.1, 100)))["learning_rate"]
+    >>> lr["class"], lr["max"]
+    ('pureml.optim.schedules.Linear', 0.001)
+    >>> describe(scale_by_learning_rate(lambda count: 0.1))["learning_rate"]
+    'pureml.optim.base.<lambda>'
+    """
+    from pureml.optim.groups import GroupedOptimizer
+
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if isinstance(obj, GradientTransformation):
+        if obj.config is None:  # built by hand: its functions are all that is known
+            return {"init": _qualified_name(obj.init), "update": _qualified_name(obj.update)}
+        return describe(dict(obj.config))
+    if isinstance(obj, GroupedOptimizer):
+        return obj.describe()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Mapping):
+        return {str(k): describe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [describe(v) for v in obj]
+    if attrs.has(type(obj)):
+        fields = {f.name: describe(getattr(obj, f.name)) for f in attrs.fields(type(obj))}
+        return {"class": _qualified_name(type(obj)), **fields}
+    if isinstance(obj, functools.partial):
+        return {
+            "partial": describe(obj.func),
+            "args": describe(list(obj.args)),
+            "keywords": describe(dict(obj.keywords)),
+        }
+    if callable(obj) or type(obj).__repr__ is object.__repr__:
+        return _qualified_name(obj)
+    return _ADDRESS.sub("", repr(obj))
 
 
 def chain(*transforms: GradientTransformation) -> GradientTransformation:
@@ -73,7 +145,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformation:
             new_state.append(s)
         return grads, tuple(new_state)
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(init, update, {"factory": "chain", "transforms": transforms})
 
 
 def apply_updates(params: Params, updates: Params) -> Params:
@@ -115,7 +187,9 @@ def clip_by_global_norm(max_norm: float) -> GradientTransformation:
         coef = clip_coefficient(global_norm(grads), max_norm)
         return dict(zip(grads, torch._foreach_mul(list(grads.values()), coef))), state
 
-    return GradientTransformation(init, update)
+    return GradientTransformation(
+        init, update, {"factory": "clip_by_global_norm", "max_norm": max_norm}
+    )
 
 
 def per_step_scalar(x: Tensor) -> Tensor:
@@ -189,7 +263,8 @@ def scale_by_learning_rate(
         new = torch._foreach_mul(list(grads.values()), step) if grads else []
         return dict(zip(grads, new)), ScaleByLrState(state.count + 1, lr)
 
-    return GradientTransformation(init, update)
+    config = {"factory": "scale_by_learning_rate", "learning_rate": learning_rate}
+    return GradientTransformation(init, update, {**config, "flip_sign": flip_sign})
 
 
 def add_decayed_weights(weight_decay: float) -> GradientTransformation:
@@ -210,7 +285,8 @@ def add_decayed_weights(weight_decay: float) -> GradientTransformation:
             zip(grads, torch._foreach_add(list(grads.values()), p, alpha=weight_decay))
         ), state
 
-    return GradientTransformation(init, update)
+    config = {"factory": "add_decayed_weights", "weight_decay": weight_decay}
+    return GradientTransformation(init, update, config)
 
 
 def tree_select(pred: Tensor, on_true: Any, on_false: Any) -> Any:

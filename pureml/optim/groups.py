@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 import torch
 
-from pureml.optim.base import GradientTransformation, Params, check_lr
+from pureml.optim.base import GradientTransformation, Params, check_lr, describe
 from pureml.registry import optimizers, schedules
 
 __all__ = ["Group", "GroupedOptimizer", "param_groups", "get_optimizer", "get_schedule"]
@@ -120,6 +120,28 @@ class GroupedOptimizer:
         self.default = default
         self._patterns = [re.compile(g.selector) for g in groups]
         self._labels: dict[str, Group | None] = {}
+
+    def describe(self) -> dict[str, Any]:
+        """Each group's selector, name and transformation (``False`` when frozen), in order:
+        what a run's identity compares (see :func:`pureml.optim.describe`).
+
+        >>> opt = param_groups({"^a": False}, default={"lr": 0.5}, optimizer="sgd")
+        >>> opt.describe()["default"]["optimizer"]["learning_rate"]
+        0.5
+        """
+
+        def group(g: Group | None) -> Any:
+            if g is None or g.frozen:
+                return False
+            return {"name": g.name, "optional": g.optional, "optimizer": describe(g.transform)}
+
+        return {
+            "groups": {g.selector: group(g) for g in self.groups},
+            "default": group(self.default),
+        }
+
+    def __repr__(self) -> str:
+        return f"GroupedOptimizer({self.describe()!r})"
 
     def group_of(self, name: str) -> Group | None:
         """The group a parameter name belongs to (``None``: frozen, no group and no default)."""

@@ -50,7 +50,8 @@ def trace(momentum: float, nesterov: bool = False) -> GradientTransformation:
         out = torch._foreach_add(g, buf, alpha=momentum) if nesterov else buf
         return dict(zip(names, out)), TraceState(dict(zip(names, buf)))
 
-    return GradientTransformation(init, update)
+    config = {"factory": "trace", "momentum": momentum, "nesterov": nesterov}
+    return GradientTransformation(init, update, config)
 
 
 @optimizers.register("sgd")
@@ -71,4 +72,12 @@ def sgd(
     if momentum:
         parts.append(trace(momentum, nesterov))
     parts.append(scale_by_learning_rate(learning_rate))
-    return chain(*parts)
+    # described as called, not as the chain it is made of
+    config = {
+        "factory": "sgd",
+        "learning_rate": learning_rate,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "nesterov": nesterov,
+    }
+    return chain(*parts)._replace(config=config)

@@ -11,6 +11,7 @@ written yet: the output folder is only touched once ``train`` starts.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -131,6 +132,64 @@ def _call(factory: Callable[..., Any], kwargs: dict[str, Any], where: str) -> An
         raise RecipeError(where, str(msg)) from None
 
 
+def _rate_keys(kwargs: dict[str, Any], where: str) -> None:
+    """A component's ``*dropout*`` values are rates in [0, 1): every component draws its masks
+    with ``ctx.dropout``, which refuses others only at the first training step, once the run
+    folder is set up."""
+    for key, value in kwargs.items():
+        if "dropout" not in key or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not 0.0 <= value < 1.0:
+            raise RecipeError(join_path(where, key), f"expected a rate in [0, 1), got {value}")
+
+
+def _mentions(message: str, key: str, value: Any) -> bool:
+    """Whether ``message`` names the argument ``key``: it starts with it or writes ``key=``, or
+    holds its value where that is a path (a model folder) or a negative number (torch's
+    "negative dimension -3": a count or width; a positive number may be anything)."""
+    if re.match(rf"{re.escape(key)}\b", message) or f"{key}=" in message:
+        return True
+    if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+        return re.search(rf"(?<![\w.]){re.escape(str(value))}(?![\w.])", message) is not None
+    if not isinstance(value, str) or not value:
+        return False
+    return ("/" in value and value in message) or f"{value.rstrip('/')}/" in message
+
+
+def component_error(name: str, error: BaseException, table: dict[str, Any]) -> RecipeError:
+    """``error``, raised while building or initialising the component ``name`` from its recipe
+    ``table``, as a recipe error at ``nlp.components.NAME`` (``.KEY`` when the message names
+    exactly one of the table's keys). The component's own prefix (``name: ...``,
+    ``component 'name': ...``) is dropped: the key path says it.
+
+    >>> str(component_error("ner", ValueError("ner: window=-1 is not > 0"), {"window": -1}))
+    'nlp.components.ner.window: window=-1 is not > 0'
+    """
+    if isinstance(error, RecipeError):
+        return error
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    message = str(message) or type(error).__name__
+    for prefix in (f"{name}: ", f"component {name!r}: "):
+        message = message.removeprefix(prefix)
+    where = join_path("nlp.components", name)
+    named = [k for k, v in table.items() if k != "factory" and _mentions(message, k, v)]
+    return RecipeError(join_path(where, named[0]) if len(named) == 1 else where, message)
+
+
+def component_in_traceback(error: BaseException, comps: dict[str, Any]) -> str | None:
+    """The name of the innermost component whose method ``error`` went through (None if none):
+    which component a pipeline's initialisation failed in."""
+    names = {id(c): n for n, c in comps.items()}
+    found = None
+    tb = error.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if id(owner) in names:
+            found = names[id(owner)]
+        tb = tb.tb_next
+    return found
+
+
 def _check_folder(value: str | None, where: str) -> None:
     """An output folder must be a folder, or creatable: no part of it may be a file."""
     if value is None:
@@ -184,7 +243,7 @@ def _schedule_spec(table: Any, where: str) -> Any:
     """A recipe schedule table (``{factory = "linear", ...}``) -> what ``param_groups`` takes."""
     if table is None:
         return None
-    check_factory_table(table, registry.schedules, where, supplied=("total_steps", "max", "value"))
+    check_factory_table(table, registry.schedules, where)
     spec = dict(table)
     return {"name": spec.pop("factory"), **spec}
 
@@ -210,8 +269,6 @@ def build_optimizer(table: dict[str, Any] | None, nlp: Any = None) -> Any:
     """
     if table is None:
         return None
-    import re
-
     from ..optim import param_groups
 
     table = dict(table)
@@ -390,12 +447,20 @@ def build_from_recipe(recipe: Recipe, resolved: dict, pipeline_cls: Any, td_cls:
         factory, kwargs = check_factory_table(
             table, registry.components, where, supplied=SUPPLIED["component"]
         )
-        comps[name] = _call(factory, kwargs, where)
+        _rate_keys(kwargs, where)
+        try:
+            comps[name] = factory(**kwargs)
+        except Exception as e:  # torch's too (a negative width): the recipe's values made it
+            raise component_error(name, e, table) from None
     _check_dependencies(recipe, comps)
     try:
         nlp = pipeline_cls(comps, loss_scales=t.loss_scales)
-    except ValueError as e:
-        raise RecipeError("nlp.components", str(e)) from None
+    except Exception as e:  # a component's initialize(): a model folder without its config
+        if (name := component_in_traceback(e, comps)) is not None:
+            raise component_error(name, e, recipe.nlp.components[name]) from None
+        if isinstance(e, ValueError):
+            raise RecipeError("nlp.components", str(e)) from None
+        raise
     scorer_factory, scorer_kwargs = check_factory_table(recipe.scorer, registry.scorers, "scorer")
     scorer = _call(scorer_factory, scorer_kwargs, "scorer")
     optimizer = build_optimizer(recipe.optimizer, nlp)

@@ -165,14 +165,21 @@ def factory_params(factory: Callable[..., Any]) -> dict[str, inspect.Parameter]:
         return {}
 
 
+_NOT_BY_NAME = (
+    inspect.Parameter.VAR_POSITIONAL,
+    inspect.Parameter.VAR_KEYWORD,
+    inspect.Parameter.POSITIONAL_ONLY,
+)
+
+
 def settable_params(factory: Callable[..., Any], supplied: Sequence[str] = ()) -> list[str]:
-    """The arguments a recipe may set on ``factory``: its named parameters, less those the
-    trainer supplies itself (``supplied``)."""
+    """The arguments a recipe may set on ``factory``: its parameters passed by name, less those
+    the trainer supplies itself (``supplied``). The one list that :func:`check_factory_table`
+    accepts, its errors name and the reference documents."""
     return [
         n
         for n, p in factory_params(factory).items()
-        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        and n not in supplied
+        if p.kind not in _NOT_BY_NAME and n not in supplied
     ]
 
 
@@ -184,10 +191,23 @@ def _unwrap_optional(hint: Any) -> Any:
     return hint
 
 
-def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
-    """Raise unless ``parts`` names a key the recipe schema (or a factory signature) knows."""
+def _default_table(cls: type, name: str) -> dict[str, Any] | None:
+    """The default of the field ``name`` of ``cls`` where it is a table (``scorer``'s
+    ``{factory = "default"}``): what a recipe without that table has."""
+    default = attrs.fields_dict(cls)[name].default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        default = default.factory()
+    return copy.deepcopy(default) if isinstance(default, dict) else None
+
+
+def _check_key_exists(data: dict, parts: list[str], raw: str) -> dict[int, dict[str, Any]]:
+    """Raise unless ``parts`` names a key the recipe schema (or a factory signature) knows.
+
+    Returns, by depth, the default tables of the parts the recipe leaves out: an override
+    inside one starts from it (``scorer.speed=false`` keeps ``factory = "default"``)."""
     hint: Any = Recipe
     node: Any = data
+    defaults: dict[int, dict[str, Any]] = {}
     for depth, part in enumerate(parts):
         here = ".".join(map(join_path_part, parts[: depth + 1]))
         hint = _unwrap_optional(hint)
@@ -196,6 +216,9 @@ def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
             if part not in names:
                 hint = known_keys_hint(part, sorted(names))
                 raise RecipeError(here, f"no such key to override ({hint})")
+            absent = not (isinstance(node, dict) and isinstance(node.get(part), dict))
+            if absent and (default := _default_table(hint, part)) is not None:
+                defaults[depth] = default
             hint = typing.get_type_hints(hint)[part]
         elif typing.get_origin(hint) is dict:
             value_hint = typing.get_args(hint)[1]
@@ -229,7 +252,9 @@ def _check_key_exists(data: dict, parts: list[str], raw: str) -> None:
                 raise RecipeError(here, "no such key to override")
         else:
             raise RecipeError(here, f"no such key to override ({type_name(hint)} has no keys)")
-        node = node.get(part) if isinstance(node, dict) else None
+        child = node.get(part) if isinstance(node, dict) else None
+        node = defaults[depth] if child is None and depth in defaults else child
+    return defaults
 
 
 def join_path_part(part: str) -> str:
@@ -250,12 +275,12 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
             raise RecipeError(item, "an override is written key.path=value")
         key, text = item.split("=", 1)
         parts = split_key_path(key.strip())
-        _check_key_exists(data, parts, key)
+        defaults = _check_key_exists(data, parts, key)
         node = data
         for depth, part in enumerate(parts[:-1]):
             child = node.get(part)
             if child is None:
-                child = node[part] = {}
+                child = node[part] = defaults.get(depth, {})
             elif not isinstance(child, dict):
                 here = ".".join(map(join_path_part, parts[: depth + 1]))
                 raise RecipeError(here, f"expected a table to hold {parts[depth + 1]!r}")
@@ -446,13 +471,24 @@ def _factory_hints(factory: Callable[..., Any]) -> dict[str, Any]:
 
 
 def check_factory_table(
-    table: Table, reg: registry.Registry, path: str, *, supplied: Iterable[str] = ()
+    table: Table, reg: registry.Registry, path: str, *, supplied: Iterable[str] | None = None
 ) -> tuple[Callable[..., Any], dict[str, Any]]:
     """Check a ``{factory = ..., **kwargs}`` table against the factory's signature.
 
     Returns the factory and its keyword arguments. ``supplied`` names parameters the caller
-    fills in itself (they need not be in the table).
+    passes itself, which the table may not set (default: ``SUPPLIED`` of the registry's kind);
+    those ``DEFAULTED`` for the kind may be set or left out.
+
+    >>> from pureml.training.build import register_defaults
+    >>> register_defaults()
+    >>> try:
+    ...     check_factory_table({"factory": "linear", "warmup": 0.1}, registry.schedules, "s")
+    ... except RecipeError as e:
+    ...     print(e.path, "->", e.message.split("expected one of: ")[1])
+    s.warmup -> start, max, end, warmup_rate, total_steps)
     """
+    supplied = tuple(SUPPLIED.get(reg.kind, ()) if supplied is None else supplied)
+    defaulted = DEFAULTED.get(reg.kind, {})
     if not isinstance(table, dict):
         raise RecipeError(path, f"expected a table, got {table!r}")
     name = table.get("factory")
@@ -472,11 +508,9 @@ def check_factory_table(
     hints = _factory_hints(factory)
     for key, value in kwargs.items():
         where = join_path(path, key)
-        param = params.get(key)
-        if param is None or param.kind in (
-            inspect.Parameter.VAR_POSITIONAL,
-            inspect.Parameter.POSITIONAL_ONLY,
-        ):
+        if key in supplied:  # passed by the trainer as well: "got multiple values"
+            raise RecipeError(where, f"set by the trainer for {reg.kind} {name!r}: leave it out")
+        if key not in settable_params(factory, supplied):
             if var_kw:
                 continue
             known = settable_params(factory, supplied)
@@ -498,18 +532,29 @@ def check_factory_table(
             in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
             and pname not in kwargs
             and pname not in supplied
+            and pname not in defaulted
         ):
             raise RecipeError(join_path(path, pname), f"missing required key for {name!r}")
     return factory, kwargs
 
 
-# Parameters the trainer passes itself, per registry kind.
+# Parameters the trainer passes itself, per registry kind: a recipe cannot set them.
 SUPPLIED: dict[str, tuple[str, ...]] = {
     "component": ("name",),
     "optimizer": ("total_steps", "names", "params"),
     "scorer": (),
     "reader": (),
-    "schedule": ("total_steps",),
+    "schedule": (),
+}
+# Parameters a recipe may set or leave out, per registry kind: the trainer fills in those left
+# out (with what, as the reference says). A schedule's peak is its group's learning rate and
+# it ends with the phase, as in EDS-NLP.
+DEFAULTED: dict[str, dict[str, str]] = {
+    "schedule": {
+        "max": "the learning rate",
+        "value": "the learning rate",
+        "total_steps": "`train.max_steps`",
+    },
 }
 
 
@@ -549,12 +594,7 @@ def check_factories(recipe: Recipe) -> None:
         table.pop("groups", None)  # regexes and their options: checked when built
         check_factory_table(table, registry.optimizers, "optimizer", supplied=SUPPLIED["optimizer"])
         if schedule is not None:
-            check_factory_table(
-                schedule,
-                registry.schedules,
-                "optimizer.schedule",
-                supplied=("total_steps", "max", "value"),
-            )
+            check_factory_table(schedule, registry.schedules, "optimizer.schedule")
     check_factory_table(recipe.scorer, registry.scorers, "scorer")
     for comp in recipe.train.loss_scales:
         if comp not in recipe.nlp.components:
@@ -648,11 +688,12 @@ def _factory_rows(reg: registry.Registry) -> list[str]:
                 continue
             p = signature[pname]
             hint = type_name(hints[pname]).replace("|", "or") if pname in hints else "any"
-            default = (
-                "required"
-                if p.default is inspect.Parameter.empty
-                else (f"`{toml_scalar(p.default)}`" if _tomlable(p.default) else "unset")
-            )
+            if pname in DEFAULTED.get(reg.kind, {}):
+                default = DEFAULTED[reg.kind][pname]
+            elif p.default is inspect.Parameter.empty:
+                default = "required"
+            else:
+                default = f"`{toml_scalar(p.default)}`" if _tomlable(p.default) else "unset"
             params.append(f"`{pname}` ({hint}, {default})")
         summary = (inspect.getdoc(factory) or "").split("\n", 1)[0]
         rows.append(f"| `{name}` | {summary} | {'; '.join(params)} |")

@@ -20,6 +20,7 @@ same command ends bitwise equal to an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import inspect
 import json
@@ -249,7 +250,45 @@ def _jsonable(tree: Any) -> Any:
         return tree.tolist()
     if isinstance(tree, float | int | str | bool) or tree is None:
         return tree
-    return repr(tree)
+    from ..optim import describe
+
+    # a component's config value (a function, an object): without the memory address its repr
+    # may hold, which would make every run a different recipe
+    return describe(tree)
+
+
+def empty_share_message(
+    path: str, batch_size: Any, docs: Sequence[tuple[str, int]], world_size: int
+) -> str | None:
+    """Why a global batch of ``docs`` (``(id, size in the batch_size's stat)``, all ranks) left
+    a rank without documents, when one document larger than the budget forms it alone (the
+    batcher gives such a document a batch of its own); None otherwise.
+
+    >>> import textwrap
+    >>> message = empty_share_message("train_data.notes", "1000 words", [("cr_017", 2689)], 2)
+    >>> print(textwrap.fill(message, 92))
+    train_data.notes: document 'cr_017' (2689 words) is larger than train_data.notes.batch_size
+    ("1000 words") and forms a batch alone, which 2 ranks cannot share: raise
+    train_data.notes.batch_size to at least "5378 words" (room for it and as long a document for
+    each other rank), shorten or split that document, or run fewer processes
+    """
+    from ..stream.batching import StatSize, parse_size
+
+    size = parse_size(batch_size)
+    if not isinstance(size, StatSize) or len(docs) >= world_size:
+        return None
+    over = [(doc_id, value) for doc_id, value in docs if value > size.amount]
+    if not over:
+        return None
+    doc_id, value = max(over, key=lambda d: d[1])
+    shown = json.dumps(batch_size) if isinstance(batch_size, str) else str(batch_size)
+    return (
+        f"{path}: document {doc_id!r} ({value} {size.stat}) is larger than {path}.batch_size "
+        f"({shown}) and forms a batch alone, which {world_size} ranks cannot share: raise "
+        f'{path}.batch_size to at least "{value * world_size} {size.stat}" (room for it and '
+        "as long a document for each other rank), shorten or split that document, or run "
+        "fewer processes"
+    )
 
 
 def _default_optimizer(nlp: Any, names: Sequence[str] | None, total_steps: int) -> Any:
@@ -484,6 +523,7 @@ class Trainer:
         self.resume = resume
         self.recipe = dict(recipe) if recipe is not None else None
         self._recipe_hash = recipe_hash
+        self._signature: dict[str, Any] | None = None  # from Python: what the hash is of
         self.loggers: list[BaseLogger] = []
         # before the process group (which may start CUDA): cuBLAS reads its workspace setting
         # when its first handle is created
@@ -528,7 +568,7 @@ class Trainer:
                 self.grad_max_dev,
             ],
             "loss_scales": self.loss_scales,
-            "optimizer": repr(self.optimizer) if self.optimizer is not None else None,
+            "optimizer": self._optimizer_signature(),
             # flat changes the rounding of the clipped norm: part of what a run computes
             "compile": [
                 self.compile,
@@ -537,11 +577,47 @@ class Trainer:
             ],
         }
 
+    def _optimizer_signature(self) -> Any:
+        """The optimizer as the run's identity compares it: its description (factories and
+        arguments, see :func:`pureml.optim.describe`), never its repr, which holds memory
+        addresses. A factory is named by its ``module.qualname`` and described by what it builds
+        for the first phase (that object is the one the phase then trains with)."""
+        from ..optim import describe
+
+        if self.optimizer is None:
+            return None  # the default: what it builds follows from the components
+        if hasattr(self.optimizer, "init") and hasattr(self.optimizer, "update"):
+            return describe(self.optimizer)
+        plan = getattr(self, "plan", None) or self._phase_plan()
+        return {
+            "factory": describe(self.optimizer),
+            "builds": describe(self._optimizer_for(self._phase_param_names(plan[0][0], plan))),
+        }
+
+    def _phase_param_names(self, comps: Sequence[str], plan: Sequence[Any]) -> list[str] | None:
+        """The names a phase's optimizer factory is given: its trainable parameters' (None with
+        several phases: a group selector may match another phase's parameters only)."""
+        if len(plan) != 1:
+            return None
+        prefixes = tuple(f"{c}." for c in comps)
+        return [k for k, _ in self.nlp.named_parameters() if k.startswith(prefixes)]
+
+    def _optimizer_for(self, names: list[str] | None) -> Any:
+        """The phase's optimizer, built once per set of names (the identity built it first)."""
+        built = self.__dict__.setdefault("_built_optimizers", {})
+        key = tuple(names) if names is not None else None
+        if key not in built:
+            built[key] = _make_optimizer(self.optimizer, self.nlp, names, self.max_steps)
+        return built[key]
+
     def recipe_hash(self) -> str:
         if self._recipe_hash is None:
             from .recipe import recipe_hash
 
-            self._recipe_hash = recipe_hash(self.recipe or {"python": self._run_signature()})
+            if self.recipe is None:
+                # as JSON reads it back from a checkpoint, to compare key by key on resume
+                self._signature = json.loads(json.dumps(self._run_signature(), default=repr))
+            self._recipe_hash = recipe_hash(self.recipe or {"python": self._signature})
         return self._recipe_hash
 
     def _find_resume_point(self) -> Path | None:
@@ -559,11 +635,13 @@ class Trainer:
             return None
         meta = ckpt.read_meta(path)
         if meta.get("recipe_hash") != self.recipe_hash():
-            keys = None  # unknown: train() from Python keeps no recipe to compare
-            if self.recipe is not None and isinstance(meta.get("recipe"), dict):
-                from .recipe import recipe_diff
+            from .recipe import recipe_diff
 
+            keys = None  # unknown: a checkpoint written before pureml recorded what it compares
+            if self.recipe is not None and isinstance(meta.get("recipe"), dict):
                 keys = recipe_diff(meta["recipe"], self.recipe)
+            elif self._signature is not None and isinstance(meta.get("signature"), dict):
+                keys = recipe_diff(meta["signature"], self._signature) or None
             # keys == []: only keys that older versions hashed differ (validation_interval, ...)
             if keys != []:
                 detail = ""
@@ -692,8 +770,30 @@ class Trainer:
                 for comp in self.nlp._closure(pipes):
                     docs_for.setdefault(comp, []).extend(cache[name])
         for comp, docs in docs_for.items():
-            self.nlp.get_pipe(comp).post_init(docs)
-        self.nlp.initialize()
+            with self._component_errors(comp):
+                self.nlp.get_pipe(comp).post_init(docs)
+        with self._component_errors(None):
+            self.nlp.initialize()
+
+    @contextlib.contextmanager
+    def _component_errors(self, name: str | None) -> Any:
+        """From a recipe: a component's ``post_init`` or ``initialize`` refusing its settings
+        (an attribute no training span has, a model folder without its config) as a recipe
+        error at ``nlp.components.NAME`` (exit 2), raised before the run folder is touched.
+        ``name`` None: the component the traceback went through."""
+        try:
+            yield
+        except (ValueError, TypeError, KeyError, RuntimeError, OSError) as e:
+            if self.recipe is None or isinstance(e, StreamError):
+                raise
+            from .build import component_error, component_in_traceback
+
+            comps = {n: self.nlp.get_pipe(n) for n in self.nlp.pipe_names}
+            name = name or component_in_traceback(e, comps)
+            if name is None:
+                raise
+            table = self.recipe.get("nlp", {}).get("components", {}).get(name, {})
+            raise component_error(name, e, table) from None
 
     def _stream_path(self, name: str, td: TrainingData) -> str:
         """A training stream's key path in messages: ``train_data.NAME`` as a recipe names it,
@@ -776,9 +876,10 @@ class Trainer:
         record: dict[str, dict] = {}
         ids: list[str] = []
         per_stream: dict[str, int] = {}
+        drawn: dict[str, list] = {}
         for name, it in iterators.items():
             position = position_of(it.state_dict())  # the files' fingerprint is a checkpoint's
-            sub_items = next(it)
+            sub_items = drawn[name] = next(it)
             stream_ids = [item["id"] for sub in sub_items for item in sub]
             record[name] = {
                 "position": position,
@@ -792,9 +893,38 @@ class Trainer:
         for sb in subs:
             for k, v in sb["stats"].items():
                 totals[k] = totals[k] + v if k in totals else v.clone()
-        totals, self.sub_batch_indices = self.reduce_stats(totals, per_stream)
+        try:
+            totals, self.sub_batch_indices = self.reduce_stats(totals, per_stream)
+        except StreamError as e:  # every rank raises it, from the same all-reduced counts
+            if "without documents" not in str(e):
+                raise
+            raise self._explain_empty_share(e, drawn) from None
         subs = [{**sb, "stats": dict(totals)} for sb in subs]
         return subs, record, ids
+
+    def _explain_empty_share(self, error: StreamError, drawn: dict[str, list]) -> StreamError:
+        """A global batch of fewer documents than ranks: say so with the document's id and size
+        when one document larger than the budget forms the batch alone (every rank runs this,
+        a collective: each sends its share's ids and sizes)."""
+        from ..distributed import gather_strings
+        from ..stream.batching import StatSize, parse_size, stat_value
+
+        tds = dict(zip(self.stream_names, self.train_data))
+        local = {}
+        for name, sub_items in drawn.items():
+            size = parse_size(tds[name].batch_size)
+            stat = size.stat if isinstance(size, StatSize) else "docs"
+            items = [item for sub in sub_items for item in sub]
+            local[name] = [[item["id"], stat_value(item, stat, size)] for item in items]
+        shares = [json.loads(text) for text in gather_strings(self.world, json.dumps(local))]
+        for name in drawn:
+            docs = [tuple(doc) for share in shares for doc in share[name]]
+            message = empty_share_message(
+                self._stream_paths[name], tds[name].batch_size, docs, self.world.world_size
+            )
+            if message is not None:
+                return StreamError(message)
+        return error
 
     def _explain_first_step(
         self, subs: list[dict], streams_rec: dict[str, dict], feeds: list[tuple]
@@ -859,9 +989,7 @@ class Trainer:
         named = dict(self.nlp.named_parameters())
         params = {k: v.detach().clone() for k, v in named.items() if k.startswith(prefixes)}
         frozen = {k: v.detach().clone() for k, v in named.items() if not k.startswith(prefixes)}
-        # with several phases a group selector may match another phase's parameters only
-        names = list(params) if len(self.plan) == 1 else None
-        optimizer = _make_optimizer(self.optimizer, self.nlp, names, self.max_steps)
+        optimizer = self._optimizer_for(self._phase_param_names(comps, self.plan))
         step = make_step(
             self._loss_fn(),
             optimizer,
@@ -919,6 +1047,8 @@ class Trainer:
             "phase_step": phase_step,
             "recipe_hash": self.recipe_hash(),
             "recipe": self.recipe,
+            # from Python, no recipe: what the hash covers, so a refusal can say what differs
+            "signature": self._signature if self.recipe is None else None,
             "world_size": self.world.world_size,
             "versions": _versions(),
             "streams": positions,
@@ -1352,6 +1482,10 @@ def train(
 
     ``optimizer`` is a ``GradientTransformation`` or a factory ``(param_names, total_steps) ->
     GradientTransformation`` (called once per phase); default: AdamW with EDS-NLP's two groups.
+    A run resumes when its optimizer is described as the checkpoint's (:func:`pureml.optim.describe`:
+    pureml's optimizers, schedules and groups by their arguments, a factory by its
+    ``module.qualname`` and what it builds, a function of your own by its ``module.qualname``
+    only: its body is not compared).
 
     Returns the trained pipeline. After Ctrl-C, writes a checkpoint and raises
     :class:`TrainingInterrupted` (a ``KeyboardInterrupt``).

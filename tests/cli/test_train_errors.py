@@ -96,6 +96,45 @@ CASES = [
         ["--set", "train.best_metric=ner//f1"],
         "train.best_metric: expected a score path like 'ner/micro/f1' (or a list of them), got 'ner//f1'",
     ),
+    # a component's constructor or initialisation refusing a value: its key path, before the
+    # run folder (a dropout rate was refused only by the first training step)
+    (
+        {},
+        ["--set", "nlp.components.embedding.dropout=1.5"],
+        "nlp.components.embedding.dropout: expected a rate in [0, 1), got 1.5",
+    ),
+    (
+        {},
+        ["--set", "nlp.components.embedding.width=-3"],
+        "nlp.components.embedding.width: Trying to create tensor with negative dimension -3",
+    ),
+    (
+        {
+            "width = 16\ndepth = 1\nrows = [500, 100, 250, 100]": 'model = "no-such-model"',
+            "scratch_encoder": "hf_transformer",
+        },
+        [],
+        "nlp.components.embedding.model: no Hugging Face model config at no-such-model/config.json",
+    ),
+    (  # post_init: an attribute no training span has (the span classifier's own words follow)
+        {
+            'embedding = "embedding"\n': 'embedding = "embedding"\n\n[nlp.components.qualif]\n'
+            'factory = "span_classifier"\nembedding = "embedding"\nattributes = ["Negatoin"]\n'
+        },
+        [],
+        "error: nlp.components.qualif: ",
+    ),
+    (  # the keys a schedule takes, max included (the trainer fills it in when left out)
+        {},
+        ["--set", 'optimizer.schedule={factory="linear",warmup=0.1}'],
+        "optimizer.schedule.warmup: unknown key for schedule 'linear' (did you mean "
+        "'warmup_rate'? expected one of: start, max, end, warmup_rate, total_steps)",
+    ),
+    (
+        {},
+        ["--set", "optimizer.total_steps=10"],
+        "optimizer.total_steps: set by the trainer for optimizer 'adamw': leave it out",
+    ),
     ({"[train]": "[train"}, [], "invalid TOML"),
     ({'logger = ["json"]': 'logger = ["jsn"]'}, [], "train.logger[0]: unknown logger 'jsn'"),
 ]

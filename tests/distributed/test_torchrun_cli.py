@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -60,6 +61,32 @@ def test_batch_of_fewer_documents_than_ranks_is_one_clear_error(tmp_path):
     assert len(errors) == 1, proc.stderr[-3000:]
     assert "train_data.notes: a training batch left rank 1 of 2 without documents" in errors[0]
     assert "exitcode  : 2" in proc.stderr and "terminate called" not in proc.stderr
+
+
+def test_document_larger_than_the_batch_budget_is_named_with_the_size_needed(tmp_path):
+    # a note longer than "10 words" forms a batch alone: rank 1's share of it is empty. The
+    # error said only "a training batch left rank 1 of 2 without documents"
+    proc, errors = _train(
+        tmp_path / "run",
+        "train.max_steps=3",
+        'train_data.notes.batch_size="10 words"',
+        "train_data.notes.data.n_train=20",
+        "val_data.n_train=20",
+    )
+    assert "exitcode  : 2" in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
+    found = re.fullmatch(
+        r"error: train_data\.notes: document '([^']+)' \((\d+) words\) is larger than "
+        r'train_data\.notes\.batch_size \("10 words"\) and forms a batch alone, which 2 ranks '
+        r'cannot share: raise train_data\.notes\.batch_size to at least "(\d+) words" \(room '
+        r"for it and as long a document for each other rank\), shorten or split that document, "
+        r"or run fewer processes",
+        errors[0],
+    )
+    assert found, errors[0]
+    doc_id, words, needed = found.groups()
+    assert int(words) > 10 and int(needed) == 2 * int(words)
+    corpus = tmp_path / "run" / "corpus" / "train"
+    assert (corpus / f"{doc_id}.txt").is_file(), sorted(p.name for p in corpus.iterdir())[:3]
 
 
 def test_folder_locked_by_a_live_run_is_one_clear_error(tmp_path):

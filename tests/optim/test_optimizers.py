@@ -224,3 +224,43 @@ def test_grouped_adamw_matches_torch_param_groups(dtype, tol):
     assert _rel(params, {k: v.detach() for k, v in ref.items()}) < tol
     assert torch.equal(params["still.w"], start["still.w"])
     assert _rel(start, {k: v.detach() for k, v in ref.items() if k != "still.w"}) > 1e-2
+
+
+def _peak(count):  # a user's schedule: known by its name only
+    return torch.full((), 1e-3, dtype=torch.float64)
+
+
+def test_describe_is_the_same_for_optimizers_built_alike_and_holds_no_address():
+    """What a run's identity compares: built twice (two objects, other closures), described
+    the same; a changed argument, described otherwise; never a repr's ``at 0x...``."""
+
+    def builders(lr):
+        return [
+            optim.adamw(optim.linear(0.0, lr, 0.0, 0.1, 100), weight_decay=0.0),
+            optim.sgd(lr, momentum=0.9),
+            optim.chain(optim.clip_by_global_norm(1.0), optim.adam(lr)),
+            optim.param_groups(
+                {"^a": {"lr": lr, "schedule": "cosine"}, "^b": False}, total_steps=10
+            ),  # fmt: skip
+            optim.eds_default(10, lr=lr, transformer="^emb"),
+            optim.scale_by_learning_rate(_peak),
+        ]
+
+    first, again, other = builders(1e-3), builders(1e-3), builders(2e-3)
+    for a, b in zip(first, again):
+        assert optim.describe(a) == optim.describe(b) and repr(a) == repr(b)
+        assert "0x" not in repr(a)
+    assert [optim.describe(a) != optim.describe(c) for a, c in zip(first, other)] == [
+        True,
+        True,
+        True,
+        True,
+        True,
+        False,  # fmt: skip
+    ]
+    assert optim.describe(first[-1])["learning_rate"] == f"{__name__}._peak"
+    by_hand = optim.GradientTransformation(*first[0][:2])
+    assert optim.describe(by_hand) == {
+        "init": "pureml.optim.adamw._adam.<locals>.init",
+        "update": "pureml.optim.adamw._adam.<locals>.update",
+    }

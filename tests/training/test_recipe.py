@@ -122,6 +122,64 @@ def test_override_of_missing_key_is_refused(override, message):
     assert error_of(apply_overrides, BASE, [override]).startswith(message)
 
 
+def test_override_in_a_table_the_recipe_leaves_out_starts_from_its_default():
+    """``scorer.speed`` is documented and the default scorer takes it, as
+    ``train.grad_dev_policy`` is taken without a ``[train]`` key: the table the recipe leaves
+    out is its default (``factory = "default"``) plus the override."""
+    assert "scorer" not in BASE
+    data = apply_overrides(BASE, ["scorer.speed=false", "scorer.batch_size=8"])
+    assert data["scorer"] == {"factory": "default", "speed": False, "batch_size": 8}
+    from pureml import registry
+    from pureml.training.build import register_defaults
+
+    register_defaults()
+    scorer = structure_recipe(data).scorer
+    assert check_factory_table(scorer, registry.scorers, "scorer")[1] == {
+        "speed": False,
+        "batch_size": 8,
+    }
+    # a key the scorer does not take is refused where the table is checked, by key path
+    scorer = structure_recipe(apply_overrides(BASE, ["scorer.sped=false"])).scorer
+    assert error_of(check_factory_table, scorer, registry.scorers, "scorer").startswith(
+        "scorer.sped: unknown key for scorer 'default' (did you mean 'speed'?"
+    )
+
+
+def test_unknown_key_errors_list_what_is_accepted_and_documented():
+    """One list per factory: the keys an unknown-key error names are those the table accepts
+    and those the reference documents (a schedule's max, filled in when left out, was missing
+    from the error)."""
+    import re
+
+    from pureml import registry
+    from pureml.training.build import register_defaults
+    from pureml.training.recipe import SUPPLIED, settable_params
+
+    register_defaults()
+    reference = recipe_reference()
+    checked = 0
+    for reg in (
+        registry.components,
+        registry.readers,
+        registry.optimizers,
+        registry.schedules,
+        registry.scorers,
+    ):
+        for name in reg.names():
+            factory = reg.get(name)
+            try:
+                check_factory_table({"factory": name, "zzz": 1}, reg, "t")
+            except RecipeError as e:
+                listed = e.message.split("expected one of: ")[1].rstrip(")").split(", ")
+            else:
+                continue  # takes **kwargs: any key
+            row = next(r for r in reference.splitlines() if r.startswith(f"| `{name}` |"))
+            documented = re.findall(r"`(\w+)` \(", row.rsplit(" | ", 1)[1])
+            assert listed == documented == settable_params(factory, SUPPLIED[reg.kind]), name
+            checked += 1
+    assert checked >= 10
+
+
 def test_the_whole_table_hint_keeps_the_entries_the_recipe_has():
     # the table set replaces the recipe's: a hint without them dropped the other scales
     base = {**BASE, "train": {"loss_scales": {"ner": 1.0, "status": 0.5}}}

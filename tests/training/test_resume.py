@@ -266,6 +266,58 @@ def test_a_python_run_resumes_with_a_new_pipeline_or_the_same_one(tmp_path, caps
         assert len((out / "metrics.jsonl").read_text().splitlines()) == 4
 
 
+def test_a_python_run_with_its_own_optimizer_resumes_and_a_changed_one_is_named(tmp_path, capsys):
+    """The run's identity describes the optimizer by its factories and arguments: another
+    object built alike (a new lambda, a new adamw) resumes; another rate is refused by key."""
+    import shutil
+
+    import torch
+
+    from pureml import TrainingData, optim, train
+    from pureml.nlp import NerCrf, Pipeline, ScratchEncoder
+    from pureml.nlp.synthetic import write_corpus
+    from pureml.stream import read_standoff
+    from pureml.training.trainer import RunDirError
+
+    corpus = write_corpus(tmp_path / "corpus", seed=0, splits={"train": 16})["train"]
+
+    def groups(lr):  # EDS-NLP's idiom: regex groups, each with its schedule
+        return lambda names, total: optim.param_groups(
+            {r"^embedding\.": {"lr": lr, "schedule": {"name": "linear", "warmup_rate": 0.1}}},
+            default={"lr": 3e-3},
+            names=names,
+            total_steps=total,
+        )
+
+    def go(out, optimizer, max_steps):
+        torch.manual_seed(0)
+        nlp = Pipeline({"embedding": ScratchEncoder(width=16, depth=1), "ner": NerCrf()})
+        data = TrainingData(read_standoff(corpus), batch_size="200 words")
+        train(nlp, data, max_steps=max_steps, checkpoint_interval=2, compile=False,
+              logger=["json"], output_dir=out, optimizer=optimizer)  # fmt: skip
+
+    kept = []  # alive, so that no two optimizers share a memory address
+    for name, make, changed, key in (
+        ("groups", groups, 2e-3, 'optimizer.builds.groups."^embedding\\\\.".optimizer.'
+         "learning_rate.max"),
+        ("object", optim.adamw, 2e-3, "optimizer.learning_rate"),
+    ):  # fmt: skip
+        out = tmp_path / name
+        kept.append(make(1e-3))
+        go(out, kept[-1], 4)
+        shutil.rmtree(out / "checkpoints" / "step-000004")
+        capsys.readouterr()
+        kept.append(make(1e-3))
+        go(out, kept[-1], 4)  # refused as "a different recipe", the repr's address differing
+        assert "resuming from" in capsys.readouterr().err, name
+        with pytest.raises(RunDirError) as e:
+            go(out, make(changed), 4)
+        assert str(e.value) == (
+            f"{out} holds checkpoints of a different recipe (differs in {key}): pass "
+            "--restart (restart=True) to start over there, or choose another train.output_dir"
+        )
+
+
 def test_resume_with_another_validation_interval_drops_the_stopped_runs_later_validations(
     tmp_path, corpus
 ):
