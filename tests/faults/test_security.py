@@ -110,7 +110,7 @@ def test_pickle_as_hugging_face_weights_is_refused(tmp_path, corpus):
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0] == (
-        f"error: no safetensors weights in {model}: pureml does not load pickled weights "
+        f"error: nlp.components.embedding.model: no safetensors weights in {model}: pureml does not load pickled weights "
         "(pytorch_model.bin); convert them with save_pretrained(safe_serialization=True)"
     )
     assert not marker.exists()
