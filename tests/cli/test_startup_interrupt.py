@@ -30,6 +30,10 @@ def _interrupt_while_torch_loads(args: list[str], **env: str) -> tuple[int, list
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1", **env},
+        # as a terminal's Ctrl-C finds it: a shell script's background job (`ci.sh &`) starts
+        # with SIGINT ignored, which its children inherit, and Python then never raises
+        # KeyboardInterrupt (the whole file failed that way in a backgrounded clean-clone check)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     watchdog = threading.Timer(300, proc.kill)  # a loaded machine is slow, not stuck
     watchdog.start()
