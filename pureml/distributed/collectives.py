@@ -106,9 +106,9 @@ def global_stats(
     for s, stream in enumerate(names):
         empty = [r for r, row in enumerate(table) if row[s] == 0]
         if empty:
-            from ..stream.errors import StreamError
+            from ..stream.errors import EmptyShareError
 
-            raise StreamError(
+            raise EmptyShareError(
                 f"{stream}: a training batch left rank{'s' if len(empty) > 1 else ''} "
                 f"{', '.join(map(str, empty))} of {info.world_size} without documents (each "
                 "rank trains on its own part of each stream's global batch): raise "

@@ -27,6 +27,10 @@ class DataError(StreamError):
         self.line = line
 
 
+class EmptyShareError(StreamError):
+    """A global batch with fewer documents than ranks: some rank would train on nothing."""
+
+
 class StreamChangedWarning(UserWarning):
     """A stream resumed from a state saved with other files or other functions: the position
     may now stand for other documents. ``warnings.simplefilter("error", StreamChangedWarning)``

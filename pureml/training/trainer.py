@@ -43,7 +43,7 @@ from ..nlp.doc import Doc
 from ..registry import loggers as logger_registry
 from ..stream import Stream
 from ..stream.engine import position_of
-from ..stream.errors import StreamError
+from ..stream.errors import EmptyShareError, StreamError
 from . import checkpoint as ckpt
 from .best import BEST_DIR, BestMetricError, BestScore, docs_key
 from .loggers import BaseLogger, ProgressLogger
@@ -524,6 +524,7 @@ class Trainer:
         self.recipe = dict(recipe) if recipe is not None else None
         self._recipe_hash = recipe_hash
         self._signature: dict[str, Any] | None = None  # from Python: what the hash is of
+        self._built_optimizers: dict[tuple[str, ...] | None, Any] = {}  # by parameter names
         self.loggers: list[BaseLogger] = []
         # before the process group (which may start CUDA): cuBLAS reads its workspace setting
         # when its first handle is created
@@ -604,11 +605,12 @@ class Trainer:
 
     def _optimizer_for(self, names: list[str] | None) -> Any:
         """The phase's optimizer, built once per set of names (the identity built it first)."""
-        built = self.__dict__.setdefault("_built_optimizers", {})
         key = tuple(names) if names is not None else None
-        if key not in built:
-            built[key] = _make_optimizer(self.optimizer, self.nlp, names, self.max_steps)
-        return built[key]
+        if key not in self._built_optimizers:
+            self._built_optimizers[key] = _make_optimizer(
+                self.optimizer, self.nlp, names, self.max_steps
+            )
+        return self._built_optimizers[key]
 
     def recipe_hash(self) -> str:
         if self._recipe_hash is None:
@@ -859,10 +861,9 @@ class Trainer:
         largest over the streams feeding it; None when one is not budgeted in words)."""
         from ..stream.batching import sub_batch_words
 
-        parts = self.world.world_size if self.world.is_distributed else 1
         for comp in comps:
             bounds = [
-                sub_batch_words(td.batch_size, td.sub_batch_size, parts)
+                sub_batch_words(td.batch_size, td.sub_batch_size, self.world.world_size)
                 for _, td, pipes in feeds
                 if comp in pipes
             ]
@@ -895,9 +896,7 @@ class Trainer:
                 totals[k] = totals[k] + v if k in totals else v.clone()
         try:
             totals, self.sub_batch_indices = self.reduce_stats(totals, per_stream)
-        except StreamError as e:  # every rank raises it, from the same all-reduced counts
-            if "without documents" not in str(e):
-                raise
+        except EmptyShareError as e:  # every rank raises it, from the same all-reduced counts
             raise self._explain_empty_share(e, drawn) from None
         subs = [{**sb, "stats": dict(totals)} for sb in subs]
         return subs, record, ids
